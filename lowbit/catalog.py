@@ -1,0 +1,69 @@
+"""The model catalog (`models.yaml`) and `--model` resolution: catalog name, Hub repo id, or local path."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from lowbit import LowbitError
+
+CATALOG_FILE = Path(__file__).with_name("models.yaml")
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> dict[str, dict]:
+    """Catalog entries by name (see models.yaml for the fields)."""
+    data = yaml.safe_load(CATALOG_FILE.read_text())
+    return {entry["name"]: entry for entry in data["models"]}
+
+
+@dataclass
+class ResolvedModel:
+    """What a `--model` argument means."""
+
+    name: str  # catalog name, repo id, or the path as given
+    entry: dict | None  # catalog entry, if any
+    repo_id: str | None  # Hub repo, if known
+    path: Path | None  # a local GGUF file (first shard for split sets) or HF directory, if present
+
+    @property
+    def is_replica(self) -> bool:
+        return bool(self.entry and self.entry.get("replica_of") is not None) or bool(
+            self.entry and self.entry.get("kind") == "replica")
+
+
+def resolve_model(model: str) -> ResolvedModel:
+    """Resolve a catalog name, a Hub repo id (`owner/name`) or a local path.
+
+    Unknown names fail with the closest catalog names.
+    """
+    catalog = load_catalog()
+    if model in catalog:
+        entry = catalog[model]
+        return ResolvedModel(name=model, entry=entry, repo_id=entry.get("repo"), path=local_path(entry))
+    path = Path(model).expanduser()
+    if path.exists():
+        return ResolvedModel(name=model, entry=None, repo_id=None, path=path.resolve())
+    by_repo = [e for e in catalog.values() if e.get("repo") == model]
+    if by_repo:
+        entry = by_repo[0]
+        return ResolvedModel(name=entry["name"], entry=entry, repo_id=model, path=local_path(entry))
+    if model.count("/") == 1 and not model.startswith((".", "/")) and not model.endswith(".gguf"):
+        return ResolvedModel(name=model, entry=None, repo_id=model, path=None)
+    close = difflib.get_close_matches(model, list(catalog), n=5, cutoff=0.4)
+    hint = f" Closest catalog names: {', '.join(close)}." if close else ""
+    raise LowbitError(f"unknown model {model!r}: not a catalog name, a Hub repo id (owner/name) or an existing "
+                      f"path.{hint} `invoke models` lists the catalog.")
+
+
+def local_path(entry: dict) -> Path | None:
+    """Where a catalog entry's files are on disk, if they are (replicas: the built GGUF)."""
+    if entry.get("kind") == "replica":
+        from lowbit import replicas
+
+        return replicas.replica_path(entry["name"])
+    return None
