@@ -71,10 +71,10 @@ def build_llama(c, backend="auto", source="sdist", cuda_arch=None, force=False):
     _kit(c, "lowbit.build:build_llama_command", backend=backend, source=source, cuda_arch=cuda_arch, force=force)
 
 
-@task
-def doctor(c):
-    """Report this machine (CPU, SIMD, RAM, disk, GPUs) and whether setup is complete."""
-    _kit(c, "lowbit.doctor:doctor_command")
+@task(help={"json": "print the report as JSON"})
+def doctor(c, json=False):  # noqa: A002 (the flag is --json)
+    """Report this machine (CPU, SIMD, RAM, disk, GPUs, builds) and whether setup is complete."""
+    _kit(c, "lowbit.doctor:doctor_command", json_output=json)
 
 
 @task(

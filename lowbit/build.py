@@ -53,6 +53,7 @@ class Build:
     directory: str
     seconds: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    fresh: bool = False  # True only on the object returned right after compiling
 
     @property
     def bin_dir(self) -> Path:
@@ -504,6 +505,7 @@ def build_llama(backend: str = "auto", source: str = "sdist", cuda_arch: str | N
     (final / STAMP).write_text(json.dumps(asdict(build), indent=1))
     shutil.copy(log_path, final / "build.log")
     _activate(build)
+    build.fresh = True
     return build
 
 

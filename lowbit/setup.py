@@ -1,0 +1,79 @@
+"""Second half of `invoke setup`, inside the kit's environment: build, bindings, kernel, replicas, summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lowbit import LowbitError
+from lowbit.paths import models_dir
+
+KERNEL_NAME = "lowbit"
+
+
+def register_kernel() -> bool:
+    """Register this environment as the Jupyter kernel `lowbit` (papermill and nbval use it)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return False
+    except NoSuchKernel:
+        pass
+    proc = subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
+                           "--display-name", "Python (lowbit)"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LowbitError(f"registering the Jupyter kernel failed:\n{proc.stderr[-1500:]}")
+    return True
+
+
+def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
+           replicas: bool = True, started: float | None = None, environment: str = "") -> int:
+    from lowbit import bindings
+    from lowbit.build import build_llama
+    from lowbit.ui import print_table
+
+    started = started or time.time()
+    steps: list[tuple[str, str, str]] = []
+
+    def timed(name: str, func, status) -> object:
+        t0 = time.monotonic()
+        result = func()
+        steps.append((name, status(result), f"{time.monotonic() - t0:.1f} s"))
+        return result
+
+    def done_or_cached(did_work: bool) -> str:
+        return "done" if did_work else "cached"
+
+    build = timed("llama.cpp build", lambda: build_llama(backend=backend, source=source, cuda_arch=cuda_arch,
+                                                        force=force), lambda b: done_or_cached(b.fresh))
+    timed("python bindings", lambda: bindings.install_bindings(build), done_or_cached)
+    timed("jupyter kernel", register_kernel, done_or_cached)
+    if replicas:
+        from lowbit import replicas as replica_models
+
+        timed("replica models", replica_models.build_all, lambda built: f"{len(built)} ready")
+    # Prove the bindings load our library, in a fresh interpreter with no environment variable set.
+    check = subprocess.run([sys.executable, "-c", "import lowbit.bindings as b; print(b.loaded_library())"],
+                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    loaded = check.stdout.strip()
+    if check.returncode != 0 or Path(loaded).parent != build.bin_dir.resolve():
+        raise LowbitError(f"`import llama_cpp` does not load the kit's build ({build.bin_dir}): "
+                          f"{loaded or check.stderr[-800:]}. Run `invoke setup --force`.")
+    print_table("setup steps", ["step", "status", "time"], steps)
+    print_table("lowbit is ready", ["", ""], [
+        ("environment", environment or sys.prefix),
+        ("backend", build.backend),
+        ("llama.cpp commit", build.commit),
+        ("binaries", build.bin_dir),
+        ("bindings load", loaded),
+        ("jupyter kernel", KERNEL_NAME),
+        ("models", models_dir()),
+        ("elapsed", f"{time.time() - started:.0f} s"),
+    ])
+    print("next: `invoke run-notebook` (the quickstart lesson), `invoke doctor`, `invoke --list`")
+    return 0
+
