@@ -33,8 +33,8 @@ def choose_environment() -> tuple[Path, str]:
 
 def create_venv(venv: Path) -> None:
     try:
-        import venv as _venv  # noqa: F401  (Debian ships venv separately)
         import ensurepip  # noqa: F401
+        import venv as _venv  # noqa: F401  (Debian ships venv separately)
     except ImportError as exc:
         major, minor = sys.version_info[:2]
         raise LowbitError(

@@ -309,7 +309,7 @@ def cuda_toolkit_root(nvcc: Path) -> Path:
     `nvidia-cublas` wheel ships the headers and libraries; a root of symlinks (system toolkit +
     the wheel's include/lib) lets CMake's FindCUDAToolkit see one complete toolkit.
     """
-    system_root = nvcc.resolve().parent.parent
+    system_root = _system_toolkit_root(nvcc)
     if _find_cublas(system_root):
         return system_root
     version = _nvcc_major(nvcc)
@@ -327,28 +327,57 @@ def cuda_toolkit_root(nvcc: Path) -> Path:
     cublas = next((p.parent.parent for p in wheel_dir.rglob("cublas_v2.h")), None)
     if cublas is None:
         raise LowbitError(f"the nvidia-cublas wheel in {wheel_dir} has no cublas_v2.h; delete that folder and retry")
-    root = cache_dir() / "cuda" / f"toolkit-cu{version}"
+    return _linked_toolkit(system_root, cublas, cache_dir() / "cuda" / f"toolkit-cu{version}")
+
+
+def _linked_toolkit(system_root: Path, cublas: Path, root: Path) -> Path:
+    """A toolkit root of links: the system toolkit with cuBLAS's include/lib merged in.
+
+    nvcc finds its profile next to the path it was called by and sets TOP to that folder's parent,
+    so `bin/` must be a real folder of links (a linked folder would resolve back to the system
+    toolkit); nvcc also reads `targets/<arch>/include|lib`, which therefore point at the merged ones.
+    """
     shutil.rmtree(root, ignore_errors=True)
-    for sub in ("include", "lib64"):
-        (root / sub).mkdir(parents=True)
-    for entry in system_root.iterdir():
-        if entry.name not in ("include", "lib64", "lib"):
-            (root / entry.name).symlink_to(entry)
-    sys_lib = system_root / "lib64" if (system_root / "lib64").exists() else system_root / "lib"
-    for src_dir, dst_dir in ((system_root / "include", root / "include"), (sys_lib, root / "lib64"),
-                             (cublas / "include", root / "include"), (cublas / "lib", root / "lib64")):
-        if src_dir.exists():
+    merged = {"bin": [system_root / "bin"],
+              "include": [system_root / "include", cublas / "include"],
+              "lib64": [system_root / ("lib64" if (system_root / "lib64").exists() else "lib"), cublas / "lib"]}
+    for name, sources in merged.items():
+        (root / name).mkdir(parents=True)
+        for src_dir in sources:
             for entry in src_dir.iterdir():
-                link = dst_dir / entry.name
-                if not link.exists():
+                link = root / name / entry.name
+                if not link.exists() and not link.is_symlink():
                     link.symlink_to(entry.resolve())
+    for entry in system_root.iterdir():
+        if entry.name not in (*merged, "lib", "targets"):
+            (root / entry.name).symlink_to(entry.resolve())
+    (root / "lib").symlink_to("lib64")
+    for target in (system_root / "targets").glob("*"):
+        (root / "targets" / target.name).mkdir(parents=True)
+        for entry in target.iterdir():
+            link = root / "targets" / target.name / entry.name
+            if entry.name == "include":
+                link.symlink_to(root / "include")
+            elif entry.name in ("lib", "lib64"):
+                link.symlink_to(root / "lib64")
+            else:
+                link.symlink_to(entry.resolve())
     # The wheel ships libcublas.so.N only; the linker wants the unversioned name.
     for lib in ("libcublas", "libcublasLt"):
         versioned = sorted((root / "lib64").glob(f"{lib}.so.*"))
         if versioned and not (root / "lib64" / f"{lib}.so").exists():
             (root / "lib64" / f"{lib}.so").symlink_to(versioned[0].resolve())
-    (root / "lib").symlink_to("lib64")
     return root
+
+
+def _system_toolkit_root(nvcc: Path) -> Path:
+    """The real toolkit folder (nvcc on PATH may be a wrapper script elsewhere)."""
+    candidates = [nvcc.resolve().parent.parent, *(Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH")
+                                                  if v in os.environ), Path("/usr/local/cuda"), Path("/opt/cuda")]
+    for cand in candidates:
+        if (cand / "bin" / "nvcc").exists() and (cand / "include" / "cuda_runtime.h").exists():
+            return cand.resolve()
+    raise LowbitError(f"cannot find the CUDA toolkit that {nvcc} belongs to: set CUDA_HOME to its folder")
 
 
 def _find_cublas(root: Path) -> bool:
@@ -553,8 +582,9 @@ class _Progress:
         if sys.stderr.isatty():
             try:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), transient=False)
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                    TextColumn("{task.fields[item]}"), transient=False)
                 self.bar.start()
                 self.task = self.bar.add_task(title, total=None, item="")
             except ImportError:

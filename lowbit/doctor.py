@@ -34,7 +34,7 @@ def cpu_info() -> dict:
             if key in ("model name", "Model", "CPU part") and model in ("", platform.machine()):
                 model = value.strip()
             elif key in ("flags", "Features") and not flags:
-                flags = set(value.split())
+                flags = set(value.split()) | ({"sse3"} if "pni" in value.split() else set())
     elif sys.platform == "darwin":
         model = _sysctl("machdep.cpu.brand_string") or model
         flags = {f.lower() for f in (_sysctl("machdep.cpu.features") or "").split()}
