@@ -75,7 +75,19 @@ def main(kwargs: dict) -> int:
             raise LowbitError(f"{where} has no interpreter at {python}")
         create_venv(venv_dir())
     print(f"> environment: {where}", flush=True)
-    install_package(python)
+    # The build needs only the standard library: compile llama.cpp while pip installs the packages.
+    build_args = {k: kwargs[k] for k in ("backend", "source", "cuda_arch", "force") if k in kwargs}
+    build = subprocess.Popen([str(python), "-m", "lowbit", "lowbit.build:build_llama_command",
+                              json.dumps(build_args)], cwd=kit_root())
+    try:
+        install_package(python)
+    except BaseException:
+        build.terminate()
+        build.wait()
+        raise
+    if build.wait() != 0:
+        return build.returncode
+    kwargs["force"] = False  # built just now
     state_dir().mkdir(parents=True, exist_ok=True)
     (state_dir() / "python").write_text(str(python) + "\n")
     kwargs["started"] = time.time() - (time.monotonic() - started)
