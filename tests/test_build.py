@@ -159,3 +159,12 @@ def test_active_build_stamp_round_trips(llama_build):
     stamp = json.loads((Path(llama_build.directory) / build.STAMP).read_text())
     assert stamp["commit"] == build.LLAMA_CPP_COMMIT or llama_build.source != "sdist"
     assert os.access(llama_build.tool("llama-server"), os.X_OK)
+
+
+def test_git_source_failure_explains_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "LLAMA_CPP_GIT_URL", "https://127.0.0.1:9/ggml-org/llama.cpp")
+    with pytest.raises(LowbitError) as exc:
+        build.llama_source("git")
+    assert "--source sdist" in str(exc.value)
+    assert not any((tmp_path / "src").glob("llama.cpp-*")), "no half-cloned tree under the final name"
