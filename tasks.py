@@ -87,3 +87,24 @@ def doctor(c, json=False):  # noqa: A002 (the flag is --json)
 def test(c, k=None, no_notebooks=False, lint=True):
     """Run the whole test suite: ruff, pytest, and every notebook under nbval."""
     _kit(c, "lowbit.testing:run_tests", k=k, notebooks=not no_notebooks, lint=lint)
+
+
+# --- replicas and the model catalog ----------------------------------------------------------
+
+
+@task(
+    help={
+        "force": "rebuild even if cached",
+        "only": "build just this replica (r1, distill-qwen, distill-llama, bitnet); repeatable",
+    },
+    iterable=["only"],
+)
+def replicas(c, force=False, only=None):
+    """Build, verify and cache the offline replica models (random weights, real layout and tokenizers)."""
+    _kit(c, "lowbit.replicas:replicas_command", force=force, only=list(only or []) or None)
+
+
+@task
+def models(c):
+    """List the model catalog and the offline replicas (and whether each replica is built)."""
+    _kit(c, "lowbit.catalog:models_command")

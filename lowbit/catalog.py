@@ -21,6 +21,27 @@ def load_catalog() -> dict[str, dict]:
     return {entry["name"]: entry for entry in data["models"]}
 
 
+def aliases() -> dict[str, str]:
+    """Alternative names (e.g. `r1-replica`) -> catalog name."""
+    return {alias: e["name"] for e in load_catalog().values() for alias in e.get("aliases", [])}
+
+
+def find_quant(entry: dict, quant: str | None = None) -> dict:
+    """A catalog entry's quant by name (case-insensitive), or its default; unknown names list the choices."""
+    quants = entry.get("quants", [])
+    wanted = quant or entry.get("default_quant")
+    for q in quants:
+        if wanted is not None and q["name"].lower() == wanted.lower():
+            return q
+    names = ", ".join(q["name"] for q in quants)
+    raise LowbitError(f"{entry['name']} has no quant {wanted!r}; choose one of: {names}")
+
+
+def replica_for(entry: dict) -> str | None:
+    """The replica standing in for a catalog entry (itself, for a replica)."""
+    return entry["name"] if entry.get("kind") == "replica" else entry.get("replica")
+
+
 @dataclass
 class ResolvedModel:
     """What a `--model` argument means."""
@@ -42,6 +63,7 @@ def resolve_model(model: str) -> ResolvedModel:
     Unknown names fail with the closest catalog names.
     """
     catalog = load_catalog()
+    model = aliases().get(model, model)
     if model in catalog:
         entry = catalog[model]
         return ResolvedModel(name=model, entry=entry, repo_id=entry.get("repo"), path=local_path(entry))
@@ -54,10 +76,10 @@ def resolve_model(model: str) -> ResolvedModel:
         return ResolvedModel(name=entry["name"], entry=entry, repo_id=model, path=local_path(entry))
     if model.count("/") == 1 and not model.startswith((".", "/")) and not model.endswith(".gguf"):
         return ResolvedModel(name=model, entry=None, repo_id=model, path=None)
-    close = difflib.get_close_matches(model, list(catalog), n=5, cutoff=0.4)
+    close = difflib.get_close_matches(model, [*catalog, *aliases()], n=5, cutoff=0.4)
     hint = f" Closest catalog names: {', '.join(close)}." if close else ""
-    raise LowbitError(f"unknown model {model!r}: not a catalog name, a Hub repo id (owner/name) or an existing "
-                      f"path.{hint} `invoke models` lists the catalog.")
+    raise LowbitError(f"unknown model {model!r}: not a catalog name, a Hub repo id (owner/name) or an "
+                      f"existing path.{hint} `invoke models` lists the catalog.")
 
 
 def local_path(entry: dict) -> Path | None:
@@ -67,3 +89,32 @@ def local_path(entry: dict) -> Path | None:
 
         return replicas.replica_path(entry["name"])
     return None
+
+
+def models_command() -> int:
+    """`invoke models`: the catalog and the offline replicas (built or not), as tables."""
+    from lowbit import replicas, ui
+
+    rows = []
+    for e in load_catalog().values():
+        if e.get("kind") == "replica":
+            continue
+        quants = ", ".join(f"{q['name']} {q['size_gb']} GB" if q.get("size_gb") else q["name"]
+                           for q in e.get("quants", []))
+        rows.append([e["name"], e.get("repo", ""), e.get("arch", ""), e.get("layers", ""), quants,
+                     e.get("template", ""), e.get("replica", "")])
+    ui.print_table("Catalog (real models; sizes are download sizes)",
+                   ["name", "repo", "arch", "layers", "quants", "template", "replica"], rows)
+    status = {row[0]: row for row in replicas.status_rows()}
+    rows = []
+    for e in load_catalog().values():
+        if e.get("kind") != "replica":
+            continue
+        st = status.get(e["name"], [e["name"], "no", "", "", ""])
+        rows.append([e["name"], e.get("replica_of", ""), e.get("arch", ""), e.get("layers", ""),
+                     st[4], st[1], st[3], st[2]])
+    columns = ["name", "stands in for", "arch", "layers", "forms", "built", "on disk", "main file"]
+    ui.print_table(f"Replicas ({replicas.HONESTY})", columns, rows)
+    if any(r[5] != "yes" for r in rows):
+        print("build the missing replicas with `invoke replicas`")
+    return 0

@@ -1,0 +1,76 @@
+"""The model catalog: required entries, replica links, --model resolution, and `invoke models` output."""
+
+from __future__ import annotations
+
+import pytest
+
+from lowbit import LowbitError
+from lowbit.catalog import find_quant, load_catalog, replica_for, resolve_model
+from lowbit.replicas import REPLICAS
+
+
+def test_catalog_has_the_models_the_lessons_use():
+    cat = load_catalog()
+    r1 = cat["deepseek-r1"]
+    sizes = {q["name"]: q["size_gb"] for q in r1["quants"]}
+    assert sizes == {"UD-IQ1_S": 131, "UD-IQ1_M": 158, "UD-IQ2_XXS": 183, "UD-Q2_K_XL": 212}
+    assert r1["layers"] == 61 and r1["arch"] == "deepseek2"
+    assert {q["name"] for q in cat["deepseek-r1-0528"]["quants"]} == {
+        "TQ1_0", "UD-IQ1_S", "UD-IQ1_M", "UD-IQ2_XXS", "UD-Q2_K_XL"}
+    distills = {e["original_repo"] for e in cat.values() if e["name"].startswith("r1-distill-")}
+    assert distills == {f"deepseek-ai/DeepSeek-R1-Distill-{m}" for m in
+                        ("Qwen-1.5B", "Qwen-7B", "Qwen-14B", "Qwen-32B", "Llama-8B", "Llama-70B")}
+    bitnet_repos = {e.get("repo") for e in cat.values() if e.get("arch") == "bitnet-b1.58"}
+    assert {"microsoft/bitnet-b1.58-2B-4T-bf16", "microsoft/bitnet-b1.58-2B-4T-gguf"} <= bitnet_repos
+
+
+def test_every_real_entry_names_an_existing_replica_and_quant():
+    cat = load_catalog()
+    assert {e["name"] for e in cat.values() if e["kind"] == "replica"} == set(REPLICAS)
+    for entry in cat.values():
+        if entry["kind"] != "hub":
+            continue
+        assert entry["replica"] in REPLICAS, entry["name"]
+        replica_quants = {q["name"] for q in cat[entry["replica"]]["quants"]}
+        for q in entry["quants"]:
+            assert q["files"], (entry["name"], q["name"])
+            assert q["replica_quant"] in replica_quants, (entry["name"], q["name"])
+        assert find_quant(entry)["name"] == entry["default_quant"]
+        for field in ("repo", "arch", "layers", "template"):
+            assert entry.get(field), (entry["name"], field)
+
+
+def test_resolve_names_aliases_repos_and_paths(tmp_path):
+    r1 = resolve_model("r1")
+    assert r1.is_replica and r1.entry["replica_of"] == "deepseek-r1"
+    assert resolve_model("r1-replica").name == "r1"
+    real = resolve_model("unsloth/DeepSeek-R1-GGUF")
+    assert real.name == "deepseek-r1" and not real.is_replica and replica_for(real.entry) == "r1"
+    other = resolve_model("someone/Some-Model-GGUF")
+    assert other.entry is None and other.repo_id == "someone/Some-Model-GGUF"
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model(str(gguf)).path == gguf.resolve()
+
+
+def test_unknown_names_suggest_close_catalog_names():
+    with pytest.raises(LowbitError) as err:
+        resolve_model("deepseek-r2")
+    assert "deepseek-r1" in str(err.value)
+    with pytest.raises(LowbitError) as err:
+        find_quant(load_catalog()["deepseek-r1"], "IQ1_S")
+    assert "UD-IQ1_S" in str(err.value)
+
+
+def test_models_table_is_not_truncated_when_piped(capsys):
+    from lowbit.catalog import models_command
+
+    assert models_command() == 0
+    out = capsys.readouterr().out
+    for entry in load_catalog().values():
+        assert entry["name"] in out
+        if entry.get("repo"):
+            assert entry["repo"] in out
+    assert "UD-IQ1_S 131 GB" in out and "UD-Q2_K_XL 251 GB" in out
+    assert "random weights: the text is meaningless" in out
+    assert "…" not in out
