@@ -100,8 +100,10 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
         singles = [p for p in ggufs if not SPLIT_RE.match(p.name)]
         candidates = firsts + singles
         if len(candidates) != 1:
-            raise LowbitError(f"{path} holds {len(candidates)} GGUF models ({', '.join(p.name for p in candidates)}); "
-                              "pass the file (for a split set, its -00001-of-N shard)")
+            raise LowbitError(
+                f"{path} holds {len(candidates)} GGUF models ({', '.join(p.name for p in candidates)}); "
+                "pass the file (for a split set, its -00001-of-N shard)"
+            )
         path = candidates[0]
     if not path.exists():
         raise LowbitError(f"{path} does not exist; fetch the model first or pass the path of its first shard")
@@ -112,8 +114,10 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
     shards = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     missing = [p.name for p in shards if not p.exists()]
     if missing:
-        raise LowbitError(f"split set {m['stem']} is incomplete: missing {', '.join(missing)} in {path.parent}; "
-                          "fetch the missing shards (all parts are needed)")
+        raise LowbitError(
+            f"split set {m['stem']} is incomplete: missing {', '.join(missing)} in {path.parent}; "
+            "fetch the missing shards (all parts are needed)"
+        )
     return shards
 
 
@@ -131,7 +135,9 @@ def _reader(path: Path):
     try:
         return GGUFReader(path, "r")
     except (ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # gguf-py raises these on cut files
-        raise LowbitError(f"{path} is not a readable GGUF ({exc}); it may be truncated — fetch it again") from exc
+        raise LowbitError(
+            f"{path} is not a readable GGUF ({exc}); it may be truncated — fetch it again"
+        ) from exc
 
 
 def classify(rest: str) -> str:
@@ -168,8 +174,10 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
     arch = str(_field(first, "general.architecture", "")) or "unknown"
     split_count = _field(first, "split.count")
     if split_count is not None and int(split_count) != len(shards):
-        raise LowbitError(f"{shards[0]} says the split set has {split_count} shards, the file names say "
-                          f"{len(shards)}; fetch the set again")
+        raise LowbitError(
+            f"{shards[0]} says the split set has {split_count} shards, the file names say "
+            f"{len(shards)}; fetch the set again"
+        )
 
     def hp(key: str, default=0):
         v = _field(first, f"{arch}.{key}", default)
@@ -216,10 +224,24 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
     if n_layers <= 0:
         raise LowbitError(f"{shards[0]}: no `{arch}.block_count` in the metadata; is this a model GGUF?")
     return ModelMeta(
-        name=Path(shards[0]).name, shards=list(shards), arch=arch, n_layers=n_layers,
-        n_ctx_train=int(hp("context_length", 0)), n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-        key_length=key_length, value_length=value_length, is_mla=is_mla,
-        n_expert=int(hp("expert_count", 0)), n_expert_used=int(hp("expert_used_count", 0)), n_vocab=n_vocab,
-        file_bytes=sum(os.path.getsize(p) for p in shards), embeddings=embeddings, output=output,
-        layers=[layers[i] for i in range(n_layers)], unused=unused, tensor_types=types,
+        name=Path(shards[0]).name,
+        shards=list(shards),
+        arch=arch,
+        n_layers=n_layers,
+        n_ctx_train=int(hp("context_length", 0)),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        key_length=key_length,
+        value_length=value_length,
+        is_mla=is_mla,
+        n_expert=int(hp("expert_count", 0)),
+        n_expert_used=int(hp("expert_used_count", 0)),
+        n_vocab=n_vocab,
+        file_bytes=sum(os.path.getsize(p) for p in shards),
+        embeddings=embeddings,
+        output=output,
+        layers=[layers[i] for i in range(n_layers)],
+        unused=unused,
+        tensor_types=types,
     )

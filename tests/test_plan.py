@@ -1,4 +1,4 @@
-"""Planner and header reader: deepseek2-style GGUFs written with gguf-py's GGUFWriter (headers + sparse data)."""
+"""Planner and header reader, on deepseek2-style GGUFs written with gguf-py's GGUFWriter."""
 
 from __future__ import annotations
 
@@ -11,19 +11,42 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError
-from lowbit import gguf_meta, plan
+from lowbit import LowbitError, gguf_meta, plan
 
 GiB = 1024**3
 
 
-def write_deepseek2(path: Path, n_layers: int = 6, n_dense: int = 1, n_embd: int = 1024, n_expert: int = 16,
-                    n_used: int = 4, n_ff: int = 2048, n_ff_exp: int = 512, n_vocab: int = 4096,
-                    ctx_train: int = 4096, mla: bool = True, split_max_tensors: int = 0) -> list[Path]:
-    """A deepseek2-layout GGUF (R1's tensor names and keys; small dims). Only headers are written; the data
-    region is a sparse hole of the right length, so the file is valid and its tensor bytes are all zero."""
+def write_deepseek2(
+    path: Path,
+    n_layers: int = 6,
+    n_dense: int = 1,
+    n_embd: int = 1024,
+    n_expert: int = 16,
+    n_used: int = 4,
+    n_ff: int = 2048,
+    n_ff_exp: int = 512,
+    n_vocab: int = 4096,
+    ctx_train: int = 4096,
+    mla: bool = True,
+    split_max_tensors: int = 0,
+    vocab_gguf: Path | None = None,
+) -> list[Path]:
+    """A deepseek2-layout GGUF (R1's tensor names and keys; small dims). Without `vocab_gguf` only headers are
+    written and the data region is a sparse hole of the right length (valid file, all-zero tensors). With it,
+    the tokenizer is copied from that vocab GGUF and tensors get small random F16/F32 values: llama.cpp runs
+    it."""
     import gguf
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    vocab_fields = []
+    if vocab_gguf is not None:
+        vr = gguf.GGUFReader(vocab_gguf)
+        for f in vr.fields.values():
+            if f.name.startswith("tokenizer."):
+                sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+                vocab_fields.append((f.name, f.contents(), f.types[0], sub))
+        n_vocab = len(vr.get_field("tokenizer.ggml.tokens").data)
 
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(path, "deepseek2", split_max_tensors=split_max_tensors)
@@ -51,8 +74,18 @@ def write_deepseek2(path: Path, n_layers: int = 6, n_dense: int = 1, n_embd: int
     w.add_expert_used_count(n_used)
     w.add_expert_shared_count(1)
     w.add_rope_dimension_count(rope)
+    w.add_layer_norm_rms_eps(1e-6)
+    for key, val, vtype, sub in vocab_fields:
+        w.add_key_value(key, val, vtype, sub)
 
     def t(name: str, shape: tuple[int, ...], qtype=T.Q4_K) -> None:
+        if vocab_fields:  # runnable: real values, F32 vectors and F16 matrices
+            if len(shape) == 1:
+                arr = np.ones(shape, np.float32) if "norm" in name else np.zeros(shape, np.float32)
+            else:
+                arr = (rng.standard_normal(shape, np.float32) * 0.02).astype(np.float16)
+            w.add_tensor(name, arr)
+            return
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         n = int(np.prod(shape))
         w.add_tensor_info(name, shape, np.dtype(np.float32), n * size // block, raw_dtype=qtype)
@@ -90,8 +123,12 @@ def write_deepseek2(path: Path, n_layers: int = 6, n_dense: int = 1, n_embd: int
     t("output.weight", (n_vocab, n_embd), T.Q6_K)
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
     names = w.format_shard_names(Path(path))
+    if vocab_fields:
+        w.write_tensors_to_file()  # writes the tensor infos too
+        w.close()
+        return names
+    w.write_ti_data_to_file()
     for fout, tensors, name in zip(w.fout, w.tensors, names, strict=True):
         start = gguf.GGUFWriter.ggml_pad(fout.tell(), w.data_alignment)
         data = sum(gguf.GGUFWriter.ggml_pad(ti.nbytes, w.data_alignment) for ti in tensors.values())
@@ -115,12 +152,21 @@ def ds2_split(tmp_path_factory) -> list[Path]:
 
 def test_groups_follow_tensor_names(ds2):
     meta = gguf_meta.read_model(ds2)
-    assert (meta.arch, meta.n_layers, meta.n_ctx_train, meta.n_expert, meta.n_expert_used) == ("deepseek2", 6,
-                                                                                               4096, 16, 4)
+    assert (meta.arch, meta.n_layers, meta.n_ctx_train, meta.n_expert, meta.n_expert_used) == (
+        "deepseek2",
+        6,
+        4096,
+        16,
+        4,
+    )
     assert meta.is_mla and meta.n_head_kv == 1 and meta.key_length == 576
     dense, moe = meta.layers[0], meta.layers[1]
     assert dense.dense_ffn > 0 and dense.routed_experts == 0 and dense.shared_experts == 0
-    assert moe.dense_ffn == 0 and moe.routed_experts > moe.shared_experts > 0 and moe.attention == dense.attention
+    assert (
+        moe.dense_ffn == 0
+        and moe.routed_experts > moe.shared_experts > 0
+        and moe.attention == dense.attention
+    )
     assert meta.embeddings > 0 and meta.output > meta.embeddings  # Q6_K output vs Q4_K embeddings
     # every tensor byte is accounted for exactly once, and the data region is the file's bulk
     from gguf import GGUFReader
@@ -152,16 +198,20 @@ def test_truncated_shard_is_a_clear_error(ds2, tmp_path):
 
 def test_no_tensor_data_is_read(tmp_path):
     """A >1 GiB-data model (sparse) is read with a handful of page faults: only headers are touched."""
-    path = write_deepseek2(tmp_path / "big.gguf", n_layers=8, n_embd=2048, n_expert=128, n_ff_exp=1024,
-                           n_vocab=32000)[0]
+    path = write_deepseek2(
+        tmp_path / "big.gguf", n_layers=8, n_embd=2048, n_expert=128, n_ff_exp=1024, n_vocab=32000
+    )[0]
     assert path.stat().st_size > 1 * GiB
-    code = (f"import resource; from lowbit.gguf_meta import read_model\n"
-            f"r0 = resource.getrusage(resource.RUSAGE_SELF)\n"
-            f"m = read_model({str(path)!r})\n"
-            f"r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
-            f"print(r1.ru_minflt - r0.ru_minflt + r1.ru_majflt - r0.ru_majflt, m.tensor_bytes)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ}).stdout.split()
+    code = (
+        f"import resource; from lowbit.gguf_meta import read_model\n"
+        f"r0 = resource.getrusage(resource.RUSAGE_SELF)\n"
+        f"m = read_model({str(path)!r})\n"
+        f"r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
+        f"print(r1.ru_minflt - r0.ru_minflt + r1.ru_majflt - r0.ru_majflt, m.tensor_bytes)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+    ).stdout.split()
     faults, tensor_bytes = int(out[0]), int(out[1])
     pages = tensor_bytes // resource.getpagesize()
     assert pages > 200_000 and faults < pages / 50  # touching the data would fault once per page
@@ -181,19 +231,26 @@ def test_seed_table_through_the_rule():
 
 def test_best_ngl_is_the_largest_that_fits(ds2):
     meta = gguf_meta.read_model(ds2)
-    for vram in (0.6, 0.7, 0.8, 1.0):
+    seen = set()
+    for vram in (0.6, 0.62, 0.64, 0.66, 0.7):
         p = plan.make_plan(meta, [vram], ram_gb=16, ctx=2048)
         ngl = p.option("ngl")
+        seen.add(ngl.n_gpu_layers)
         budget = int(vram * GiB) - plan.GPU_RESERVE
         assert ngl.vram_bytes <= budget or ngl.n_gpu_layers == 0
         if ngl.n_gpu_layers <= meta.n_layers:  # one more layer would not fit
             more = plan.choose(p, f"ngl={ngl.n_gpu_layers + 1}")
             assert more.flags[:2] == ["-ngl", str(ngl.n_gpu_layers + 1)]
-            last = meta.layers[meta.n_layers - ngl.n_gpu_layers - 1] if ngl.n_gpu_layers < meta.n_layers else None
+            last = (
+                meta.layers[meta.n_layers - ngl.n_gpu_layers - 1]
+                if ngl.n_gpu_layers < meta.n_layers
+                else None
+            )
             extra = (last.total + p.kv_bytes_per_layer) if last else meta.output
             if ngl.n_gpu_layers == 0:
                 extra += p.compute_bytes
             assert ngl.vram_bytes + extra > budget
+    assert len(seen) >= 4 and 0 < min(seen - {0}) < meta.n_layers  # partial offloads were exercised
 
 
 def test_experts_cpu_brings_back_expert_layers_as_vram_grows(ds2):
@@ -262,20 +319,35 @@ def test_sizes_from_and_file_larger_than_memory_warning():
     assert p.option("unsloth-rule").n_gpu_layers == 7
     assert p.option("ngl").n_gpu_layers == int((24 * GiB - plan.GPU_RESERVE) // (131e9 / 61))
     assert any("larger than RAM + VRAM" in w for w in p.warnings)
-    assert not any("larger than RAM" in w for w in plan.make_plan(plan.sizes_meta("131GB:61"), [24], 128).warnings)
+    assert not any(
+        "larger than RAM" in w for w in plan.make_plan(plan.sizes_meta("131GB:61"), [24], 128).warnings
+    )
 
 
 def test_json_output_has_the_issue_keys(ds2):
     env = {**os.environ, "PYTHONPATH": str(Path(plan.__file__).resolve().parents[1])}
     args = {"model": str(ds2), "vram": [1, 1], "ram": 16, "ctx": 1024, "json": True}
-    out = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.plan:plan_command", json.dumps(args)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lowbit", "lowbit.plan:plan_command", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     data = json.loads(out.stdout)  # stdout is only JSON
     assert data["model"] == str(ds2)
     names = {o["name"] for o in data["options"]}
     assert names == {"unsloth-rule", "ngl", "experts-cpu", "multi-gpu", "cpu-only"}
     for o in data["options"]:
-        assert {"name", "vram_gb", "n_gpu_layers", "vram_bytes", "ram_bytes", "est_tokens_per_s", "flags"} <= set(o)
+        assert {
+            "name",
+            "vram_gb",
+            "n_gpu_layers",
+            "vram_bytes",
+            "ram_bytes",
+            "est_tokens_per_s",
+            "flags",
+        } <= set(o)
 
 
 def test_flags_for_api(ds2):
