@@ -354,8 +354,8 @@ def bench_model(
             roof = roofline(
                 meta, row.n_gpu_layers if build.backend != "cpu" else 0, row.n_cpu_moe, bw, gpu_bw_gbs
             )
-            row.roofline_tokens_per_s = round(roof, 2)
-            row.roofline_fraction = round(row.tokens_per_s / roof, 3) if roof else None
+            row.roofline_tokens_per_s = round(roof, 3)
+            row.roofline_fraction = round(row.tokens_per_s / roof, 4) if roof else None
         rows.append(row)
     result = BenchResult(model=model, command=cmd, rows=rows, bandwidth=bw, notes=notes)
     if write:

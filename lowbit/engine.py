@@ -266,7 +266,7 @@ def run_command(
         rpc,
         int(threads) if threads else None,
         raw,
-        echo=not json,
+        echo=True,  # the command goes to stderr, so --json stdout stays clean
     )
     if json:
         sys.stdout.write(_json.dumps(r.to_dict(), indent=1) + "\n")
