@@ -9,31 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_plan import write_deepseek2
 
 from lowbit import LowbitError, engine
+from lowbit.gguf_layout import runnable_deepseek2
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_runnable(directory: Path) -> Path:
-    """A 4-layer deepseek2 MoE with random weights and GPT-2's vocabulary, in three shards."""
-    from lowbit.build import sdist_tree
-
-    vocab = sdist_tree() / "vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf"
-    directory.mkdir(parents=True, exist_ok=True)
-    return write_deepseek2(
-        directory / "tiny-ds2.gguf",
-        n_layers=4,
-        n_embd=256,
-        n_ff=512,
-        n_ff_exp=128,
-        n_expert=8,
-        n_used=2,
-        ctx_train=2048,
-        vocab_gguf=vocab,
-        split_max_tensors=30,
-    )[0]
+    return runnable_deepseek2(directory)
 
 
 @pytest.fixture(scope="module")
