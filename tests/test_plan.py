@@ -237,3 +237,29 @@ def test_flags_for_api(ds2):
     assert plan.flags_for("auto", str(ds2), vram_gb=[], ctx=1024)[:2] == ["-ngl", "0"]
     with pytest.raises(LowbitError, match="at most"):
         plan.flags_for("ngl=99", str(ds2), vram_gb=[4], ctx=1024)
+
+
+@pytest.mark.slow
+def test_lesson_04_runs_with_parameters(tmp_path):
+    """The lesson's parameter interface, through papermill: CPU-only plan, a short run, the final checks."""
+    import papermill
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_gpu_offload.ipynb"
+    out = tmp_path / "04.ipynb"
+    papermill.execute_notebook(
+        str(nb),
+        str(out),
+        parameters={"vram": [], "ram": 16.0, "n_predict": 8},
+        kernel_name="lowbit",
+        cwd=str(nb.parent),
+        progress_bar=False,
+    )
+    import nbformat
+
+    text = "".join(
+        o.get("text", "")
+        for c in nbformat.read(out, 4).cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+    assert "11 of 12 agree" in text and "recommended: cpu-only" in text and text.rstrip().endswith("ok")
