@@ -157,11 +157,12 @@ def run(c, model, prompt="What is 1+1?", plan="auto", vram=None, ram=None, ctx=N
         "repetitions": "llama-bench repetitions",
         "extra": "more llama-bench flags, one quoted string",
         "json": "print only JSON on stdout",
+        "refresh_bandwidth": "measure this machine's memory bandwidth again (it is cached)",
     },
 )
 def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_gen=32, repetitions=3,
-          extra=None, json=False):
+          extra=None, json=False, refresh_bandwidth=False):
     """llama-bench sweeps with roofline fractions; table and plots under runs/."""
     _kit(c, "lowbit.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
          cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
-         json=json)
+         json=json, refresh_bandwidth=refresh_bandwidth)

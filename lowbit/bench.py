@@ -436,6 +436,7 @@ def bench_command(
     repetitions: int = 3,
     extra: str | None = None,
     json: bool = False,
+    refresh_bandwidth: bool = False,
 ) -> int:
     """`invoke bench`: print the table (or JSON) and where the plots went."""
     import json as _json
@@ -443,6 +444,8 @@ def bench_command(
 
     from lowbit.ui import console, print_table
 
+    if refresh_bandwidth:
+        machine_bandwidth(refresh=True)
     res = bench_model(model, sweep, threads, cache_type_k, int(n_prompt), int(n_gen), int(repetitions), extra)
     if json:
         sys.stdout.write(_json.dumps(res.to_dict(), indent=1) + "\n")

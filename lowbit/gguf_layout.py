@@ -27,6 +27,10 @@ def write_deepseek2(
     mla: bool = True,
     split_max_tensors: int = 0,
     vocab_gguf: Path | None = None,
+    n_head: int = 16,
+    q_lora: int = 768,
+    exps_type: str = "IQ1_S",
+    down_exps_type: str = "IQ2_XXS",
 ) -> list[Path]:
     """A deepseek2-layout GGUF (R1's tensor names and keys; small dims). Without `vocab_gguf` only headers are
     written and the data region is a sparse hole of the right length (valid file, all-zero tensors). With it,
@@ -47,7 +51,7 @@ def write_deepseek2(
 
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(path, "deepseek2", split_max_tensors=split_max_tensors)
-    kv_lora, q_lora, rope, nope, v_head, n_head = 512, 768, 64, 128, 128, 16
+    kv_lora, rope, nope, v_head = 512, 64, 128, 128
     w.add_block_count(n_layers)
     w.add_context_length(ctx_train)
     w.add_embedding_length(n_embd)
@@ -111,8 +115,8 @@ def write_deepseek2(
             t(b + "ffn_gate_inp.weight", (n_expert, n_embd), T.F32)
             t(b + "exp_probs_b.bias", (n_expert,), T.F32)
             for p in ("gate", "up"):
-                t(b + f"ffn_{p}_exps.weight", (n_expert, n_ff_exp, n_embd), T.IQ1_S)
-            t(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp), T.IQ2_XXS)
+                t(b + f"ffn_{p}_exps.weight", (n_expert, n_ff_exp, n_embd), T[exps_type])
+            t(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp), T[down_exps_type])
             for p in ("gate", "up"):
                 t(b + f"ffn_{p}_shexp.weight", (n_ff_exp, n_embd))
             t(b + "ffn_down_shexp.weight", (n_embd, n_ff_exp), T.Q6_K)
@@ -153,4 +157,34 @@ def runnable_deepseek2(directory: Path, name: str = "tiny-ds2", shards: bool = T
         ctx_train=2048,
         vocab_gguf=vocab,
         split_max_tensors=30 if shards else 0,
+    )[0]
+
+
+def r1_header(
+    directory: Path, exps_type: str = "IQ1_S", down_exps_type: str = "IQ1_S", shards: int = 3
+) -> Path:
+    """A header-only GGUF with DeepSeek-R1's true dimensions (61 layers, 3 dense, 256 experts of which 8 are
+    used, MLA, 7168 hidden, 129280 vocab) in `shards` parts; data regions are sparse holes, so it takes
+    kilobytes on disk while its tensor infos say ~130 GB. Types: routed experts `exps_type` (down projection
+    `down_exps_type`), attention and shared experts Q4_K/Q8_0/Q6_K, output Q6_K — an approximation of
+    Unsloth's dynamic recipe for planning, not its exact per-tensor list."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n_tensors = 2 + 3 * 13 + 58 * 18 + 2
+    return write_deepseek2(
+        directory / "R1-shape.gguf",
+        n_layers=61,
+        n_dense=3,
+        n_embd=7168,
+        n_expert=256,
+        n_used=8,
+        n_ff=18432,
+        n_ff_exp=2048,
+        n_vocab=129280,
+        ctx_train=163840,
+        n_head=128,
+        q_lora=1536,
+        exps_type=exps_type,
+        down_exps_type=down_exps_type,
+        split_max_tensors=-(-n_tensors // shards),
     )[0]

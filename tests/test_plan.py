@@ -263,3 +263,19 @@ def test_lesson_04_runs_with_parameters(tmp_path):
         for o in c.get("outputs", [])
     )
     assert "11 of 12 agree" in text and "recommended: cpu-only" in text and text.rstrip().endswith("ok")
+
+
+def test_r1_true_shape_beats_the_rule(tmp_path):
+    """R1's real dimensions (header-only, ~139 GB of sparse data): per-layer sizes vs the rule, 24 GB."""
+    from lowbit.gguf_layout import r1_header
+
+    meta = gguf_meta.read_model(r1_header(tmp_path))
+    assert (meta.n_layers, meta.n_expert, meta.n_expert_used, len(meta.shards)) == (61, 256, 8, 3)
+    assert meta.layers[0].routed_experts == 0 < meta.layers[3].routed_experts  # 3 dense layers lead
+    assert meta.layers[3].total > 5 * meta.layers[0].total
+    p = plan.make_plan(meta, [24], ram_gb=128, ctx=8192, cache_type_k="q4_0")
+    assert p.kv_bytes == 61 * 576 * 8192 * 18 // 32  # MLA: 576 K values per token and layer, no V
+    rule, ngl, exp = p.option("unsloth-rule"), p.option("ngl"), p.option("experts-cpu")
+    assert ngl.fits and ngl.n_gpu_layers > rule.n_gpu_layers  # the rule's -4 is slack the file does not need
+    assert exp.fits and exp.expert_layers_on_gpu > 0 and exp.est_tokens_per_s > 2 * ngl.est_tokens_per_s
+    assert p.recommended == "experts-cpu"
