@@ -108,3 +108,81 @@ def replicas(c, force=False, only=None):
 def models(c):
     """List the model catalog and the offline replicas (and whether each replica is built)."""
     _kit(c, "lowbit.catalog:models_command")
+
+# --- offload planning, runs and speed (lowbit.plan, lowbit.engine, lowbit.bench) -------------
+
+
+@task(
+    iterable=["vram"],
+    help={
+        "model": "catalog name or GGUF path (any shard of a split set)",
+        "vram": "GB of one GPU, repeatable for several GPUs (default: detected; none = CPU only)",
+        "ram": "GB of RAM (default: this machine's)",
+        "ctx": "context length (default: min(8192, the model's))",
+        "cache_type_k": "KV cache type for K (f16, q8_0, q4_0, ...)",
+        "cache_type_v": "KV cache type for V (MLA models: always equal to K)",
+        "sizes_from": "plan from SIZE:LAYERS alone, e.g. 131GB:61, when no file is at hand",
+        "threads": "CPU threads (default: physical cores)",
+        "gpu_bw": "GPU memory bandwidth GB/s for the estimate (default 1000)",
+        "cpu_bw": "CPU memory bandwidth GB/s (default: measured by `invoke bench`, else 50)",
+        "json": "print only JSON on stdout",
+        "layers": "also print bytes per layer (attention, dense FFN, shared and routed experts)",
+        "seed_table": "print Unsloth's R1 table next to the rule (alone when no model is given)",
+    },
+)
+def plan(c, model=None, vram=None, ram=None, ctx=None, cache_type_k="q4_0", cache_type_v=None,
+         sizes_from=None, threads=None, gpu_bw=None, cpu_bw=None, json=False, layers=False, seed_table=False):
+    """Plan GPU/CPU placement for a GGUF: layers, experts, KV cache, estimated tokens/s."""
+    _kit(c, "lowbit.plan:plan_command", model=model, vram=vram or None, ram=ram, ctx=ctx,
+         cache_type_k=cache_type_k, cache_type_v=cache_type_v, sizes_from=sizes_from, threads=threads,
+         gpu_bw=gpu_bw, cpu_bw=cpu_bw, json=json, layers=layers, seed_table=seed_table)
+
+
+@task(
+    iterable=["vram"],
+    help={
+        "model": "catalog name or GGUF path",
+        "prompt": "prompt (R1-family models get the <｜User｜>...<｜Assistant｜> turn unless --raw)",
+        "plan": "auto | rule | ngl=N | experts-cpu | multi-gpu | cpu-only",
+        "vram": "GB of one GPU, repeatable (default: detected)",
+        "ram": "GB of RAM",
+        "ctx": "context length",
+        "cache_type_k": "KV cache type for K",
+        "n_predict": "tokens to generate",
+        "greedy": "greedy sampling instead of DeepSeek's recommended --temp 0.6 --top-p 0.95 --min-p 0.01",
+        "extra": "more llama.cpp flags, one quoted string (checked against llama-completion --help)",
+        "rpc": "llama.cpp RPC workers host:port,host:port",
+        "threads": "CPU threads (default: physical cores)",
+        "raw": "send the prompt as is",
+        "json": "print only JSON on stdout",
+    },
+)
+def run(c, model, prompt="What is 1+1?", plan="auto", vram=None, ram=None, ctx=None, cache_type_k="q4_0",
+        n_predict=256, greedy=False, extra=None, rpc=None, threads=None, raw=False, json=False):
+    """Run a model once with the planned flags; print the exact command and tokens/s."""
+    _kit(c, "lowbit.engine:run_command", model=model, prompt=prompt, plan=plan, vram=vram or None, ram=ram,
+         ctx=ctx, cache_type_k=cache_type_k, n_predict=n_predict, greedy=greedy, extra=extra, rpc=rpc,
+         threads=threads, raw=raw, json=json)
+
+
+@task(
+    iterable=["sweep"],
+    help={
+        "model": "catalog name or GGUF path",
+        "sweep": "KEY=v1,v2 (ngl, threads, ctk, ncmoe, ub, fa), repeatable, e.g. --sweep ngl=0,8,16",
+        "threads": "thread counts, e.g. 1,2",
+        "cache_type_k": "cache types, e.g. f16,q4_0",
+        "n_prompt": "prompt tokens per pp test",
+        "n_gen": "generated tokens per tg test",
+        "repetitions": "llama-bench repetitions",
+        "extra": "more llama-bench flags, one quoted string",
+        "json": "print only JSON on stdout",
+        "refresh_bandwidth": "measure this machine's memory bandwidth again (it is cached)",
+    },
+)
+def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_gen=32, repetitions=3,
+          extra=None, json=False, refresh_bandwidth=False):
+    """llama-bench sweeps with roofline fractions; table and plots under runs/."""
+    _kit(c, "lowbit.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
+         cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
+         json=json, refresh_bandwidth=refresh_bandwidth)

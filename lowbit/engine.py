@@ -1,0 +1,284 @@
+"""`invoke run`: build the llama.cpp command from a plan, check it, run it, report tokens/s.
+
+The command is `llama-completion` (one-shot, `-no-cnv`) with the planner's placement flags and
+DeepSeek's recommended sampling (`--temp 0.6 --top-p 0.95 --min-p 0.01 --seed 3407`) unless
+greedy sampling is asked for. It is printed in full so people can copy it. Everything that can be
+checked before loading weights is: the model's shards, the plan's fit, `--ctx` against the model,
+and every flag against the binary's own `--help`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from lowbit import LowbitError
+
+DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
+GREEDY_SAMPLING = ["--temp", "0", "--top-k", "1", "--seed", "3407"]
+DEFAULT_PROMPT = "What is 1+1?"
+R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
+
+# common_perf_print:  eval time = 1234.56 ms / 31 runs ( 39.82 ms per token, 25.11 tokens per second)
+_PERF_RE = re.compile(
+    r"(?P<kind>prompt eval|eval) time\s*=\s*(?P<ms>[\d.]+) ms\s*/\s*(?P<n>\d+) (?:tokens|runs)"
+    r".*?(?P<tps>[\d.]+|inf|nan) tokens per second"
+)
+
+
+@dataclass
+class RunResult:
+    """What one llama.cpp run did, parsed from its timing lines."""
+
+    command: list[str]
+    text: str
+    prompt_tokens: int = 0
+    prompt_tokens_per_s: float = 0.0
+    gen_tokens: int = 0
+    gen_tokens_per_s: float = 0.0
+    seconds: float = 0.0
+    plan: str = ""
+    stderr_tail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["command_line"] = self.command_line
+        return d
+
+
+def parse_timings(log: str) -> dict[str, float]:
+    """Prompt and generation token counts and tokens/s from llama.cpp's perf lines."""
+    out: dict[str, float] = {}
+    for m in _PERF_RE.finditer(log):
+        key = "prompt" if m["kind"] == "prompt eval" else "gen"
+        tps = float(m["tps"]) if m["tps"] not in ("inf", "nan") else 0.0
+        out[f"{key}_tokens"] = int(m["n"])
+        out[f"{key}_tokens_per_s"] = tps
+        out[f"{key}_ms"] = float(m["ms"])
+    return out
+
+
+@lru_cache(maxsize=8)
+def known_flags(binary: str) -> frozenset[str]:
+    """Every option spelling the binary's `--help` lists (e.g. -ngl, --n-gpu-layers, -no-cnv)."""
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
+    flags: set[str] = set()
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("-"):  # option lines; a flag named in a description is a real flag too
+            flags.update(re.findall(r"(?<![\w-])(-{1,2}[A-Za-z][\w-]*)", line))
+    return frozenset(flags)
+
+
+def check_flags(binary: Path, args: list[str]) -> None:
+    """Refuse flags the binary does not know, before anything loads (llama.cpp would stop later)."""
+    known = known_flags(str(binary))
+    unknown = [a for a in args if re.match(r"^--?[A-Za-z]", a) and a.split("=", 1)[0] not in known]
+    if unknown:
+        import difflib
+
+        hints = [
+            f"{u} (did you mean {', '.join(difflib.get_close_matches(u, known, n=2))}?)"
+            if difflib.get_close_matches(u, known, n=2)
+            else u
+            for u in unknown
+        ]
+        raise LowbitError(f"{binary.name} does not accept: {'; '.join(hints)}. See `{binary.name} --help`.")
+
+
+def parse_rpc(rpc: str | list | None) -> list[str]:
+    """`--rpc host:port,...` for llama.cpp's RPC workers (ggml-rpc-server)."""
+    if not rpc:
+        return []
+    servers = rpc if isinstance(rpc, list) else [s for s in str(rpc).split(",")]
+    servers = [s.strip() for s in servers if s.strip()]
+    bad = [s for s in servers if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", s)]
+    if bad:
+        raise LowbitError(f"--rpc expects host:port[,host:port...]; not understood: {', '.join(bad)}")
+    return ["--rpc", ",".join(servers)]
+
+
+def format_prompt(prompt: str, arch: str, raw: bool = False) -> str:
+    """DeepSeek-R1's chat turn around a bare prompt (BOS is added by llama.cpp, so it is not written here)."""
+    if raw or not arch.startswith("deepseek") or R1_USER in prompt:
+        return prompt
+    return f"{R1_USER}{prompt}{R1_ASSISTANT}"
+
+
+def build_command(
+    model: Path,
+    placement: list[str],
+    prompt: str,
+    n_predict: int = 256,
+    greedy: bool = False,
+    extra: str | list | None = None,
+    rpc: str | list | None = None,
+    binary: Path | None = None,
+    ignore_eos: bool = False,
+) -> list[str]:
+    """The llama-completion command line for one plan (placement flags from `lowbit.plan`)."""
+    if binary is None:
+        from lowbit.build import active_build
+
+        binary = active_build().tool("llama-completion")
+    extra_args = shlex.split(extra) if isinstance(extra, str) else list(extra or [])
+    cmd = [
+        str(binary),
+        "-m",
+        str(model),
+        *placement,
+        *parse_rpc(rpc),
+        *(GREEDY_SAMPLING if greedy else DEEPSEEK_SAMPLING),
+        "-n",
+        str(n_predict),
+        "-no-cnv",
+        *(["--ignore-eos"] if ignore_eos else []),
+        *extra_args,
+        "-p",
+        prompt,
+    ]
+    return cmd
+
+
+def run_model(
+    model: str,
+    prompt: str = DEFAULT_PROMPT,
+    plan: str = "auto",
+    vram: list | None = None,
+    ram: float | None = None,
+    ctx: int | None = None,
+    cache_type_k: str = "q4_0",
+    n_predict: int = 256,
+    greedy: bool = False,
+    extra: str | None = None,
+    rpc: str | None = None,
+    threads: int | None = None,
+    raw: bool = False,
+    ignore_eos: bool = False,
+    timeout: float | None = None,
+    echo: bool = True,
+) -> RunResult:
+    """Plan, check and run `model` once; return the parsed result (the exact command included)."""
+    from lowbit import plan as planner
+    from lowbit.build import active_build
+    from lowbit.gguf_meta import read_model
+    from lowbit.ui import step, warn
+
+    path = planner.model_path(model)
+    meta = read_model(path)  # a missing shard or a cut file fails here
+    vram_gb = [float(v) for v in vram] if vram else planner.detect_vram_gb()
+    the_plan = planner.make_plan(meta, vram_gb, ram, ctx, cache_type_k, threads=threads)
+    option = planner.choose(the_plan, plan)
+    for w in the_plan.warnings:
+        warn(w)
+    build = active_build()
+    if option.n_gpu_layers and build.backend == "cpu":
+        warn(
+            f"this llama.cpp build is CPU-only: -ngl {option.n_gpu_layers} is ignored"
+            " (GPU numbers need a GPU)"
+        )
+    binary = build.tool("llama-completion")
+    cmd = build_command(
+        Path(meta.shards[0]),
+        option.flags,
+        format_prompt(prompt, meta.arch, raw),
+        n_predict,
+        greedy,
+        extra,
+        rpc,
+        binary,
+        ignore_eos,
+    )
+    check_flags(binary, cmd[1:])
+    if echo:
+        step(f"plan {option.name}: {option.note or ''}".rstrip(": "))
+        print(shlex.join(cmd), file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise LowbitError(
+            f"llama-completion did not finish in {timeout:g} s; lower -n or check the plan"
+        ) from exc
+    seconds = time.monotonic() - t0
+    log = proc.stderr + proc.stdout
+    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+    if proc.returncode != 0:
+        raise LowbitError(
+            f"llama-completion exited with {proc.returncode}:\n{tail}\ncommand: {shlex.join(cmd)}"
+        )
+    t = parse_timings(log)
+    return RunResult(
+        command=cmd,
+        text=proc.stdout,
+        prompt_tokens=int(t.get("prompt_tokens", 0)),
+        prompt_tokens_per_s=t.get("prompt_tokens_per_s", 0.0),
+        gen_tokens=int(t.get("gen_tokens", 0)),
+        gen_tokens_per_s=t.get("gen_tokens_per_s", 0.0),
+        seconds=round(seconds, 3),
+        plan=option.name,
+        stderr_tail=tail,
+    )
+
+
+def run_command(
+    model: str,
+    prompt: str = DEFAULT_PROMPT,
+    plan: str = "auto",
+    vram: list | None = None,
+    ram: float | None = None,
+    ctx: int | None = None,
+    cache_type_k: str = "q4_0",
+    n_predict: int = 256,
+    greedy: bool = False,
+    extra: str | None = None,
+    rpc: str | None = None,
+    threads: int | None = None,
+    raw: bool = False,
+    json: bool = False,
+) -> int:
+    """`invoke run`: the generated text on stdout, then the command and the speeds."""
+    import json as _json
+
+    from lowbit.ui import console, print_table
+
+    r = run_model(
+        model,
+        prompt,
+        plan,
+        vram,
+        ram,
+        ctx,
+        cache_type_k,
+        int(n_predict),
+        greedy,
+        extra,
+        rpc,
+        int(threads) if threads else None,
+        raw,
+        echo=True,  # the command goes to stderr, so --json stdout stays clean
+    )
+    if json:
+        sys.stdout.write(_json.dumps(r.to_dict(), indent=1) + "\n")
+        return 0
+    console.print(r.text.strip(), markup=False)
+    print_table(
+        f"plan {r.plan}",
+        ["phase", "tokens", "tokens/s"],
+        [
+            ("prompt", r.prompt_tokens, f"{r.prompt_tokens_per_s:.2f}"),
+            ("generation", r.gen_tokens, f"{r.gen_tokens_per_s:.2f}"),
+        ],
+    )
+    console.print("command:", r.command_line, markup=False)
+    return 0

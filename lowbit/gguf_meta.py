@@ -1,0 +1,247 @@
+"""What a GGUF model is made of, read from the headers of every shard (never the tensor data).
+
+gguf-py's `GGUFReader` memory-maps a file and parses only the header (metadata and tensor infos);
+tensor data stays untouched on disk unless someone reads `ReaderTensor.data`, which this module never
+does. So a 131 GB split set is summarised in seconds: bytes per layer split into attention, dense
+FFN, shared experts and routed experts, plus embeddings and output, and the hyper-parameters the
+planner needs (layer count, context length, KV head sizes, MLA, experts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from lowbit import LowbitError
+
+SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+BLOCK_RE = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<rest>.+)$")
+
+# Per-layer groups, in the order tables show them.
+GROUPS = ("attention", "dense_ffn", "shared_experts", "routed_experts", "other")
+
+
+@dataclass
+class LayerBytes:
+    """Bytes of one transformer block, by group (`other`: norms, router, MTP/nextn parts)."""
+
+    index: int
+    attention: int = 0
+    dense_ffn: int = 0
+    shared_experts: int = 0
+    routed_experts: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.attention + self.dense_ffn + self.shared_experts + self.routed_experts + self.other
+
+    @property
+    def non_expert(self) -> int:
+        """Everything but the routed experts (what stays on the GPU with experts on CPU)."""
+        return self.total - self.routed_experts
+
+
+@dataclass
+class ModelMeta:
+    """A model's layout as the planner needs it. Byte counts are exact tensor sizes from the headers."""
+
+    name: str
+    shards: list[str]
+    arch: str
+    n_layers: int  # transformer blocks llama.cpp runs (block_count minus MTP/nextn blocks)
+    n_ctx_train: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    key_length: int  # per KV head, as stored in the cache
+    value_length: int
+    is_mla: bool  # deepseek2 with split attn_k_b/attn_v_b: the cache holds only the compressed K
+    n_expert: int
+    n_expert_used: int
+    n_vocab: int
+    file_bytes: int  # sum of shard file sizes
+    embeddings: int  # token_embd (stays on CPU in llama.cpp; one row read per token)
+    output: int  # output + output_norm (on GPU only when -ngl > n_layers)
+    layers: list[LayerBytes] = field(default_factory=list)
+    unused: int = 0  # blocks llama.cpp does not run by default (MTP/nextn)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # bytes per ggml type
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.embeddings + self.output + sum(layer.total for layer in self.layers) + self.unused
+
+    @property
+    def is_moe(self) -> bool:
+        return any(layer.routed_experts for layer in self.layers)
+
+    def group_totals(self) -> dict[str, int]:
+        return {g: sum(getattr(layer, g) for layer in self.layers) for g in GROUPS}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tensor_bytes"] = self.tensor_bytes
+        d["group_totals"] = self.group_totals()
+        return d
+
+
+def shard_paths(path: str | os.PathLike) -> list[Path]:
+    """All shards of the split set `path` belongs to (or `[path]`), checked complete.
+
+    Any shard may be given; a missing part is an error naming it, before anything is loaded.
+    """
+    path = Path(path)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        firsts = [p for p in ggufs if (m := SPLIT_RE.match(p.name)) and int(m["no"]) == 1]
+        singles = [p for p in ggufs if not SPLIT_RE.match(p.name)]
+        candidates = firsts + singles
+        if len(candidates) != 1:
+            raise LowbitError(
+                f"{path} holds {len(candidates)} GGUF models ({', '.join(p.name for p in candidates)}); "
+                "pass the file (for a split set, its -00001-of-N shard)"
+            )
+        path = candidates[0]
+    if not path.exists():
+        raise LowbitError(f"{path} does not exist; fetch the model first or pass the path of its first shard")
+    m = SPLIT_RE.match(path.name)
+    if not m:
+        return [path]
+    count = int(m["count"])
+    shards = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in shards if not p.exists()]
+    if missing:
+        raise LowbitError(
+            f"split set {m['stem']} is incomplete: missing {', '.join(missing)} in {path.parent}; "
+            "fetch the missing shards (all parts are needed)"
+        )
+    return shards
+
+
+def _field(reader, key: str, default=None):
+    f = reader.get_field(key)
+    if f is None:
+        return default
+    value = f.contents()
+    return value
+
+
+def _reader(path: Path):
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(path, "r")
+    except (ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # gguf-py raises these on cut files
+        raise LowbitError(
+            f"{path} is not a readable GGUF ({exc}); it may be truncated — fetch it again"
+        ) from exc
+
+
+def classify(rest: str) -> str:
+    """The group of a block tensor from its name after `blk.N.` (llama.cpp's naming)."""
+    if rest.startswith("nextn.") or ".nextn." in rest:
+        return "other"
+    if rest.startswith("attn_"):
+        return "attention"
+    if rest.startswith("ffn_"):
+        base = rest.split(".", 1)[0]
+        if base.endswith("exps"):  # ffn_{gate,up,down,gate_up}_exps, _chexps
+            return "routed_experts"
+        if base.endswith("shexp"):
+            return "shared_experts"
+        if base in ("ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"):
+            return "dense_ffn"
+    return "other"  # norms, router (ffn_gate_inp), exp_probs_b, ...
+
+
+@lru_cache(maxsize=32)
+def _read_cached(key: tuple) -> ModelMeta:
+    return _read(key[0])
+
+
+def read_model(path: str | os.PathLike) -> ModelMeta:
+    """Layout of the model at `path` (a file, any shard of a split set, or a folder holding one model)."""
+    shards = shard_paths(path)
+    key = (tuple(str(p) for p in shards), tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in shards))
+    return _read_cached(key)
+
+
+def _read(shards: tuple[str, ...]) -> ModelMeta:
+    first = _reader(Path(shards[0]))
+    arch = str(_field(first, "general.architecture", "")) or "unknown"
+    split_count = _field(first, "split.count")
+    if split_count is not None and int(split_count) != len(shards):
+        raise LowbitError(
+            f"{shards[0]} says the split set has {split_count} shards, the file names say "
+            f"{len(shards)}; fetch the set again"
+        )
+
+    def hp(key: str, default=0):
+        v = _field(first, f"{arch}.{key}", default)
+        if isinstance(v, list):  # per-layer arrays (e.g. head_count_kv): the planner uses the max
+            v = max(v) if v else default
+        return v
+
+    block_count = int(hp("block_count"))
+    nextn = int(hp("nextn_predict_layers", 0))
+    n_layers = block_count - nextn
+    n_embd = int(hp("embedding_length"))
+    n_head = int(hp("attention.head_count"))
+    n_head_kv = int(hp("attention.head_count_kv", n_head) or n_head)
+    head_dim = n_embd // n_head if n_head else 0
+    key_length = int(hp("attention.key_length", head_dim))
+    value_length = int(hp("attention.value_length", head_dim))
+    is_mla = arch.startswith("deepseek") and _field(first, f"{arch}.attention.key_length_mla") is not None
+    tokens = first.get_field("tokenizer.ggml.tokens")
+    n_vocab = int(hp("vocab_size", 0)) or (len(tokens.data) if tokens is not None else 0)
+
+    layers = {i: LayerBytes(i) for i in range(n_layers)}
+    embeddings = output = unused = 0
+    types: dict[str, int] = {}
+    readers = [first] + [_reader(Path(p)) for p in shards[1:]]
+    for reader in readers:
+        for t in reader.tensors:  # ReaderTensor: name, type, n_bytes from the header; .data is never touched
+            n = int(t.n_bytes)
+            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + n
+            m = BLOCK_RE.match(t.name)
+            if m:
+                i = int(m["layer"])
+                if i >= n_layers:
+                    unused += n
+                    continue
+                layer = layers[i]
+                group = classify(m["rest"])
+                setattr(layer, group, getattr(layer, group) + n)
+            elif t.name.startswith("token_embd"):
+                embeddings += n
+            elif t.name.startswith("output"):
+                output += n
+            else:
+                unused += n
+    if n_layers <= 0:
+        raise LowbitError(f"{shards[0]}: no `{arch}.block_count` in the metadata; is this a model GGUF?")
+    return ModelMeta(
+        name=Path(shards[0]).name,
+        shards=list(shards),
+        arch=arch,
+        n_layers=n_layers,
+        n_ctx_train=int(hp("context_length", 0)),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        key_length=key_length,
+        value_length=value_length,
+        is_mla=is_mla,
+        n_expert=int(hp("expert_count", 0)),
+        n_expert_used=int(hp("expert_used_count", 0)),
+        n_vocab=n_vocab,
+        file_bytes=sum(os.path.getsize(p) for p in shards),
+        embeddings=embeddings,
+        output=output,
+        layers=[layers[i] for i in range(n_layers)],
+        unused=unused,
+        tensor_types=types,
+    )

@@ -1,0 +1,120 @@
+"""`invoke run`: real llama-completion runs on a small runnable deepseek2 split set (MoE, MLA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lowbit import LowbitError, engine
+from lowbit.gguf_layout import runnable_deepseek2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_runnable(directory: Path) -> Path:
+    return runnable_deepseek2(directory)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, llama_build) -> Path:
+    return make_runnable(tmp_path_factory.mktemp("run"))
+
+
+def test_parse_timings_of_a_real_run(model):
+    r = engine.run_model(
+        str(model), "Hello", n_predict=6, greedy=True, ignore_eos=True, echo=False, timeout=300
+    )
+    assert r.gen_tokens == 5 and r.gen_tokens_per_s > 0  # the first token comes out of the prompt pass
+    assert r.prompt_tokens >= 1 and r.text.strip()
+    assert r.command[r.command.index("--temp") + 1] == "0"  # greedy
+    assert r.command[r.command.index("-ngl") + 1] == "0"  # no --vram and no GPU: cpu-only plan
+    # MLA model: the V cache type follows K (llama.cpp refuses different types for MLA)
+    assert (
+        r.command[r.command.index("--cache-type-v") + 1] == r.command[r.command.index("--cache-type-k") + 1]
+    )
+    # a split set: llama.cpp is given the first shard and finds the rest
+    assert r.command[r.command.index("-m") + 1].endswith("-00001-of-00003.gguf")
+
+
+def test_default_sampling_and_r1_turn(model):
+    cmd = engine.build_command(
+        model, ["-ngl", "0"], engine.format_prompt("Hi", "deepseek2"), binary=Path("x")
+    )
+    assert cmd[cmd.index("--temp") + 1] == "0.6" and cmd[cmd.index("--top-p") + 1] == "0.95"
+    assert cmd[cmd.index("--min-p") + 1] == "0.01" and cmd[cmd.index("--seed") + 1] == "3407"
+    assert cmd[-1] == "<｜User｜>Hi<｜Assistant｜>" and "-no-cnv" in cmd
+    assert engine.format_prompt("Hi", "llama") == "Hi"
+    assert engine.format_prompt("<｜User｜>x<｜Assistant｜>", "deepseek2") == "<｜User｜>x<｜Assistant｜>"
+
+
+def test_experts_cpu_plan_runs(model):
+    """The experts-on-CPU flags are accepted by llama.cpp (a CPU build ignores -ngl, but parses -ot)."""
+    from lowbit import gguf_meta, plan
+
+    meta = gguf_meta.read_model(model)
+    ref = plan.make_plan(meta, [4], ctx=2048)
+    base = ref.non_expert_bytes + ref.kv_bytes + ref.compute_bytes + plan.GPU_RESERVE
+    vram = (base + 0.5 * meta.layers[-1].routed_experts) / plan.GiB  # room for no expert layer
+    r = engine.run_model(
+        str(model),
+        "Hi",
+        plan="experts-cpu",
+        vram=[vram],
+        n_predict=3,
+        greedy=True,
+        ignore_eos=True,
+        echo=False,
+        timeout=300,
+    )
+    assert r.plan == "experts-cpu" and r.gen_tokens == 2
+    i = r.command.index("-ot")
+    assert r.command[i + 1] == ".ffn_.*_exps.=CPU" and r.command[r.command.index("-ngl") + 1] == "5"
+
+
+def test_rpc_passthrough_and_bad_rpc():
+    assert engine.parse_rpc("10.0.0.2:50052, host-b:50052") == ["--rpc", "10.0.0.2:50052,host-b:50052"]
+    with pytest.raises(LowbitError, match="host:port"):
+        engine.parse_rpc("10.0.0.2")
+
+
+def test_bad_input_fails_before_a_run(model, tmp_path):
+    with pytest.raises(LowbitError, match="does not accept: --no-such-flag"):
+        engine.run_model(str(model), extra="--no-such-flag 3", echo=False)
+    with pytest.raises(LowbitError, match="trained context"):
+        engine.run_model(str(model), ctx=4096, echo=False)
+    with pytest.raises(LowbitError, match="non-expert tensors"):
+        engine.run_model(str(model), plan="experts-cpu", vram=[0.5], echo=False)
+    shards = sorted(model.parent.glob("tiny-ds2-*.gguf"))
+    for p in shards:
+        os.link(p, tmp_path / p.name)
+    (tmp_path / shards[2].name).unlink()
+    with pytest.raises(LowbitError, match="missing " + shards[2].name):
+        engine.run_model(str(tmp_path / shards[0].name), echo=False)
+
+
+def test_flag_value_llama_cpp_rejects_is_reported(model):
+    """A known flag with a value llama.cpp refuses: its own error comes back, with the command."""
+    with pytest.raises(LowbitError, match="flash-attn") as exc:
+        engine.run_model(str(model), extra="--flash-attn maybe", n_predict=2, echo=False, timeout=120)
+    assert "command:" in str(exc.value)
+
+
+def test_run_task_prints_command_and_json(model):
+    args = {"model": str(model), "prompt": "Hi", "n_predict": 3, "greedy": True, "json": True}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "lowbit", "lowbit.engine:run_command", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    assert data["gen_tokens"] >= 1 and data["command_line"].startswith(data["command"][0])
+    assert data["command_line"] in out.stderr  # the copyable command is printed before the run
