@@ -105,13 +105,14 @@ def test(c, k=None, no_notebooks=False, lint=True):
         "revision": "branch, tag or commit (default: main)",
     }
 )
-def fetch(c, model, quant=None, include=None, dest=None, dry_run=False, endpoint=None, fast=False, revision=None):
+def fetch(c, model, quant=None, include=None, dest=None, dry_run=False, endpoint=None, fast=False,
+          revision=None):
     """Download model files: plan + disk check first, one progress bar, sha256-verified, resumable."""
     _kit(c, "lowbit.hub:fetch_command", model=model, quant=quant, include=include or None, dest=dest,
          dry_run=dry_run, endpoint=endpoint, fast=fast, revision=revision)
 
 
-@task(help={"first": "first shard, NAME-00001-of-0000N.gguf", "out": "merged file (default: NAME.gguf beside it)"})
+@task(help={"first": "first shard, NAME-00001-of-0000N.gguf", "out": "merged file (default: NAME.gguf)"})
 def merge(c, first, out=None):
     """Merge a shard set into one GGUF (for Ollama), verified tensor by tensor; never overwrites."""
     _kit(c, "lowbit.shards:merge_command", first=first, out=out)

@@ -39,8 +39,10 @@ PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
 MIN_MARGIN = 256 * 1000 * 1000  # free-disk margin: at least this, or 2 % of the download
 # Quant names as they appear in GGUF file and folder names (Unsloth's UD- dynamic ones included).
-QUANT_RE = re.compile(r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8]_[A-Z0-9]+(?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|Q8_0))"
-                      r"(?![A-Za-z0-9])")
+QUANT_RE = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8]_[A-Z0-9]+(?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|Q8_0))"
+    r"(?![A-Za-z0-9])"
+)
 
 
 @dataclass
@@ -114,11 +116,15 @@ def transfer_notes(fast: bool) -> list[str]:
     """What the user's transfer settings really do with huggingface_hub 2.x, one line each."""
     notes = []
     if os.environ.get("HF_HUB_ENABLE_HF_TRANSFER", "").strip().lower() in ("1", "true", "yes", "on"):
-        notes.append("HF_HUB_ENABLE_HF_TRANSFER is set, but huggingface_hub 2.x no longer uses hf_transfer: "
-                     "fast downloads go through hf_xet (use --fast for its high-performance mode).")
+        notes.append(
+            "HF_HUB_ENABLE_HF_TRANSFER is set, but huggingface_hub 2.x no longer uses hf_transfer: "
+            "fast downloads go through hf_xet (use --fast for its high-performance mode)."
+        )
     if fast:
-        notes.append("--fast: HF_XET_HIGH_PERFORMANCE=1 (hf_xet uses more connections and memory; "
-                     "plain-HTTP mirrors are unaffected).")
+        notes.append(
+            "--fast: HF_XET_HIGH_PERFORMANCE=1 (hf_xet uses more connections and memory; "
+            "plain-HTTP mirrors are unaffected)."
+        )
     return notes
 
 
@@ -135,8 +141,13 @@ def vram_bytes() -> int:
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(int(x) * 1024 * 1024 for x in out.split() if x.strip().isdigit())
@@ -156,16 +167,18 @@ def memory_warning(model_bytes: int, ram: int | None = None, vram: int | None = 
     vram = vram_bytes() if vram is None else vram
     if model_bytes <= ram + vram:
         return None
-    return (f"the model ({human_bytes(model_bytes)}) is larger than RAM + VRAM ({human_bytes(ram)} + "
-            f"{human_bytes(vram)}): llama.cpp will mmap it and re-read weights from disk for every token, so "
-            "expect far below 1 token/s (rule of thumb: download size <= RAM + VRAM).")
+    return (
+        f"the model ({human_bytes(model_bytes)}) is larger than RAM + VRAM ({human_bytes(ram)} + "
+        f"{human_bytes(vram)}): llama.cpp will mmap it and re-read weights from disk for every token, so "
+        "expect far below 1 token/s (rule of thumb: download size <= RAM + VRAM)."
+    )
 
 
 # --- plan ------------------------------------------------------------------------------------------
 
 
 def quant_patterns(quant: str | None, include: Sequence[str] | None) -> list[str]:
-    """`--quant UD-IQ1_S` -> `*UD-IQ1_S*`; `--include` patterns are used as given (fnmatch, like the Hub's)."""
+    """`--quant UD-IQ1_S` -> `*UD-IQ1_S*`; `--include` patterns as given (fnmatch, as the Hub)."""
     patterns = list(include or [])
     if quant:
         patterns.append(f"*{quant}*")
@@ -197,8 +210,12 @@ def _local_status(dest: Path, remote: RemoteFile, records: dict[str, dict]) -> t
         st = target.stat()
         rec = records.get(remote.path, {})
         key, digest = remote.expected
-        if st.st_size == remote.size and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns \
-                and rec.get(key) == digest:
+        if (
+            st.st_size == remote.size
+            and rec.get("size") == st.st_size
+            and rec.get("mtime_ns") == st.st_mtime_ns
+            and rec.get(key) == digest
+        ):
             return "have", 0
         if st.st_size == remote.size:
             return "check", 0  # present but not verified yet: hash it, download only if wrong
@@ -214,8 +231,14 @@ def partial_path(dest: Path, remote: RemoteFile) -> Path:
     return dest / PARTIAL_DIR / f"{remote.path}.{digest}.part"
 
 
-def plan_fetch(repo_id: str, patterns: Sequence[str], dest: Path | None = None, endpoint: str | None = None,
-               revision: str | None = None, token: str | bool | None = None) -> FetchPlan:
+def plan_fetch(
+    repo_id: str,
+    patterns: Sequence[str],
+    dest: Path | None = None,
+    endpoint: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> FetchPlan:
     """Resolve the revision, list the repo tree, select files, and compare with what `dest` holds."""
     hub = _import_hub()
     from huggingface_hub import HfApi, constants
@@ -227,11 +250,16 @@ def plan_fetch(repo_id: str, patterns: Sequence[str], dest: Path | None = None, 
     api = HfApi(endpoint=endpoint, token=token)
     try:
         info = api.model_info(repo_id, revision=revision)
-        tree = [e for e in api.list_repo_tree(repo_id, recursive=True, revision=info.sha)
-                if isinstance(e, hub.RepoFile)]
+        tree = [
+            e
+            for e in api.list_repo_tree(repo_id, recursive=True, revision=info.sha)
+            if isinstance(e, hub.RepoFile)
+        ]
     except RepositoryNotFoundError as exc:
-        raise LowbitError(f"repo {repo_id} not found at {endpoint} (or it is gated/private: log in with "
-                          f"`hf auth login`); check --model/--endpoint") from exc
+        raise LowbitError(
+            f"repo {repo_id} not found at {endpoint} (or it is gated/private: log in with "
+            f"`hf auth login`); check --model/--endpoint"
+        ) from exc
     except RevisionNotFoundError as exc:
         raise LowbitError(f"revision {revision} not found in {repo_id} at {endpoint}") from exc
     except OSError as exc:  # httpx errors are OSErrors too
@@ -242,30 +270,57 @@ def plan_fetch(repo_id: str, patterns: Sequence[str], dest: Path | None = None, 
         quants = quants_in([e.path for e in tree], sizes)
         from lowbit.ui import human_bytes
 
-        have = "; ".join(f"{q} ({n} file{'s' if n > 1 else ''}, {human_bytes(b)})" for q, (n, b) in quants.items())
-        raise LowbitError(f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}. "
-                          + (f"Quants in this repo: {have}. Pass one with --quant NAME." if have else
-                             f"The repo has {len(tree)} files: {', '.join(sorted(sizes)[:20])}."))
+        have = "; ".join(
+            f"{q} ({n} file{'s' if n > 1 else ''}, {human_bytes(b)})" for q, (n, b) in quants.items()
+        )
+        raise LowbitError(
+            f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}. "
+            + (
+                f"Quants in this repo: {have}. Pass one with --quant NAME."
+                if have
+                else f"The repo has {len(tree)} files: {', '.join(sorted(sizes)[:20])}."
+            )
+        )
     records = load_records(dest)
     files = []
     for e in selected:
-        rf = RemoteFile(path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id,
-                        xet=bool(getattr(e, "xet_hash", None)))
+        rf = RemoteFile(
+            path=e.path,
+            size=e.size,
+            sha256=e.lfs.sha256 if e.lfs else None,
+            blob_id=e.blob_id,
+            xet=bool(getattr(e, "xet_hash", None)),
+        )
         rf.status, rf.partial_bytes = _local_status(dest, rf, records)
         files.append(rf)
-    return FetchPlan(repo_id=repo_id, revision=info.sha or "main", endpoint=endpoint, dest=dest,
-                     patterns=list(patterns), files=files, free_bytes=free_disk(dest),
-                     all_paths=[e.path for e in tree])
+    return FetchPlan(
+        repo_id=repo_id,
+        revision=info.sha or "main",
+        endpoint=endpoint,
+        dest=dest,
+        patterns=list(patterns),
+        files=files,
+        free_bytes=free_disk(dest),
+        all_paths=[e.path for e in tree],
+    )
 
 
 def print_plan(plan: FetchPlan) -> None:
     from lowbit.ui import human_bytes, print_table
 
-    rows = [(f.path, human_bytes(f.size), f.status + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes
-                                                       else "")) for f in plan.files]
+    rows = [
+        (
+            f.path,
+            human_bytes(f.size),
+            f.status + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes else ""),
+        )
+        for f in plan.files
+    ]
     rows.append(("TOTAL", human_bytes(plan.total_bytes), f"to download: {human_bytes(plan.download_bytes)}"))
     rows.append(("free disk", human_bytes(plan.free_bytes), str(plan.dest)))
-    print_table(f"{plan.repo_id} @ {plan.revision[:12]} from {plan.endpoint}", ["file", "size", "status"], rows)
+    print_table(
+        f"{plan.repo_id} @ {plan.revision[:12]} from {plan.endpoint}", ["file", "size", "status"], rows
+    )
 
 
 def check_plan(plan: FetchPlan) -> None:
@@ -276,7 +331,8 @@ def check_plan(plan: FetchPlan) -> None:
         raise LowbitError(
             f"not enough disk space at {plan.dest}: the download needs {human_bytes(plan.download_bytes)} "
             f"(+ margin = {human_bytes(plan.needed_bytes)}) but only {human_bytes(plan.free_bytes)} is free. "
-            "Free some space or pass --dest on a bigger disk.")
+            "Free some space or pass --dest on a bigger disk."
+        )
 
 
 # --- download --------------------------------------------------------------------------------------
@@ -354,10 +410,19 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
     # told the size up front; a mirror serves any size and we check size + sha256 ourselves afterwards.
     expected = f.size if f.size <= constants.MAX_HTTP_DOWNLOAD_SIZE else None
     with open(part, "ab") as fh:
-        http_get(location, fh, resume_size=resume, headers=headers, expected_size=expected, tqdm_class=bar_cls,
-                 displayed_filename=Path(f.path).name)
+        http_get(
+            location,
+            fh,
+            resume_size=resume,
+            headers=headers,
+            expected_size=expected,
+            tqdm_class=bar_cls,
+            displayed_filename=Path(f.path).name,
+        )
     if part.stat().st_size != f.size:
-        raise LowbitError(f"{f.path}: got {part.stat().st_size} bytes, the repo says {f.size}; run fetch again")
+        raise LowbitError(
+            f"{f.path}: got {part.stat().st_size} bytes, the repo says {f.size}; run fetch again"
+        )
     target = plan.dest / f.path
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, target)
@@ -366,8 +431,16 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
 def _xet_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
     from huggingface_hub import hf_hub_download
 
-    hf_hub_download(plan.repo_id, f.path, revision=plan.revision, endpoint=plan.endpoint, local_dir=plan.dest,
-                    token=token, tqdm_class=bar_cls, force_download=(plan.dest / f.path).exists())
+    hf_hub_download(
+        plan.repo_id,
+        f.path,
+        revision=plan.revision,
+        endpoint=plan.endpoint,
+        local_dir=plan.dest,
+        token=token,
+        tqdm_class=bar_cls,
+        force_download=(plan.dest / f.path).exists(),
+    )
 
 
 def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
@@ -409,8 +482,16 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
     total = sum(f.size for f in todo if f.status != "check")
     done_before = sum(f.partial_bytes for f in todo if f.status == "resume")
     result = FetchResult([], [f.path for f in plan.files if f.status == "have"], [], 0)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err_console, disable=not show_progress, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not show_progress,
+        transient=False,
+    )
     with progress:
         task_id = progress.add_task("fetch", total=total or None, completed=done_before)
         bar_cls = _bar_class(progress, task_id)
@@ -433,8 +514,11 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
                     _http_download(plan, f, token, bar_cls)
             except OSError as exc:
                 kept = partial_path(plan.dest, f)
-                kept_note = (f"; {kept.stat().st_size} bytes are kept and the same command resumes them"
-                             if kept.exists() else "")
+                kept_note = (
+                    f"; {kept.stat().st_size} bytes are kept and the same command resumes them"
+                    if kept.exists()
+                    else ""
+                )
                 raise LowbitError(f"download of {f.path} failed: {exc}{kept_note}") from exc
             result.bytes_downloaded += int(progress.tasks[0].completed - before)
             progress.update(task_id, description=f"verifying {name}")
@@ -452,9 +536,18 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
 # --- the task --------------------------------------------------------------------------------------
 
 
-def fetch(model: str, quant: str | None = None, include: Sequence[str] | None = None, dest: str | None = None,
-          dry_run: bool = False, endpoint: str | None = None, fast: bool = False, revision: str | None = None,
-          token: str | None = None, show_progress: bool = True) -> FetchResult | None:
+def fetch(
+    model: str,
+    quant: str | None = None,
+    include: Sequence[str] | None = None,
+    dest: str | None = None,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+    fast: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    show_progress: bool = True,
+) -> FetchResult | None:
     """Plan, check, download and verify; returns None for a dry run. Raises LowbitError on any failure."""
     from lowbit.catalog import resolve_model
     from lowbit.ui import human_bytes, step, warn
@@ -471,8 +564,14 @@ def fetch(model: str, quant: str | None = None, include: Sequence[str] | None = 
     for note in transfer_notes(fast):
         step(note)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    plan = plan_fetch(resolved.repo_id, quant_patterns(quant, include), Path(dest).expanduser() if dest else None,
-                      endpoint=endpoint, revision=revision, token=token)
+    plan = plan_fetch(
+        resolved.repo_id,
+        quant_patterns(quant, include),
+        Path(dest).expanduser() if dest else None,
+        endpoint=endpoint,
+        revision=revision,
+        token=token,
+    )
     print_plan(plan)
     gguf_bytes = sum(f.size for f in plan.files if f.path.endswith(".gguf"))
     if gguf_bytes and (msg := memory_warning(gguf_bytes)):
@@ -483,19 +582,38 @@ def fetch(model: str, quant: str | None = None, include: Sequence[str] | None = 
         return None
     result = download(plan, token=token, show_progress=show_progress)
     if result.bad:
-        raise LowbitError(f"verification failed (size or sha256 differs from the repo) and the file was removed: "
-                          f"{', '.join(result.bad)}. Good files are kept; run the same command to fetch it again.")
-    step(f"{len(result.downloaded)} file(s) downloaded and verified, {len(result.skipped)} already present "
-         f"({human_bytes(result.bytes_downloaded)} transferred) -> {plan.dest}")
+        raise LowbitError(
+            f"verification failed (size or sha256 differs from the repo) and the file was removed: "
+            f"{', '.join(result.bad)}. Good files are kept; run the same command to fetch it again."
+        )
+    step(
+        f"{len(result.downloaded)} file(s) downloaded and verified, {len(result.skipped)} already present "
+        f"({human_bytes(result.bytes_downloaded)} transferred) -> {plan.dest}"
+    )
     return result
 
 
-def fetch_command(model: str, quant: str | None = None, include: list[str] | None = None, dest: str | None = None,
-                  dry_run: bool = False, endpoint: str | None = None, fast: bool = False,
-                  revision: str | None = None) -> int:
+def fetch_command(
+    model: str,
+    quant: str | None = None,
+    include: list[str] | None = None,
+    dest: str | None = None,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+    fast: bool = False,
+    revision: str | None = None,
+) -> int:
     """`invoke fetch`."""
-    fetch(model, quant=quant, include=include, dest=dest, dry_run=dry_run, endpoint=endpoint, fast=fast,
-          revision=revision)
+    fetch(
+        model,
+        quant=quant,
+        include=include,
+        dest=dest,
+        dry_run=dry_run,
+        endpoint=endpoint,
+        fast=fast,
+        revision=revision,
+    )
     return 0
 
 

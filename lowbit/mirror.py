@@ -93,8 +93,13 @@ class MirrorFile:
             return {"type": "file", "path": self.path, "size": self.size, "oid": self.digest}
         pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.digest}\nsize {self.size}\n"
         pointer_oid = hashlib.sha1(f"blob {len(pointer)}\0{pointer}".encode()).hexdigest()
-        return {"type": "file", "path": self.path, "size": self.size, "oid": pointer_oid,
-                "lfs": {"oid": self.digest, "size": self.size, "pointerSize": len(pointer)}}
+        return {
+            "type": "file",
+            "path": self.path,
+            "size": self.size,
+            "oid": pointer_oid,
+            "lfs": {"oid": self.digest, "size": self.size, "pointerSize": len(pointer)},
+        }
 
 
 class Repo:
@@ -158,8 +163,10 @@ class Mirror:
     def __init__(self, directory: Path | str):
         self.root = Path(directory).expanduser().resolve()
         if not self.root.is_dir():
-            raise LowbitError(f"mirror directory {self.root} does not exist; pass --dir MODELS (a folder of "
-                              "<owner>/<name>/ repos, e.g. what `invoke fetch` wrote)")
+            raise LowbitError(
+                f"mirror directory {self.root} does not exist; pass --dir MODELS (a folder of "
+                "<owner>/<name>/ repos, e.g. what `invoke fetch` wrote)"
+            )
         self._repos: dict[str, Repo] = {}
         self._lock = threading.Lock()
 
@@ -167,7 +174,11 @@ class Mirror:
         ids = []
         for owner in sorted(self.root.iterdir()):
             if owner.is_dir() and _NAME.match(owner.name):
-                ids += [f"{owner.name}/{r.name}" for r in sorted(owner.iterdir()) if r.is_dir() and _NAME.match(r.name)]
+                ids += [
+                    f"{owner.name}/{r.name}"
+                    for r in sorted(owner.iterdir())
+                    if r.is_dir() and _NAME.match(r.name)
+                ]
         return ids
 
     def repo(self, repo_id: str) -> Repo | None:
@@ -200,8 +211,13 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if self.verbose:
             super().log_message(format, *args)
 
-    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-               content_type: str = "application/json") -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -253,7 +269,9 @@ class MirrorHandler(BaseHTTPRequestHandler):
             self._error(404, "RepoNotFound", f"repository {repo_id} not found on this mirror")
             return None
         if revision not in ("main", repo.sha):
-            self._error(404, "RevisionNotFound", f"revision {revision} not found (this mirror has main = {repo.sha})")
+            self._error(
+                404, "RevisionNotFound", f"revision {revision} not found (this mirror has main = {repo.sha})"
+            )
             return None
         return repo
 
@@ -264,8 +282,15 @@ class MirrorHandler(BaseHTTPRequestHandler):
             revision = rest[1] if len(rest) > 1 else "main"
             if (repo := self._repo_or_404(repo_id, revision)) is None:
                 return
-            return self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
-                               "siblings": [{"rfilename": p} for p in repo.files]})
+            return self._json(
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": repo.sha,
+                    "private": False,
+                    "siblings": [{"rfilename": p} for p in repo.files],
+                }
+            )
         if rest[0] == "tree" and len(rest) >= 2:
             if (repo := self._repo_or_404(repo_id, rest[1])) is None:
                 return
@@ -284,8 +309,12 @@ class MirrorHandler(BaseHTTPRequestHandler):
         f = repo.files.get(path)  # the only way to a file: the listing made by walking --dir
         if f is None:
             return self._error(404, "EntryNotFound", f"{path} not found in {repo_id}")
-        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{f.digest}"', "Accept-Ranges": "bytes",
-                   "Content-Disposition": f'inline; filename="{Path(f.path).name}"'}
+        headers = {
+            "X-Repo-Commit": repo.sha,
+            "ETag": f'"{f.digest}"',
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{Path(f.path).name}"',
+        }
         if f.lfs:
             headers.update({"X-Linked-Etag": f'"{f.digest}"', "X-Linked-Size": str(f.size)})
         start, end = 0, f.size - 1
@@ -345,8 +374,15 @@ def _tree_entries(repo: Repo, prefix: str, recursive: bool) -> list[dict] | None
             if not recursive and i > depth + 1:
                 break
             folder = "/".join(parts[:i])
-            entries.setdefault(folder, {"type": "directory", "path": folder, "oid": hashlib.sha1(
-                folder.encode()).hexdigest(), "size": 0})
+            entries.setdefault(
+                folder,
+                {
+                    "type": "directory",
+                    "path": folder,
+                    "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                    "size": 0,
+                },
+            )
         if recursive or len(parts) == depth + 1:
             entries[f.path] = f.tree_entry()
     return list(entries.values())
@@ -372,8 +408,13 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     return start, end
 
 
-def make_server(directory: Path | str, host: str = "127.0.0.1", port: int = 0,
-                handler: type[MirrorHandler] = MirrorHandler, verbose: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    directory: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handler: type[MirrorHandler] = MirrorHandler,
+    verbose: bool = False,
+) -> ThreadingHTTPServer:
     """A ready (not yet serving) mirror server; port 0 picks a free one (`server.server_address`)."""
     mirror = Mirror(directory)
     cls = type("BoundMirrorHandler", (handler,), {"mirror": mirror, "verbose": verbose})
@@ -385,8 +426,13 @@ def make_server(directory: Path | str, host: str = "127.0.0.1", port: int = 0,
 class MirrorServer:
     """A mirror running in a background thread: `with MirrorServer(dir) as m: m.url`."""
 
-    def __init__(self, directory: Path | str, host: str = "127.0.0.1", port: int = 0,
-                 handler: type[MirrorHandler] = MirrorHandler):
+    def __init__(
+        self,
+        directory: Path | str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        handler: type[MirrorHandler] = MirrorHandler,
+    ):
         self.server = make_server(directory, host, port, handler)
         self.mirror: Mirror = self.server.RequestHandlerClass.mirror  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self.server.serve_forever, name="lowbit-mirror", daemon=True)
@@ -421,12 +467,17 @@ def mirror_command(dir: str, host: str = "127.0.0.1", port: int = 8088, verbose:
         warn(f"no <owner>/<name>/ repos with files under {mirror_dir}: clients will get RepoNotFound")
     from lowbit.ui import human_bytes
 
-    print_table("served repos", ["repo", "files", "size"],
-                [(r.repo_id, len(r.files), human_bytes(sum(f.size for f in r.files.values()))) for r in repos])
+    print_table(
+        "served repos",
+        ["repo", "files", "size"],
+        [(r.repo_id, len(r.files), human_bytes(sum(f.size for f in r.files.values()))) for r in repos],
+    )
     bound_host, bound_port = server.server_address[:2]
     shown = bound_host if host not in ("0.0.0.0", "::", "") else "THIS-MACHINE"
-    step(f"serving read-only at http://{bound_host}:{bound_port} — clients: "
-         f"`invoke fetch --endpoint http://{shown}:{bound_port} --model OWNER/NAME ...`")
+    step(
+        f"serving read-only at http://{bound_host}:{bound_port} — clients: "
+        f"`invoke fetch --endpoint http://{shown}:{bound_port} --model OWNER/NAME ...`"
+    )
     if host in ("127.0.0.1", "localhost", "::1"):
         step("bound to loopback only; pass --host 0.0.0.0 to serve the room")
     try:

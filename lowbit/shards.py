@@ -103,7 +103,9 @@ def check_set(s: ShardSet) -> SetCheck:
     check = SetCheck(s)
     missing = s.missing
     if missing:
-        check.problems.append(f"missing {len(missing)} of {s.count} parts: {', '.join(p.name for p in missing)}")
+        check.problems.append(
+            f"missing {len(missing)} of {s.count} parts: {', '.join(p.name for p in missing)}"
+        )
     declared_totals = set()
     arch = set()
     for k, p in enumerate(s.parts, start=1):
@@ -116,7 +118,9 @@ def check_set(s: ShardSet) -> SetCheck:
             continue
         count, no, total = _field(r, "split.count"), _field(r, "split.no"), _field(r, "split.tensors.count")
         if count is None:
-            check.problems.append(f"{p.name}: has no split.count key, it is not part of a llama-gguf-split set")
+            check.problems.append(
+                f"{p.name}: has no split.count key, it is not part of a llama-gguf-split set"
+            )
             continue
         if count != s.count:
             check.problems.append(f"{p.name}: split.count = {count}, but the name says {s.count} parts")
@@ -127,11 +131,15 @@ def check_set(s: ShardSet) -> SetCheck:
         if k == 1:
             arch.add(_field(r, "general.architecture"))
     if len(declared_totals) > 1:
-        check.problems.append(f"parts disagree on split.tensors.count ({sorted(declared_totals)}): "
-                              "they come from different splits")
+        check.problems.append(
+            f"parts disagree on split.tensors.count ({sorted(declared_totals)}): "
+            "they come from different splits"
+        )
     elif declared_totals and not missing and check.tensors != next(iter(declared_totals)):
-        check.problems.append(f"the parts hold {check.tensors} tensors but declare split.tensors.count = "
-                              f"{next(iter(declared_totals))}: they do not belong together")
+        check.problems.append(
+            f"the parts hold {check.tensors} tensors but declare split.tensors.count = "
+            f"{next(iter(declared_totals))}: they do not belong together"
+        )
     return check
 
 
@@ -142,9 +150,11 @@ def require_complete(path: Path | str) -> ShardSet:
         raise LowbitError(f"{path} is not named like a shard (NAME-00001-of-0000N.gguf)")
     check = check_set(s)
     if not check.ok:
-        raise LowbitError(f"shard set {s.prefix} ({s.count} parts in {s.directory}) is not usable: "
-                          + "; ".join(check.problems)
-                          + ". Fetch the missing/bad parts again (`invoke fetch` verifies sha256).")
+        raise LowbitError(
+            f"shard set {s.prefix} ({s.count} parts in {s.directory}) is not usable: "
+            + "; ".join(check.problems)
+            + ". Fetch the missing/bad parts again (`invoke fetch` verifies sha256)."
+        )
     return s
 
 
@@ -221,10 +231,15 @@ def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> Ver
             if other is None:
                 problems.append(f"tensor {t.name} is missing from {single.name}")
                 continue
-            if other.tensor_type != t.tensor_type or tuple(int(x) for x in other.shape) != shape \
-                    or other.n_bytes != t.n_bytes:
-                problems.append(f"tensor {t.name}: {t.tensor_type.name}{list(shape)} in the shards, "
-                                f"{other.tensor_type.name}{list(other.shape)} in {single.name}")
+            if (
+                other.tensor_type != t.tensor_type
+                or tuple(int(x) for x in other.shape) != shape
+                or other.n_bytes != t.n_bytes
+            ):
+                problems.append(
+                    f"tensor {t.name}: {t.tensor_type.name}{list(shape)} in the shards, "
+                    f"{other.tensor_type.name}{list(other.shape)} in {single.name}"
+                )
                 continue
             fa = handles.get(path) or handles.setdefault(path, open(path, "rb", buffering=0))
             h = hashlib.sha256() if hashes else None
@@ -273,9 +288,11 @@ def _check_disk(directory: Path, needed: int, what: str) -> None:
 
     free = _free(directory)
     if needed + DISK_MARGIN > free:
-        raise LowbitError(f"not enough disk space in {directory} to {what}: it needs {human_bytes(needed)} "
-                          f"(+ {human_bytes(DISK_MARGIN)} margin), {human_bytes(free)} is free. "
-                          "Free some space or write elsewhere (--out).")
+        raise LowbitError(
+            f"not enough disk space in {directory} to {what}: it needs {human_bytes(needed)} "
+            f"(+ {human_bytes(DISK_MARGIN)} margin), {human_bytes(free)} is free. "
+            "Free some space or write elsewhere (--out)."
+        )
 
 
 def _link_no_overwrite(tmp: Path, final: Path) -> None:
@@ -283,7 +300,9 @@ def _link_no_overwrite(tmp: Path, final: Path) -> None:
     try:
         os.link(tmp, final)  # atomic, and fails with FileExistsError instead of replacing
     except FileExistsError:
-        raise LowbitError(f"{final} already exists; lowbit never overwrites it. Remove it or pass --out.") from None
+        raise LowbitError(
+            f"{final} already exists; lowbit never overwrites it. Remove it or pass --out."
+        ) from None
     except OSError:  # filesystems without hard links: check, then rename (same directory)
         if final.exists():
             raise LowbitError(f"{final} already exists; lowbit never overwrites it.") from None
@@ -292,13 +311,17 @@ def _link_no_overwrite(tmp: Path, final: Path) -> None:
     tmp.unlink()
 
 
-def _run_with_progress(cmd: list[str], watch: Path | list[Path], total: int, label: str) -> subprocess.CompletedProcess:
+def _run_with_progress(
+    cmd: list[str], watch: Path | list[Path], total: int, label: str
+) -> subprocess.CompletedProcess:
     """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from lowbit.ui import err_console
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -309,8 +332,14 @@ def _run_with_progress(cmd: list[str], watch: Path | list[Path], total: int, lab
         return sum(p.stat().st_size for d in watch for p in d.glob("*.gguf"))
 
     try:
-        with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=err_console, transient=True) as progress:
+        with Progress(
+            TextColumn(label),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
             task = progress.add_task(label, total=total)
             while proc.poll() is None:
                 progress.update(task, completed=written())
@@ -324,7 +353,9 @@ def _run_with_progress(cmd: list[str], watch: Path | list[Path], total: int, lab
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
 
 
-def merge(first: Path | str, out: Path | str | None = None, verify: bool = True) -> tuple[Path, VerifyReport | None]:
+def merge(
+    first: Path | str, out: Path | str | None = None, verify: bool = True
+) -> tuple[Path, VerifyReport | None]:
     """Merge a complete shard set into one GGUF next to it (or `out`), verified, never overwriting."""
     from lowbit.ui import step
 
@@ -338,15 +369,21 @@ def merge(first: Path | str, out: Path | str | None = None, verify: bool = True)
     report = None
     try:
         step(f"merging {s.count} shards -> {final.name} (temporary name until verified)")
-        proc = _run_with_progress([str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge")
+        proc = _run_with_progress(
+            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge"
+        )
         if proc.returncode != 0 or not tmp.exists():
-            raise LowbitError(f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+            raise LowbitError(
+                f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            )
         if verify:
             step("verifying tensor by tensor against the shards")
             report = verify_tensors(s.parts, tmp)
             if not report.ok:
-                raise LowbitError(f"merged file does not match the shards: {'; '.join(report.problems[:10])}. "
-                                  "Nothing was written under the final name.")
+                raise LowbitError(
+                    f"merged file does not match the shards: {'; '.join(report.problems[:10])}. "
+                    "Nothing was written under the final name."
+                )
         _link_no_overwrite(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -359,9 +396,11 @@ def merge_command(first: str, out: str | None = None) -> int:
 
     final, report = merge(first, out)
     assert report is not None
-    step(f"{final} written: {len(report.tensors)} tensors checked (names, types, shapes, data; "
-         f"{human_bytes(report.bytes_compared)} compared in {report.seconds:.1f} s). "
-         "llama.cpp does not need this file (it loads shards directly); Ollama does: `invoke ollama FILE`.")
+    step(
+        f"{final} written: {len(report.tensors)} tensors checked (names, types, shapes, data; "
+        f"{human_bytes(report.bytes_compared)} compared in {report.seconds:.1f} s). "
+        "llama.cpp does not need this file (it loads shards directly); Ollama does: `invoke ollama FILE`."
+    )
     return 0
 
 
@@ -372,14 +411,20 @@ def _parse_size(text: str) -> tuple[str, int]:
     """'2G' / '500M' (what llama-gguf-split accepts, 1000-based) -> (its argument, bytes)."""
     m = _SIZE_RE.match(str(text))
     if not m:
-        raise LowbitError(f"--max-size {text!r}: use a number with M or G, e.g. 500M or 2G "
-                          "(llama-gguf-split accepts nothing else)")
+        raise LowbitError(
+            f"--max-size {text!r}: use a number with M or G, e.g. 500M or 2G "
+            "(llama-gguf-split accepts nothing else)"
+        )
     n, unit = int(m[1]), m[2].upper()
     return f"{n}{unit}", n * (1000**2 if unit == "M" else 1000**3)
 
 
-def split(file: Path | str, max_size: str | None = None, max_tensors: int | None = None,
-          out: Path | str | None = None) -> ShardSet:
+def split(
+    file: Path | str,
+    max_size: str | None = None,
+    max_tensors: int | None = None,
+    out: Path | str | None = None,
+) -> ShardSet:
     """Split one GGUF into a verified shard set (`out` = path prefix, default next to the file)."""
     from gguf import GGUFReader
 
@@ -396,32 +441,57 @@ def split(file: Path | str, max_size: str | None = None, max_tensors: int | None
     prefix.parent.mkdir(parents=True, exist_ok=True)
     existing = sorted(prefix.parent.glob(f"{prefix.name}-*-of-*.gguf"))
     if existing:
-        raise LowbitError(f"{existing[0]} already exists; lowbit never overwrites shards. Remove them or pass --out.")
+        raise LowbitError(
+            f"{existing[0]} already exists; lowbit never overwrites shards. Remove them or pass --out."
+        )
     _check_disk(prefix.parent, src.stat().st_size, "split")
-    flags = ["--split-max-tensors", str(int(max_tensors))] if max_tensors else ["--split-max-size",
-                                                                               _parse_size(max_size)[0]]
+    flags = (
+        ["--split-max-tensors", str(int(max_tensors))]
+        if max_tensors
+        else ["--split-max-size", _parse_size(max_size)[0]]
+    )
     tmpdir = prefix.parent / f".{prefix.name}.lowbit-splitting-{os.getpid()}"
     tmpdir.mkdir()
     try:
         step(f"splitting {src.name} ({' '.join(flags)})")
-        proc = _run_with_progress([str(gguf_split_tool()), "--split", *flags, str(src), str(tmpdir / prefix.name)],
-                                  [tmpdir], src.stat().st_size, "split")
+        proc = _run_with_progress(
+            [str(gguf_split_tool()), "--split", *flags, str(src), str(tmpdir / prefix.name)],
+            [tmpdir],
+            src.stat().st_size,
+            "split",
+        )
         if proc.returncode != 0:
             if "0 tensors" in proc.stdout and max_size:
                 largest = max(GGUFReader(src).tensors, key=lambda t: int(t.n_bytes))
                 limit = _parse_size(max_size)[1]
+                need_mb = max(1, -(-int(largest.n_bytes) // 1000**2))
                 raise LowbitError(
                     f"--max-size {max_size} is smaller than the largest tensor, {largest.name} "
                     f"({human_bytes(int(largest.n_bytes))}), and a tensor is never cut across splits. "
-                    f"Use --max-size {max(1, -(-int(largest.n_bytes) // 1000**2))}M or more, or --max-tensors N "
-                    f"(always works). [llama-gguf-split: one of splits have 0 tensors; limit {human_bytes(limit)}]")
-            raise LowbitError(f"llama-gguf-split --split failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+                    f"Use --max-size {need_mb}M or more, or --max-tensors N (always works). "
+                    f"[llama-gguf-split: one of splits have 0 tensors; limit {human_bytes(limit)}]"
+                )
+            raise LowbitError(
+                f"llama-gguf-split --split failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            )
         made = shard_set(next(iter(sorted(tmpdir.glob("*.gguf")))))
         assert made is not None
         check = check_set(made)
         report = verify_tensors(made.parts, src)
         if not check.ok or not report.ok:
-            raise LowbitError(f"the split does not match {src.name}: {'; '.join(check.problems + report.problems)}")
+            raise LowbitError(
+                f"the split does not match {src.name}: {'; '.join(check.problems + report.problems)}"
+            )
+        if max_size:
+            limit = _parse_size(max_size)[1]
+            for p in made.parts:
+                if p.stat().st_size > limit:
+                    from lowbit.ui import warn
+
+                    warn(
+                        f"{p.name} is {human_bytes(p.stat().st_size)}, over --max-size {max_size}: "
+                        "it holds a tensor larger than the limit (tensors are never cut)"
+                    )
         result = ShardSet(prefix.parent, made.prefix, made.count)
         for k in range(1, made.count + 1):
             _link_no_overwrite(made.part(k), result.part(k))
@@ -430,13 +500,17 @@ def split(file: Path | str, max_size: str | None = None, max_tensors: int | None
     return result
 
 
-def split_command(file: str, max_size: str | None = None, max_tensors: int | None = None,
-                  out: str | None = None) -> int:
+def split_command(
+    file: str, max_size: str | None = None, max_tensors: int | None = None, out: str | None = None
+) -> int:
     """`invoke split FILE --max-size 2G | --max-tensors N`."""
     from lowbit.ui import human_bytes, print_table, step
 
     s = split(file, max_size=max_size, max_tensors=max_tensors, out=out)
-    print_table(f"{s.count} shards (verified tensor by tensor)", ["file", "size"],
-                [(p.name, human_bytes(p.stat().st_size)) for p in s.parts])
+    print_table(
+        f"{s.count} shards (verified tensor by tensor)",
+        ["file", "size"],
+        [(p.name, human_bytes(p.stat().st_size)) for p in s.parts],
+    )
     step(f"llama.cpp loads the set from its first part: -m {s.first}")
     return 0

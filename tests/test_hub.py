@@ -67,7 +67,9 @@ class FaultyHandler(MirrorHandler):
     log: list = []
 
     def _route(self):
-        self.log.append((self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+        self.log.append(
+            (self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization"))
+        )
         target = self.cfg.get("redirect_to")
         if target and "/resolve/" in self.path:
             # like the Hub sending LFS files to a CDN: metadata on the redirect, bytes at another origin
@@ -76,8 +78,13 @@ class FaultyHandler(MirrorHandler):
             repo = self.mirror.repo(repo_id)
             f = repo.files[file_path]
             self.send_response(302)
-            for k, v in {"Location": f"{target}{self.path}", "X-Repo-Commit": repo.sha, "Content-Length": "0",
-                         "X-Linked-Etag": f'"{f.digest}"', "X-Linked-Size": str(f.size)}.items():
+            for k, v in {
+                "Location": f"{target}{self.path}",
+                "X-Repo-Commit": repo.sha,
+                "Content-Length": "0",
+                "X-Linked-Etag": f'"{f.digest}"',
+                "X-Linked-Size": str(f.size),
+            }.items():
                 self.send_header(k, v)
             self.end_headers()
             return
@@ -85,11 +92,11 @@ class FaultyHandler(MirrorHandler):
 
     def send_body(self, f, start, length):
         name = Path(f.path).name
-        data = f.abspath.read_bytes()[start:start + length]
+        data = f.abspath.read_bytes()[start : start + length]
         if name in self.cfg.get("corrupt", ()):
             pos = f.size // 2 - start
             if 0 <= pos < len(data):
-                data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
+                data = data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1 :]
         drops = self.cfg.setdefault("dropped", set())
         if name in self.cfg.get("drop_once", ()) and name not in drops and length > 1000:
             drops.add(name)
@@ -101,7 +108,7 @@ class FaultyHandler(MirrorHandler):
         if self.cfg.get("throttle"):
             try:
                 for i in range(0, len(data), 8192):
-                    self.wfile.write(data[i:i + 8192])
+                    self.wfile.write(data[i : i + 8192])
                     self.cfg["sent"] = self.cfg.get("sent", 0) + 8192
                     time.sleep(self.cfg["throttle"])
             except (BrokenPipeError, ConnectionResetError):
@@ -175,7 +182,11 @@ def test_download_verifies_and_second_fetch_downloads_nothing(models, mirror, tm
     assert not orphan.exists()
     n = len(log)
     again = hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=server.url, show_progress=False)
-    assert again.downloaded == [] and again.bytes_downloaded == 0 and len(again.skipped) == len(shard_names(models))
+    assert (
+        again.downloaded == []
+        and again.bytes_downloaded == 0
+        and len(again.skipped) == len(shard_names(models))
+    )
     assert not gets(log[n:]) and not [e for e in log[n:] if e[0] == "HEAD"]
 
 
@@ -199,7 +210,9 @@ def test_connection_dropped_mid_file_is_recovered(models, mirror, tmp_path):
     server, log = mirror(drop_once={name})
     dest = tmp_path / "dl"
     result = hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=server.url, show_progress=False)
-    assert (dest / QUANT / name).read_bytes() == (models / REPO / QUANT / name).read_bytes() and not result.bad
+    assert (dest / QUANT / name).read_bytes() == (
+        models / REPO / QUANT / name
+    ).read_bytes() and not result.bad
     # huggingface_hub's http_get retries within the run; it resumes with Range from the last 10 MB chunk it
     # wrote (here: none yet, so from 0). Resuming across runs is ours: see the next test.
     assert len(gets(log, name)) == 2
@@ -225,8 +238,14 @@ def test_redirect_to_another_origin_keeps_the_token_at_home(models, mirror, tmp_
     cdn, cdn_log = mirror()
     origin, origin_log = mirror(redirect_to=cdn.url)
     dest = tmp_path / "dl"
-    hub.fetch(REPO, include=["*Q4_K_M*"], dest=str(dest), endpoint=origin.url, token="hf_secret_token",
-              show_progress=False)
+    hub.fetch(
+        REPO,
+        include=["*Q4_K_M*"],
+        dest=str(dest),
+        endpoint=origin.url,
+        token="hf_secret_token",
+        show_progress=False,
+    )
     assert (dest / "R1-Q4_K_M.gguf").read_bytes() == (models / REPO / "R1-Q4_K_M.gguf").read_bytes()
     assert gets(cdn_log) and all(e[3] is None for e in cdn_log)
     assert any(e[3] == "Bearer hf_secret_token" for e in origin_log)
@@ -238,7 +257,9 @@ def test_file_over_the_plain_http_limit_still_comes_through_the_mirror(models, m
     server, _ = mirror()
     monkeypatch.setattr(constants, "MAX_HTTP_DOWNLOAD_SIZE", 10_000)  # every shard is now "over 50 GB"
     with pytest.raises(ValueError, match="too large"):  # what plain huggingface_hub does with it
-        hf_hub_download(REPO, f"{QUANT}/{shard_names(models)[0]}", endpoint=server.url, local_dir=tmp_path / "hf")
+        hf_hub_download(
+            REPO, f"{QUANT}/{shard_names(models)[0]}", endpoint=server.url, local_dir=tmp_path / "hf"
+        )
     result = hub.fetch(REPO, quant=QUANT, dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
     assert len(result.downloaded) == len(shard_names(models)) and not result.bad
 
@@ -251,8 +272,12 @@ def test_ctrl_c_stops_the_download_promptly(models, mirror, tmp_path):
     dest = tmp_path / "dl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
     kwargs = {"model": REPO, "quant": QUANT, "dest": str(dest), "endpoint": server.url}
-    proc = subprocess.Popen([sys.executable, "-m", "lowbit", "lowbit.hub:fetch_command", json.dumps(kwargs)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowbit", "lowbit.hub:fetch_command", json.dumps(kwargs)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while handler_cfg.get("sent", 0) < 100_000:  # the first shard is flowing
@@ -283,8 +308,12 @@ def test_hf_transfer_gets_one_line_and_memory_rule(monkeypatch):
 
 
 def test_quants_are_read_from_unsloth_style_names():
-    paths = ["DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf",
-             "DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00002-of-00003.gguf",
-             "DeepSeek-R1-Q4_K_M/DeepSeek-R1-Q4_K_M-00001-of-00009.gguf", "BF16/x-BF16.gguf", "README.md"]
+    paths = [
+        "DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf",
+        "DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00002-of-00003.gguf",
+        "DeepSeek-R1-Q4_K_M/DeepSeek-R1-Q4_K_M-00001-of-00009.gguf",
+        "BF16/x-BF16.gguf",
+        "README.md",
+    ]
     assert set(hub.quants_in(paths)) == {"UD-IQ1_S", "Q4_K_M", "BF16"}
     assert hub.quants_in(paths)["UD-IQ1_S"][0] == 2

@@ -69,11 +69,15 @@ def test_huggingface_hub_downloads_through_the_mirror(served, tmp_path):
     from huggingface_hub import HfApi, snapshot_download
 
     server, repo, big = served
-    files = {f.path: f for f in HfApi(endpoint=server.url).list_repo_tree("acme/tiny-GGUF", recursive=True)
-             if hasattr(f, "lfs")}
+    files = {
+        f.path: f
+        for f in HfApi(endpoint=server.url).list_repo_tree("acme/tiny-GGUF", recursive=True)
+        if hasattr(f, "lfs")
+    }
     assert files["UD-IQ1_S/tiny-UD-IQ1_S-00001-of-00001.gguf"].lfs.sha256 == hashlib.sha256(big).hexdigest()
-    out = snapshot_download("acme/tiny-GGUF", endpoint=server.url, local_dir=tmp_path / "dl",
-                            allow_patterns=["*UD-IQ1_S*"])
+    out = snapshot_download(
+        "acme/tiny-GGUF", endpoint=server.url, local_dir=tmp_path / "dl", allow_patterns=["*UD-IQ1_S*"]
+    )
     assert (tmp_path / "dl" / "UD-IQ1_S" / "tiny-UD-IQ1_S-00001-of-00001.gguf").read_bytes() == big
     assert not (tmp_path / "dl" / "README.md").exists() and out
 
@@ -110,21 +114,24 @@ def test_errors_carry_hub_error_codes(served):
     assert resp.status == 405
 
 
-@pytest.mark.parametrize("path", [
-    "/acme/tiny-GGUF/resolve/main/../../../secret.txt",
-    "/acme/tiny-GGUF/resolve/main/..%2F..%2F..%2Fsecret.txt",
-    "/acme/tiny-GGUF/resolve/main/%2e%2e/%2e%2e/%2e%2e/secret.txt",
-    "/acme/tiny-GGUF/resolve/main/%2E%2E%2F%2E%2E%2F%2E%2E%2Fsecret.txt",
-    "/acme/%2e%2e/resolve/main/secret.txt",
-    "/%2e%2e/models/resolve/main/secret.txt",
-    "//etc/passwd",
-    "/acme/tiny-GGUF/resolve/main//etc/passwd",
-    "/acme/tiny-GGUF/resolve/main/%2Fetc%2Fpasswd",
-    "/acme/tiny-GGUF/resolve/main/escape.txt",
-    "/acme/tiny-GGUF/resolve/main/.cache/hidden.txt",
-    "/api/models/acme/..%2F..%2F/tree/main?recursive=true",
-    "/api/models/%2e%2e/%2e%2e/tree/main",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/acme/tiny-GGUF/resolve/main/../../../secret.txt",
+        "/acme/tiny-GGUF/resolve/main/..%2F..%2F..%2Fsecret.txt",
+        "/acme/tiny-GGUF/resolve/main/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+        "/acme/tiny-GGUF/resolve/main/%2E%2E%2F%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/acme/%2e%2e/resolve/main/secret.txt",
+        "/%2e%2e/models/resolve/main/secret.txt",
+        "//etc/passwd",
+        "/acme/tiny-GGUF/resolve/main//etc/passwd",
+        "/acme/tiny-GGUF/resolve/main/%2Fetc%2Fpasswd",
+        "/acme/tiny-GGUF/resolve/main/escape.txt",
+        "/acme/tiny-GGUF/resolve/main/.cache/hidden.txt",
+        "/api/models/acme/..%2F..%2F/tree/main?recursive=true",
+        "/api/models/%2e%2e/%2e%2e/tree/main",
+    ],
+)
 def test_no_path_outside_dir_is_served(served, path):
     server, _, _ = served
     resp, body = _get(server.url, path)
