@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,49 @@ def _tensor_table(paths: list[Path]) -> list[tuple[Path, object]]:
     return out
 
 
+class _Buffers:
+    """Reusable buffer pairs of exact sizes (tensor sizes repeat), so chunks compare with one memcmp."""
+
+    def __init__(self, keep: int = 4):
+        self.keep, self.pairs = keep, {}
+
+    def get(self, n: int) -> tuple[bytearray, bytearray]:
+        if n not in self.pairs:
+            if len(self.pairs) >= self.keep:
+                self.pairs.pop(next(iter(self.pairs)))
+            self.pairs[n] = (bytearray(n), bytearray(n))
+        return self.pairs[n]
+
+
+def _read_at(fd: int, buf: bytearray, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    data = os.pread(fd, len(buf), offset)  # macOS has no preadv
+    buf[: len(data)] = data
+    return len(data)
+
+
+def _compare_ranges(
+    fd_a: int, off_a: int, fd_b: int, off_b: int, size: int, pool: ThreadPoolExecutor, buffers: _Buffers, h
+) -> str | None:
+    """Stream two byte ranges once each (side A read in a helper thread, in parallel) and compare them."""
+    done = 0
+    while done < size:
+        n = min(size - done, _BUF)
+        a, b = buffers.get(n)
+        fut = pool.submit(_read_at, fd_a, a, off_a + done)
+        nb = _read_at(fd_b, b, off_b + done)
+        na = fut.result()
+        if na != n or nb != n:
+            return "file ends early"
+        if a != b:  # bytearray == bytearray is a memcmp (memoryview comparison would go item by item)
+            return "data differs"
+        if h is not None:
+            h.update(a)
+        done += n
+    return None
+
+
 def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> VerifyReport:
     """Compare the tensors of a shard set (`parts`, in order) with those of one file.
 
@@ -218,11 +262,12 @@ def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> Ver
             problems.append(f"metadata {key} differs")
     checks: list[TensorCheck] = []
     compared = 0
-    buf_a, buf_b = bytearray(_BUF), bytearray(_BUF)
-    view_a, view_b = memoryview(buf_a), memoryview(buf_b)
-    handles: dict[Path, object] = {}
+    fds: dict[Path, int] = {}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowbit-verify")
+    buffers = _Buffers()
     try:
-        fr = open(single, "rb", buffering=0)
+        fd_single = os.open(single, os.O_RDONLY)
+        fds[single] = fd_single
         for path, t in left:
             other = right.get(t.name)
             shape = tuple(int(x) for x in t.shape)
@@ -241,30 +286,29 @@ def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> Ver
                     f"{other.tensor_type.name}{list(other.shape)} in {single.name}"
                 )
                 continue
-            fa = handles.get(path) or handles.setdefault(path, open(path, "rb", buffering=0))
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
             h = hashlib.sha256() if hashes else None
-            left_bytes, off_a, off_b = int(t.n_bytes), int(t.data_offset), int(other.data_offset)
-            fa.seek(off_a)
-            fr.seek(off_b)
-            while left_bytes > 0:
-                n = min(left_bytes, _BUF)
-                na, nb = fa.readinto(view_a[:n]), fr.readinto(view_b[:n])
-                if na != n or nb != n:
-                    problems.append(f"tensor {t.name}: file ends early")
-                    break
-                if view_a[:n] != view_b[:n]:
-                    problems.append(f"tensor {t.name}: data differs")
-                    break
-                if h is not None:
-                    h.update(view_a[:n])
-                left_bytes -= n
-                compared += n
-            if h is not None and left_bytes == 0:
+            problem = _compare_ranges(
+                fds[path],
+                int(t.data_offset),
+                fd_single,
+                int(other.data_offset),
+                int(t.n_bytes),
+                pool,
+                buffers,
+                h,
+            )
+            if problem:
+                problems.append(f"tensor {t.name}: {problem}")
+                continue
+            compared += int(t.n_bytes)
+            if h is not None:
                 tc.sha256 = h.hexdigest()
-        fr.close()
     finally:
-        for fh in handles.values():
-            fh.close()
+        pool.shutdown()
+        for fd in fds.values():
+            os.close(fd)
     return VerifyReport(checks, problems, compared, time.perf_counter() - t0)
 
 
@@ -339,12 +383,17 @@ def _run_with_progress(
             TransferSpeedColumn(),
             console=err_console,
             transient=True,
+            auto_refresh=False,
         ) as progress:
             task = progress.add_task(label, total=total)
-            while proc.poll() is None:
-                progress.update(task, completed=written())
-                time.sleep(0.2)
-            progress.update(task, completed=written())
+            while True:
+                progress.update(task, completed=written(), refresh=True)
+                try:
+                    proc.wait(timeout=0.25)  # returns the moment the tool exits
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            progress.update(task, completed=written(), refresh=True)
     except BaseException:
         proc.kill()
         proc.wait()
