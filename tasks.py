@@ -186,3 +186,65 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
     _kit(c, "lowbit.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
          cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
          json=json, refresh_bandwidth=refresh_bandwidth)
+
+# --- fetch, shards, mirror, ollama (lowbit.hub, lowbit.shards, lowbit.mirror, lowbit.ollama) -------
+
+
+@task(
+    iterable=["include"],
+    help={
+        "model": "catalog name or Hub repo id OWNER/NAME",
+        "quant": "quant to fetch, e.g. UD-IQ1_S (selects files matching *QUANT*)",
+        "include": "file pattern to fetch (fnmatch, repeatable), e.g. --include '*UD-IQ1_S*'",
+        "dest": "folder to download into (default: models/OWNER/NAME)",
+        "dry_run": "show the files, sizes, total and free disk, then stop",
+        "endpoint": "Hub endpoint, e.g. a workshop mirror http://HOST:PORT (default: HF_ENDPOINT or the Hub)",
+        "fast": "hf_xet high-performance mode (HF_XET_HIGH_PERFORMANCE=1)",
+        "revision": "branch, tag or commit (default: main)",
+    }
+)
+def fetch(c, model, quant=None, include=None, dest=None, dry_run=False, endpoint=None, fast=False,
+          revision=None):
+    """Download model files: plan + disk check first, one progress bar, sha256-verified, resumable."""
+    _kit(c, "lowbit.hub:fetch_command", model=model, quant=quant, include=include or None, dest=dest,
+         dry_run=dry_run, endpoint=endpoint, fast=fast, revision=revision)
+
+
+@task(help={"first": "first shard, NAME-00001-of-0000N.gguf", "out": "merged file (default: NAME.gguf)"})
+def merge(c, first, out=None):
+    """Merge a shard set into one GGUF (for Ollama), verified tensor by tensor; never overwrites."""
+    _kit(c, "lowbit.shards:merge_command", first=first, out=out)
+
+
+@task(
+    help={
+        "file": "GGUF file to split",
+        "max_size": "max size per shard, e.g. 2G or 500M",
+        "max_tensors": "max tensors per shard (always works)",
+        "out": "output prefix (default: FILE without .gguf)",
+    }
+)
+def split(c, file, max_size=None, max_tensors=None, out=None):
+    """Split a GGUF into NAME-0000k-of-0000N.gguf shards, verified."""
+    _kit(c, "lowbit.shards:split_command", file=file, max_size=max_size,
+         max_tensors=int(max_tensors) if max_tensors else None, out=out)
+
+
+@task(
+    help={
+        "dir": "models folder whose OWNER/NAME/ subfolders are served as repos",
+        "host": "address to bind (default 127.0.0.1; 0.0.0.0 serves the room)",
+        "port": "port (default 8088)",
+        "verbose": "log every request",
+    }
+)
+def mirror(c, dir, host="127.0.0.1", port=8088, verbose=False):  # noqa: A002 (flag name)
+    """Serve downloaded repos as a read-only Hugging Face Hub endpoint for a workshop."""
+    _kit(c, "lowbit.mirror:mirror_command", dir=dir, host=host, port=int(port), verbose=verbose)
+
+
+@task(help={"file": "merged R1-family GGUF", "out": "Modelfile path (default: FILE.Modelfile)",
+            "min_p": "min_p sampling floor (default 0.05)"})
+def ollama(c, file, out=None, min_p=0.05):
+    """Write an Ollama Modelfile (template, stop tokens, temperature 0.6, min_p) for a merged GGUF."""
+    _kit(c, "lowbit.ollama:ollama_command", file=file, out=out, min_p=float(min_p))

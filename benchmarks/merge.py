@@ -1,0 +1,159 @@
+"""Merge throughput vs `cp` of the same bytes, and loopback download MB/s through the workshop mirror.
+
+Usage: python benchmarks/merge.py [--size-mb 512] [--rounds 3] [--workdir DIR]
+
+Makes a shard set of about SIZE MB (gguf-py GGUFWriter + llama-gguf-split), then, interleaved for ROUNDS
+rounds on the same disk: `cp` of the shards, bare `llama-gguf-split --merge`, and `lowbit` merge (which
+adds the tensor-by-tensor check and the atomic rename). Then fetches the set through `lowbit.mirror` on
+127.0.0.1: raw transfer (huggingface_hub's http_get) and the whole `lowbit.hub` fetch (plan, transfer,
+sha256 verification). Prints medians and ratios measured in this one run. Files are page-cached after the
+first round for every contender alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lowbit import hub, shards  # noqa: E402
+from lowbit.build import active_build  # noqa: E402
+from lowbit.mirror import MirrorServer  # noqa: E402
+
+
+def make_set(work: Path, size_mb: int) -> list[Path]:
+    from gguf import GGUFWriter
+
+    rng = np.random.default_rng(0)
+    src = work / "bench.gguf"
+    w = GGUFWriter(str(src), "llama")
+    per = 8 * 1024 * 1024  # 8 MiB tensors
+    for i in range(max(2, size_mb * 1000 * 1000 // per)):
+        w.add_tensor(
+            f"blk.{i}.ffn_up.weight",
+            rng.integers(0, 2**16, per // 2, dtype=np.uint16).view(np.float16).reshape(-1, 4096),
+        )
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    repo = work / "models" / "bench" / "set"
+    repo.mkdir(parents=True)
+    tool = active_build().tool("llama-gguf-split")
+    max_mb = max(10, size_mb // 3 + 1)
+    subprocess.run(
+        [str(tool), "--split", "--split-max-size", f"{max_mb}M", str(src), str(repo / "bench")],
+        check=True,
+        capture_output=True,
+    )
+    src.unlink()
+    return sorted(repo.glob("bench-*-of-*.gguf"))
+
+
+def timed(fn) -> float:
+    """Seconds `fn` takes, its table/progress output swallowed (it would dominate the log, not the time)."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="where to write (default: a temp dir; same disk for all)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lowbit-bench-", dir=args.workdir))
+    try:
+        parts = make_set(work, args.size_mb)
+        total = sum(p.stat().st_size for p in parts)
+        tool = active_build().tool("llama-gguf-split")
+        out = work / "out"
+        times: dict[str, list[float]] = {
+            "cp": [],
+            "llama-gguf-split --merge": [],
+            "lowbit merge (verified)": [],
+        }
+        for _ in range(args.rounds):
+            for name in times:
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                if name == "cp":
+                    times[name].append(
+                        timed(lambda: subprocess.run(["cp", *map(str, parts), str(out)], check=True))
+                    )
+                elif name.startswith("llama"):
+                    times[name].append(
+                        timed(
+                            lambda: subprocess.run(
+                                [str(tool), "--merge", str(parts[0]), str(out / "m.gguf")],
+                                check=True,
+                                capture_output=True,
+                            )
+                        )
+                    )
+                else:
+                    times[name].append(timed(lambda: shards.merge(parts[0], out=out / "m.gguf")))
+        shutil.rmtree(out, ignore_errors=True)
+        cp = statistics.median(times["cp"])
+        print(
+            f"shard set: {len(parts)} parts, {total / 1e6:.0f} MB; {args.rounds} interleaved rounds, medians"
+        )
+        print(f"{'what':32} {'median s':>9} {'MB/s':>8} {'throughput vs cp':>17}")
+        for name, ts in times.items():
+            m = statistics.median(ts)
+            print(f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} {cp / m:17.2f}")
+
+        dl: dict[str, list[float]] = {"raw http_get": [], "lowbit fetch (+sha256)": []}
+        with MirrorServer(work / "models") as server:
+            from huggingface_hub import hf_hub_url
+            from huggingface_hub.file_download import http_get
+
+            plan = hub.plan_fetch("bench/set", ["*.gguf"], work / "dl", endpoint=server.url)
+            for _ in range(args.rounds):
+
+                def raw():
+                    for f in plan.files:
+                        with open(work / "raw.bin", "wb") as fh:
+                            http_get(
+                                hf_hub_url("bench/set", f.path, revision=plan.revision, endpoint=server.url),
+                                fh,
+                            )
+
+                dl["raw http_get"].append(timed(raw))
+                shutil.rmtree(work / "dl", ignore_errors=True)
+                dl["lowbit fetch (+sha256)"].append(
+                    timed(
+                        lambda: hub.fetch(
+                            "bench/set",
+                            include=["*.gguf"],
+                            dest=str(work / "dl"),
+                            endpoint=server.url,
+                            show_progress=False,
+                        )
+                    )
+                )
+        print(f"\nloopback download through lowbit.mirror (127.0.0.1), {total / 1e6:.0f} MB")
+        for name, ts in dl.items():
+            m = statistics.median(ts)
+            print(f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} MB/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,565 @@
+"""GGUF shard sets (`NAME-0000k-of-0000N.gguf`): recognise, check, merge, split — with llama-gguf-split.
+
+llama.cpp loads a split set directly from its first shard, so merging is only for tools that want one
+file (Ollama still refuses sharded GGUF). A merged file is not byte-identical to the shards (split.* keys,
+offsets), and shards must never be `cat`-ed together: `merge` therefore runs `llama-gguf-split --merge`
+into a temporary name, checks the result tensor by tensor against the shards (names, types, shapes,
+data), and only then renames it atomically to a name that does not exist yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lowbit import LowbitError
+
+SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_BUF = 16 * 1024 * 1024
+DISK_MARGIN = 256 * 1000 * 1000
+
+
+# --- recognising and checking sets ---------------------------------------------------------------
+
+
+@dataclass
+class ShardSet:
+    """A split set as named on disk: `directory/prefix-0000k-of-0000N.gguf` for k = 1..N."""
+
+    directory: Path
+    prefix: str
+    count: int
+
+    def part(self, k: int) -> Path:
+        return self.directory / f"{self.prefix}-{k:05d}-of-{self.count:05d}.gguf"
+
+    @property
+    def parts(self) -> list[Path]:
+        return [self.part(k) for k in range(1, self.count + 1)]
+
+    @property
+    def first(self) -> Path:
+        return self.part(1)
+
+    @property
+    def missing(self) -> list[Path]:
+        return [p for p in self.parts if not p.is_file()]
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.parts if p.is_file())
+
+    @property
+    def merged_name(self) -> str:
+        return f"{self.prefix}.gguf"
+
+
+def shard_set(path: Path | str) -> ShardSet | None:
+    """The set a shard file name belongs to (any of its parts may be given), or None for a single file."""
+    p = Path(path)
+    m = SHARD_RE.match(p.name)
+    if not m:
+        return None
+    return ShardSet(p.parent, m["prefix"], int(m["count"]))
+
+
+def find_shard_sets(directory: Path | str) -> list[ShardSet]:
+    """Every shard set under `directory` (recursively), one entry per set."""
+    sets: dict[tuple[Path, str, int], ShardSet] = {}
+    for p in sorted(Path(directory).rglob("*-of-*.gguf")):
+        s = shard_set(p)
+        if s is not None:
+            sets.setdefault((s.directory, s.prefix, s.count), s)
+    return list(sets.values())
+
+
+def _field(reader, key: str):
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+@dataclass
+class SetCheck:
+    shard_set: ShardSet
+    problems: list[str] = field(default_factory=list)
+    tensors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_set(s: ShardSet) -> SetCheck:
+    """All parts exist, agree on split.count, are numbered as named, and their tensors add up."""
+    from gguf import GGUFReader
+
+    check = SetCheck(s)
+    missing = s.missing
+    if missing:
+        check.problems.append(
+            f"missing {len(missing)} of {s.count} parts: {', '.join(p.name for p in missing)}"
+        )
+    declared_totals = set()
+    arch = set()
+    for k, p in enumerate(s.parts, start=1):
+        if not p.is_file():
+            continue
+        try:
+            r = GGUFReader(p)
+        except Exception as exc:  # gguf-py raises ValueError/struct errors on truncated or foreign files
+            check.problems.append(f"{p.name}: not a readable GGUF ({exc})")
+            continue
+        count, no, total = _field(r, "split.count"), _field(r, "split.no"), _field(r, "split.tensors.count")
+        if count is None:
+            check.problems.append(
+                f"{p.name}: has no split.count key, it is not part of a llama-gguf-split set"
+            )
+            continue
+        if count != s.count:
+            check.problems.append(f"{p.name}: split.count = {count}, but the name says {s.count} parts")
+        if no != k - 1:
+            check.problems.append(f"{p.name}: split.no = {no}, expected {k - 1} for part {k}")
+        declared_totals.add(total)
+        check.tensors += len(r.tensors)
+        if k == 1:
+            arch.add(_field(r, "general.architecture"))
+    if len(declared_totals) > 1:
+        check.problems.append(
+            f"parts disagree on split.tensors.count ({sorted(declared_totals)}): "
+            "they come from different splits"
+        )
+    elif declared_totals and not missing and check.tensors != next(iter(declared_totals)):
+        check.problems.append(
+            f"the parts hold {check.tensors} tensors but declare split.tensors.count = "
+            f"{next(iter(declared_totals))}: they do not belong together"
+        )
+    return check
+
+
+def require_complete(path: Path | str) -> ShardSet:
+    """The set `path` belongs to, or LowbitError saying exactly what is wrong or missing."""
+    s = shard_set(path)
+    if s is None:
+        raise LowbitError(f"{path} is not named like a shard (NAME-00001-of-0000N.gguf)")
+    check = check_set(s)
+    if not check.ok:
+        raise LowbitError(
+            f"shard set {s.prefix} ({s.count} parts in {s.directory}) is not usable: "
+            + "; ".join(check.problems)
+            + ". Fetch the missing/bad parts again (`invoke fetch` verifies sha256)."
+        )
+    return s
+
+
+# --- tensor-by-tensor verification ---------------------------------------------------------------
+
+
+@dataclass
+class TensorCheck:
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    n_bytes: int
+    sha256: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    tensors: list[TensorCheck]
+    problems: list[str]
+    bytes_compared: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _tensor_table(paths: list[Path]) -> list[tuple[Path, object]]:
+    from gguf import GGUFReader
+
+    out = []
+    for p in paths:
+        r = GGUFReader(p)
+        out += [(p, t) for t in sorted(r.tensors, key=lambda t: t.data_offset)]
+    return out
+
+
+class _Buffers:
+    """Reusable buffer pairs of exact sizes (tensor sizes repeat), so chunks compare with one memcmp."""
+
+    def __init__(self, keep: int = 4):
+        self.keep, self.pairs = keep, {}
+
+    def get(self, n: int) -> tuple[bytearray, bytearray]:
+        if n not in self.pairs:
+            if len(self.pairs) >= self.keep:
+                self.pairs.pop(next(iter(self.pairs)))
+            self.pairs[n] = (bytearray(n), bytearray(n))
+        return self.pairs[n]
+
+
+def _read_at(fd: int, buf: bytearray, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    data = os.pread(fd, len(buf), offset)  # macOS has no preadv
+    buf[: len(data)] = data
+    return len(data)
+
+
+def _compare_ranges(
+    fd_a: int, off_a: int, fd_b: int, off_b: int, size: int, pool: ThreadPoolExecutor, buffers: _Buffers, h
+) -> str | None:
+    """Stream two byte ranges once each (side A read in a helper thread, in parallel) and compare them."""
+    done = 0
+    while done < size:
+        n = min(size - done, _BUF)
+        a, b = buffers.get(n)
+        fut = pool.submit(_read_at, fd_a, a, off_a + done)
+        nb = _read_at(fd_b, b, off_b + done)
+        na = fut.result()
+        if na != n or nb != n:
+            return "file ends early"
+        if a != b:  # bytearray == bytearray is a memcmp (memoryview comparison would go item by item)
+            return "data differs"
+        if h is not None:
+            h.update(a)
+        done += n
+    return None
+
+
+def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> VerifyReport:
+    """Compare the tensors of a shard set (`parts`, in order) with those of one file.
+
+    Names, types, shapes and byte sizes must agree, and every tensor's data must be identical: both sides
+    are streamed once (each byte read once) and compared chunk by chunk — exact, and cheaper than hashing
+    both sides. `hashes=True` also records each tensor's sha256 (of the shard side, which the comparison
+    shows is the single file's too), for display.
+    """
+    from gguf import GGUFReader
+
+    t0 = time.perf_counter()
+    left = _tensor_table(parts)
+    right_reader = GGUFReader(single)
+    right = {t.name: t for t in right_reader.tensors}
+    problems: list[str] = []
+    if len(right) != len(left):
+        problems.append(f"{single.name} has {len(right)} tensors, the shards {len(left)}")
+    first_kv = GGUFReader(parts[0]).fields
+    for key, f in first_kv.items():
+        if key.startswith(("split.", "GGUF.")):
+            continue
+        g = right_reader.fields.get(key)
+        if g is None or g.contents() != f.contents():
+            problems.append(f"metadata {key} differs")
+    checks: list[TensorCheck] = []
+    compared = 0
+    fds: dict[Path, int] = {}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowbit-verify")
+    buffers = _Buffers()
+    try:
+        fd_single = os.open(single, os.O_RDONLY)
+        fds[single] = fd_single
+        for path, t in left:
+            other = right.get(t.name)
+            shape = tuple(int(x) for x in t.shape)
+            tc = TensorCheck(t.name, t.tensor_type.name, shape, int(t.n_bytes))
+            checks.append(tc)
+            if other is None:
+                problems.append(f"tensor {t.name} is missing from {single.name}")
+                continue
+            if (
+                other.tensor_type != t.tensor_type
+                or tuple(int(x) for x in other.shape) != shape
+                or other.n_bytes != t.n_bytes
+            ):
+                problems.append(
+                    f"tensor {t.name}: {t.tensor_type.name}{list(shape)} in the shards, "
+                    f"{other.tensor_type.name}{list(other.shape)} in {single.name}"
+                )
+                continue
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+            h = hashlib.sha256() if hashes else None
+            problem = _compare_ranges(
+                fds[path],
+                int(t.data_offset),
+                fd_single,
+                int(other.data_offset),
+                int(t.n_bytes),
+                pool,
+                buffers,
+                h,
+            )
+            if problem:
+                problems.append(f"tensor {t.name}: {problem}")
+                continue
+            compared += int(t.n_bytes)
+            if h is not None:
+                tc.sha256 = h.hexdigest()
+    finally:
+        pool.shutdown()
+        for fd in fds.values():
+            os.close(fd)
+    return VerifyReport(checks, problems, compared, time.perf_counter() - t0)
+
+
+# --- running llama-gguf-split -----------------------------------------------------------------------
+
+
+def gguf_split_tool() -> Path:
+    from lowbit.build import active_build
+
+    return active_build().tool("llama-gguf-split")
+
+
+def _free(path: Path) -> int:
+    from lowbit.hub import free_disk
+
+    return free_disk(path)
+
+
+def _check_disk(directory: Path, needed: int, what: str) -> None:
+    from lowbit.ui import human_bytes
+
+    free = _free(directory)
+    if needed + DISK_MARGIN > free:
+        raise LowbitError(
+            f"not enough disk space in {directory} to {what}: it needs {human_bytes(needed)} "
+            f"(+ {human_bytes(DISK_MARGIN)} margin), {human_bytes(free)} is free. "
+            "Free some space or write elsewhere (--out)."
+        )
+
+
+def _link_no_overwrite(tmp: Path, final: Path) -> None:
+    """Give `tmp` the name `final` atomically, failing if `final` exists (never overwrites)."""
+    try:
+        os.link(tmp, final)  # atomic, and fails with FileExistsError instead of replacing
+    except FileExistsError:
+        raise LowbitError(
+            f"{final} already exists; lowbit never overwrites it. Remove it or pass --out."
+        ) from None
+    except OSError:  # filesystems without hard links: check, then rename (same directory)
+        if final.exists():
+            raise LowbitError(f"{final} already exists; lowbit never overwrites it.") from None
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
+
+
+def _run_with_progress(
+    cmd: list[str], watch: Path | list[Path], total: int, label: str
+) -> subprocess.CompletedProcess:
+    """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from lowbit.ui import err_console
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+
+    def written() -> int:
+        if isinstance(watch, Path):
+            return watch.stat().st_size if watch.exists() else 0
+        return sum(p.stat().st_size for d in watch for p in d.glob("*.gguf"))
+
+    try:
+        with Progress(
+            TextColumn(label),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+            transient=True,
+            auto_refresh=False,
+        ) as progress:
+            task = progress.add_task(label, total=total)
+            while True:
+                progress.update(task, completed=written(), refresh=True)
+                try:
+                    proc.wait(timeout=0.25)  # returns the moment the tool exits
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            progress.update(task, completed=written(), refresh=True)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    reader.join(timeout=5)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
+
+
+def merge(
+    first: Path | str, out: Path | str | None = None, verify: bool = True
+) -> tuple[Path, VerifyReport | None]:
+    """Merge a complete shard set into one GGUF next to it (or `out`), verified, never overwriting."""
+    from lowbit.ui import step
+
+    s = require_complete(first)
+    final = Path(out) if out else s.directory / s.merged_name
+    if final.exists():
+        raise LowbitError(f"{final} already exists; lowbit never overwrites it. Remove it or pass --out.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk(final.parent, s.size, f"merge {s.count} shards")
+    tmp = final.with_name(f".{final.name}.lowbit-merging-{os.getpid()}")
+    report = None
+    try:
+        step(f"merging {s.count} shards -> {final.name} (temporary name until verified)")
+        proc = _run_with_progress(
+            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge"
+        )
+        if proc.returncode != 0 or not tmp.exists():
+            raise LowbitError(
+                f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            )
+        if verify:
+            step("verifying tensor by tensor against the shards")
+            report = verify_tensors(s.parts, tmp)
+            if not report.ok:
+                raise LowbitError(
+                    f"merged file does not match the shards: {'; '.join(report.problems[:10])}. "
+                    "Nothing was written under the final name."
+                )
+        _link_no_overwrite(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final, report
+
+
+def merge_command(first: str, out: str | None = None) -> int:
+    """`invoke merge FIRST_SHARD [--out FILE]`."""
+    from lowbit.ui import human_bytes, step
+
+    final, report = merge(first, out)
+    assert report is not None
+    step(
+        f"{final} written: {len(report.tensors)} tensors checked (names, types, shapes, data; "
+        f"{human_bytes(report.bytes_compared)} compared in {report.seconds:.1f} s). "
+        "llama.cpp does not need this file (it loads shards directly); Ollama does: `invoke ollama FILE`."
+    )
+    return 0
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([MG])(?:B|iB)?\s*$", re.IGNORECASE)
+
+
+def _parse_size(text: str) -> tuple[str, int]:
+    """'2G' / '500M' (what llama-gguf-split accepts, 1000-based) -> (its argument, bytes)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise LowbitError(
+            f"--max-size {text!r}: use a number with M or G, e.g. 500M or 2G "
+            "(llama-gguf-split accepts nothing else)"
+        )
+    n, unit = int(m[1]), m[2].upper()
+    return f"{n}{unit}", n * (1000**2 if unit == "M" else 1000**3)
+
+
+def split(
+    file: Path | str,
+    max_size: str | None = None,
+    max_tensors: int | None = None,
+    out: Path | str | None = None,
+) -> ShardSet:
+    """Split one GGUF into a verified shard set (`out` = path prefix, default next to the file)."""
+    from gguf import GGUFReader
+
+    from lowbit.ui import human_bytes, step
+
+    src = Path(file)
+    if not src.is_file():
+        raise LowbitError(f"{src} does not exist")
+    if shard_set(src) is not None:
+        raise LowbitError(f"{src.name} is already a shard; merge the set first (`invoke merge`)")
+    if (max_size is None) == (max_tensors is None):
+        raise LowbitError("give exactly one of --max-size (e.g. 2G) or --max-tensors N")
+    prefix = Path(out) if out else src.with_suffix("")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    existing = sorted(prefix.parent.glob(f"{prefix.name}-*-of-*.gguf"))
+    if existing:
+        raise LowbitError(
+            f"{existing[0]} already exists; lowbit never overwrites shards. Remove them or pass --out."
+        )
+    _check_disk(prefix.parent, src.stat().st_size, "split")
+    flags = (
+        ["--split-max-tensors", str(int(max_tensors))]
+        if max_tensors
+        else ["--split-max-size", _parse_size(max_size)[0]]
+    )
+    tmpdir = prefix.parent / f".{prefix.name}.lowbit-splitting-{os.getpid()}"
+    tmpdir.mkdir()
+    try:
+        step(f"splitting {src.name} ({' '.join(flags)})")
+        proc = _run_with_progress(
+            [str(gguf_split_tool()), "--split", *flags, str(src), str(tmpdir / prefix.name)],
+            [tmpdir],
+            src.stat().st_size,
+            "split",
+        )
+        if proc.returncode != 0:
+            if "0 tensors" in proc.stdout and max_size:
+                largest = max(GGUFReader(src).tensors, key=lambda t: int(t.n_bytes))
+                limit = _parse_size(max_size)[1]
+                need_mb = max(1, -(-int(largest.n_bytes) // 1000**2))
+                raise LowbitError(
+                    f"--max-size {max_size} is smaller than the largest tensor, {largest.name} "
+                    f"({human_bytes(int(largest.n_bytes))}), and a tensor is never cut across splits. "
+                    f"Use --max-size {need_mb}M or more, or --max-tensors N (always works). "
+                    f"[llama-gguf-split: one of splits have 0 tensors; limit {human_bytes(limit)}]"
+                )
+            raise LowbitError(
+                f"llama-gguf-split --split failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            )
+        made = shard_set(next(iter(sorted(tmpdir.glob("*.gguf")))))
+        assert made is not None
+        check = check_set(made)
+        report = verify_tensors(made.parts, src)
+        if not check.ok or not report.ok:
+            raise LowbitError(
+                f"the split does not match {src.name}: {'; '.join(check.problems + report.problems)}"
+            )
+        if max_size:
+            limit = _parse_size(max_size)[1]
+            for p in made.parts:
+                if p.stat().st_size > limit:
+                    from lowbit.ui import warn
+
+                    warn(
+                        f"{p.name} is {human_bytes(p.stat().st_size)}, over --max-size {max_size}: "
+                        "it holds a tensor larger than the limit (tensors are never cut)"
+                    )
+        result = ShardSet(prefix.parent, made.prefix, made.count)
+        for k in range(1, made.count + 1):
+            _link_no_overwrite(made.part(k), result.part(k))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return result
+
+
+def split_command(
+    file: str, max_size: str | None = None, max_tensors: int | None = None, out: str | None = None
+) -> int:
+    """`invoke split FILE --max-size 2G | --max-tensors N`."""
+    from lowbit.ui import human_bytes, print_table, step
+
+    s = split(file, max_size=max_size, max_tensors=max_tensors, out=out)
+    print_table(
+        f"{s.count} shards (verified tensor by tensor)",
+        ["file", "size"],
+        [(p.name, human_bytes(p.stat().st_size)) for p in s.parts],
+    )
+    step(f"llama.cpp loads the set from its first part: -m {s.first}")
+    return 0

@@ -1,0 +1,166 @@
+"""Shard sets: recognise, check, merge (verified, atomic, never overwriting), split with advice; Modelfile."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from gguf_factory import R1_TOKENS, split_gguf, write_gguf
+
+from lowbit import LowbitError, ollama, shards
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    return write_gguf(tmp_path_factory.mktemp("orig") / "m.gguf", layers=3, rows=64, vocab=R1_TOKENS)
+
+
+@pytest.fixture
+def shard_dir(tmp_path, original, llama_build) -> Path:
+    split_gguf(llama_build.tool("llama-gguf-split"), original, tmp_path / "set" / "m", max_tensors=4)
+    return tmp_path / "set"
+
+
+def test_recognises_sets_and_names_missing_parts(shard_dir):
+    s = shards.shard_set(shard_dir / "m-00002-of-00003.gguf")
+    assert (s.prefix, s.count, s.first.name, s.merged_name) == ("m", 3, "m-00001-of-00003.gguf", "m.gguf")
+    assert shards.shard_set(shard_dir / "m.gguf") is None
+    assert [x.prefix for x in shards.find_shard_sets(shard_dir.parent)] == ["m"]
+    assert shards.check_set(s).ok and shards.check_set(s).tensors == 10
+    (shard_dir / "m-00002-of-00003.gguf").unlink()
+    check = shards.check_set(s)
+    assert not check.ok and "m-00002-of-00003.gguf" in check.problems[0]
+    with pytest.raises(LowbitError, match="m-00002-of-00003.gguf"):
+        shards.merge(s.first)
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["m-00001-of-00003.gguf", "m-00003-of-00003.gguf"]
+
+
+def test_parts_of_different_splits_do_not_belong_together(shard_dir, tmp_path, llama_build):
+    other = write_gguf(tmp_path / "o.gguf", layers=2, rows=64, seed=5)
+    parts = split_gguf(llama_build.tool("llama-gguf-split"), other, tmp_path / "other" / "m", max_tensors=4)
+    assert len(parts) == 2
+    shutil.copyfile(parts[1], shard_dir / "m-00002-of-00003.gguf")  # right name, wrong set
+    problems = " ".join(shards.check_set(shards.shard_set(shard_dir / "m-00001-of-00003.gguf")).problems)
+    assert "split.count = 2" in problems and "m-00002-of-00003.gguf" in problems
+
+
+def test_merge_is_verified_tensor_by_tensor_and_never_overwrites(shard_dir, original):
+    first = shard_dir / "m-00001-of-00003.gguf"
+    merged, report = shards.merge(first)
+    assert merged == shard_dir / "m.gguf" and report.ok and len(report.tensors) == 10
+    assert merged.read_bytes() != original.read_bytes()  # not byte-identical (split.* keys dropped, offsets)
+    assert shards.verify_tensors([merged], original).ok  # but the same tensors as before the split
+    assert not list(shard_dir.glob(".*"))  # no temporary left
+    before = merged.stat().st_mtime_ns
+    with pytest.raises(LowbitError, match="never overwrites"):
+        shards.merge(first)
+    assert merged.stat().st_mtime_ns == before
+
+
+def test_verification_catches_one_flipped_byte(shard_dir, tmp_path):
+    merged, _ = shards.merge(shard_dir / "m-00001-of-00003.gguf", out=tmp_path / "merged.gguf")
+    from gguf import GGUFReader
+
+    t = next(t for t in GGUFReader(merged).tensors if t.name == "blk.1.ffn_down.weight")
+    data = bytearray(merged.read_bytes())
+    data[int(t.data_offset) + 17] ^= 0x01
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    report = shards.verify_tensors(
+        shards.shard_set(shard_dir / "m-00001-of-00003.gguf").parts, bad, hashes=True
+    )
+    assert report.problems == ["tensor blk.1.ffn_down.weight: data differs"]
+    good = {t.name: t.sha256 for t in report.tensors if t.sha256}
+    assert len(good) == 9 and "blk.1.ffn_down.weight" not in good
+
+
+def test_merge_checks_disk_first(shard_dir, monkeypatch):
+    monkeypatch.setattr(shards, "_free", lambda path: 1000)
+    with pytest.raises(LowbitError, match="not enough disk space"):
+        shards.merge(shard_dir / "m-00001-of-00003.gguf")
+    assert not (shard_dir / "m.gguf").exists() and not list(shard_dir.glob(".*"))
+
+
+def test_split_by_tensors_and_advice_when_a_tensor_exceeds_max_size(tmp_path, llama_build):
+    src = write_gguf(tmp_path / "big.gguf", layers=1, rows=64, big_rows=4096)  # token_embd: 4.2 MB
+    with pytest.raises(LowbitError) as err:
+        shards.split(src, max_size="1M")
+    msg = str(err.value)
+    assert "token_embd.weight" in msg and "--max-tensors" in msg and "5M" in msg
+    assert not list(tmp_path.glob("big-*")) and not list(tmp_path.glob(".*"))
+    s = shards.split(src, max_tensors=2)
+    assert s.count == 2 and shards.check_set(s).ok and shards.verify_tensors(s.parts, src).ok
+    with pytest.raises(LowbitError, match="never overwrites"):
+        shards.split(src, max_tensors=2)
+    with pytest.raises(LowbitError, match="500M or 2G"):
+        shards.split(src, max_size="2 gigs", out=tmp_path / "x")
+
+
+def test_ollama_modelfile_for_merged_r1(shard_dir):
+    with pytest.raises(LowbitError, match="merge"):
+        ollama.write_modelfile(shard_dir / "m-00001-of-00003.gguf")
+    merged, _ = shards.merge(shard_dir / "m-00001-of-00003.gguf")
+    path = ollama.write_modelfile(merged)
+    text = path.read_text(encoding="utf-8")
+    assert path.name == "m.Modelfile" and "FROM ./m.gguf" in text.splitlines()
+    stops = [
+        line.split(" ", 2)[2].strip('"') for line in text.splitlines() if line.startswith("PARAMETER stop")
+    ]
+    assert stops == [R1_TOKENS[0], R1_TOKENS[1], "<｜User｜>", "<｜Assistant｜>"]
+    assert "PARAMETER temperature 0.6" in text and "PARAMETER min_p 0.05" in text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert "<｜User｜>{{ .Content }}" in template and "<｜Assistant｜>" in template
+    assert R1_TOKENS[0] not in template  # BOS comes from the runtime, never twice
+    assert f"{{{{- if not $last }}}}{R1_TOKENS[1]}" in template  # past answers end with EOS
+    with pytest.raises(LowbitError, match="already exists"):
+        ollama.write_modelfile(merged)
+
+
+def test_ollama_refuses_a_model_without_r1_markers(tmp_path):
+    plain = write_gguf(tmp_path / "p.gguf", layers=1, vocab=["a", "b", "c"])
+    with pytest.raises(LowbitError, match="not a DeepSeek-R1-family"):
+        ollama.write_modelfile(plain)
+
+
+def test_llama_cpp_runs_the_shards_directly_and_the_merge_gives_the_same_tokens(tmp_path, llama_build):
+    import subprocess
+
+    from gguf_factory import write_llama_model
+
+    src = write_llama_model(tmp_path / "tiny.gguf")
+    parts = split_gguf(llama_build.tool("llama-gguf-split"), src, tmp_path / "set" / "tiny", max_tensors=5)
+    merged, report = shards.merge(parts[0])
+    assert len(parts) > 2 and report.ok
+
+    def complete(model: Path) -> bytes:
+        cmd = [
+            str(llama_build.tool("llama-completion")),
+            "-m",
+            str(model),
+            "-p",
+            "hello",
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "--top-k",
+            "1",
+            "--seed",
+            "1",
+            "-no-cnv",
+            "-t",
+            "1",
+            "--no-warmup",
+        ]
+        for _ in range(
+            5
+        ):  # at this commit llama-completion now and then exits 0 with nothing on a piped stdout
+            proc = subprocess.run(cmd, capture_output=True, check=True, timeout=120)
+            if proc.stdout:
+                return proc.stdout
+        return proc.stdout
+
+    from_shards = complete(parts[0])
+    assert b"hello" in from_shards  # the prompt is echoed, then greedy tokens follow
+    assert from_shards == complete(merged)
