@@ -206,6 +206,8 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     cmd = server_command(path, host, port, alias, parallel, ctx,
                          plan_flags(plan, path, ctx) + list(extra or []), rpc)
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
+    # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise in the log.
+    env.setdefault("GGML_NO_BACKTRACE", "1")
     if api_key:
         env["LLAMA_API_KEY"] = api_key
     else:
