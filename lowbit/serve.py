@@ -99,6 +99,9 @@ class LlamaServer:
 
 def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
     """Refuse a non-loopback bind without an API key unless `insecure`; return a warning to show, if any."""
+    if "," in host or not host.strip():
+        raise LowbitError(f"--host {host!r}: give one address (127.0.0.1 for this machine, 0.0.0.0 for all "
+                          "interfaces)")
     if procs.is_loopback(host):
         return None
     if api_key:
