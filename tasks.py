@@ -248,3 +248,39 @@ def mirror(c, dir, host="127.0.0.1", port=8088, verbose=False):  # noqa: A002 (f
 def ollama(c, file, out=None, min_p=0.05):
     """Write an Ollama Modelfile (template, stop tokens, temperature 0.6, min_p) for a merged GGUF."""
     _kit(c, "lowbit.ollama:ollama_command", file=file, out=out, min_p=float(min_p))
+
+# --- serve and scale out: llama-server, RPC workers (lowbit/serve.py, lowbit/rpc.py) ---------
+
+
+@task(
+    help={
+        "model": "catalog name, Hub repo id or path to a GGUF (first shard of a split set)",
+        "host": "address to listen on (default 127.0.0.1; anything else needs --api-key or --insecure)",
+        "port": "TCP port (default 8080)",
+        "api_key": "key clients must send (Authorization: Bearer KEY); default: $LOWBIT_API_KEY",
+        "parallel": "requests served at once (server slots, default 4)",
+        "ctx": "context tokens per request (default 4096; the server holds ctx x parallel)",
+        "plan": "offload plan: auto (default), rule, ngl=N, experts-cpu, none",
+        "rpc": "RPC workers to spread the model over: host:port,host:port",
+        "insecure": "allow a non-loopback host without an API key (not recommended)",
+    }
+)
+def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4096, plan="auto", rpc=None,
+          insecure=False):
+    """Serve a model with llama-server (OpenAI-compatible API) until Ctrl-C."""
+    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, api_key=api_key,
+         parallel=parallel, ctx=ctx, plan=plan, rpc=rpc, insecure=insecure)
+
+
+@task(
+    help={
+        "host": "address to listen on (default 127.0.0.1; RPC has no authentication: trusted networks only)",
+        "port": "TCP port (default 50052)",
+        "mem": "not supported by this llama.cpp's worker (explains the alternative)",
+        "threads": "CPU threads for the worker's CPU device",
+    }
+)
+def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
+    """Run a llama.cpp RPC worker (ggml-rpc-server) that a client reaches with --rpc host:port."""
+    _kit(c, "lowbit.rpc:rpc_worker_command", host=host, port=port,
+         mem=float(mem) if mem is not None else None, threads=int(threads) if threads is not None else None)

@@ -1,0 +1,137 @@
+"""Child processes that must not outlive us (llama-server, RPC workers): start, wait for a port, stop.
+
+Standard library only. Each child gets its own session (a Ctrl-C in the terminal reaches lowbit, which
+then stops the child in order, instead of both racing), and on Linux a parent-death signal, so a
+killed lowbit never leaves a server holding a port and gigabytes of RAM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lowbit import LowbitError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `cmd` with stdout+stderr appended to `log_path`; it dies if this process dies."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(list(map(str, cmd)), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> int | None:
+    """Stop `proc` (SIGTERM, then SIGKILL after `grace` seconds); return its exit status."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+    return proc.returncode
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (a UNIX socket path counts as local too)."""
+    if host == "localhost" or host.endswith(".sock"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def connect_host(host: str) -> str:
+    """The address to connect to for a server bound to `host` (a wildcard bind is reached on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host in ("::", "[::]") else host.strip("[]"))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True if binding (host, port) fails now, i.e. someone else listens there."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now (chosen by the OS)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def can_connect(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((connect_host(host), port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` meaningful lines of a log (gdb backtraces after an abort are dropped)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    keep = [ln for ln in text if ln.strip() and not ln.startswith(("#", "[New LWP", "[Thread", "[Inferior"))]
+    return "\n".join(keep[-lines:])
+
+
+def lan_address() -> str | None:
+    """This machine's address on its default route (what attendees on the LAN connect to), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # UDP connect sends nothing; it only picks a route
+            return s.getsockname()[0]
+        except OSError:
+            return None
+
+
+def wait_until(predicate, timeout: float, proc: subprocess.Popen, what: str, log_path: Path,
+               interval: float = 0.2) -> None:
+    """Poll `predicate()` until true; fail early with the log tail if `proc` exits, or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise LowbitError(f"{what} exited with status {proc.returncode} before it was ready. "
+                              f"Last lines of {log_path}:\n{log_tail(log_path)}")
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise LowbitError(f"{what} was not ready after {timeout:.0f} s (see {log_path}). Last lines:\n"
+                              f"{log_tail(log_path)}")
+        time.sleep(interval)
+
+
+def env_without(prefixes: Sequence[str]) -> dict[str, str]:
+    """This environment minus variables starting with any of `prefixes` (e.g. LLAMA_ARG_ overrides)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(tuple(prefixes))}

@@ -1,0 +1,185 @@
+"""llama-server through lowbit: chat via the OpenAI client, reasoning apart, the safety rules, clean stops.
+
+The model is a toy GGUF (see toy_reasoner.py) that always thinks, then answers, so the reasoning
+split is checked against known text; it goes through the real R1 tokenizer, template and server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from toy_reasoner import ANSWER, REASONING, build_toy_reasoner
+
+from lowbit import LowbitError
+from lowbit.loadtest import run_load
+from lowbit.paths import kit_root
+from lowbit.serve import check_host, start_server
+
+LLAMA_CHILDREN = ("llama-server", "ggml-rpc-server")
+
+
+def _our_llama_processes() -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name() in LLAMA_CHILDREN and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_process_left_behind():
+    """Every llama-server / worker a test starts must be stopped when the module ends."""
+    yield
+    left = _our_llama_processes()
+    for p in left:
+        p.kill()
+    assert not left, f"processes left running: {[p.cmdline() for p in left]}"
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory, llama_build):
+    return build_toy_reasoner(tmp_path_factory.mktemp("toy-reasoner"))
+
+
+@pytest.fixture(scope="module")
+def toy_server(toy_model, tmp_path_factory):
+    with start_server(str(toy_model), port=None, parallel=2, ctx=512, timeout=120,
+                      log_dir=tmp_path_factory.mktemp("serve-logs")) as server:
+        yield server
+    assert server.proc.poll() is not None
+
+
+def test_chat_completion_separates_reasoning(toy_server):
+    client = toy_server.client()
+    r = client.chat.completions.create(model=toy_server.model_name,
+                                       messages=[{"role": "user", "content": "Say hello."}])
+    msg = r.choices[0].message
+    assert msg.content == ANSWER
+    assert msg.reasoning_content == REASONING
+    assert "<think>" not in msg.content and "</think>" not in msg.content
+    assert r.usage.completion_tokens > 0
+
+    thinking, answer = [], []
+    for chunk in client.chat.completions.create(model=toy_server.model_name, stream=True,
+                                                messages=[{"role": "user", "content": "Again."}]):
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            thinking.append(getattr(delta, "reasoning_content", None) or "")
+            answer.append(delta.content or "")
+    assert "".join(thinking) == REASONING
+    assert "".join(answer) == ANSWER
+
+
+def test_server_uses_recommended_settings(toy_server):
+    cmd = toy_server.command
+    assert "--jinja" in cmd
+    assert cmd[cmd.index("--reasoning-format") + 1] == "deepseek"
+    assert cmd[cmd.index("--temp") + 1] == "0.6" and cmd[cmd.index("--top-p") + 1] == "0.95"
+    assert cmd[cmd.index("--seed") + 1] == "3407"
+    assert cmd[cmd.index("--cache-type-k") + 1] == "q4_0"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_load_burst_all_succeed(toy_server):
+    result = run_load(toy_server.base_url, toy_server.model_name, requests=6, concurrency=2, max_tokens=12)
+    s = result.summary()
+    assert s["succeeded"] == 6, s["errors"]
+    assert s["total_tokens"] == 6 * 12  # ignore_eos: every request generates exactly max_tokens
+    assert s["latency_p95_s"] >= s["latency_p50_s"] > 0
+    assert s["aggregate_tokens_per_s"] > 0
+
+
+def test_load_test_refuses_remote_servers():
+    with pytest.raises(LowbitError, match="loopback"):
+        run_load("http://192.0.2.10:8080/v1", "m", requests=1)
+
+
+def test_api_key_enforced_and_kept_off_the_command_line(toy_model, tmp_path):
+    import openai
+
+    with start_server(str(toy_model), port=None, api_key="s3cret-key", parallel=1, ctx=512, timeout=120,
+                      log_dir=tmp_path) as server:
+        assert "s3cret-key" not in " ".join(psutil.Process(server.proc.pid).cmdline())
+        assert server.health() == 200  # /health stays public
+        anonymous = openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.chat.completions.create(model=server.model_name,
+                                              messages=[{"role": "user", "content": "x"}])
+        r = server.client().chat.completions.create(model=server.model_name,
+                                                    messages=[{"role": "user", "content": "x"}])
+        assert r.choices[0].message.content == ANSWER
+
+
+def test_refuses_non_loopback_without_key(toy_model):
+    before = len(_our_llama_processes())
+    with pytest.raises(LowbitError, match="--api-key"):
+        start_server(str(toy_model), host="0.0.0.0", port=None)
+    assert len(_our_llama_processes()) == before  # refused before anything started
+    assert check_host("127.0.0.1", None, insecure=False) is None
+    assert "INSECURE" in check_host("0.0.0.0", None, insecure=True)
+    assert "plain HTTP" in check_host("192.168.1.20", "key", insecure=False)
+
+
+def test_port_in_use_is_a_clear_error(toy_model, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(LowbitError, match=f"port {port} .* in use"):
+            start_server(str(toy_model), port=port, log_dir=tmp_path)
+
+
+def test_bad_model_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    with pytest.raises(LowbitError, match="failed to load") as info:
+        start_server(str(bad), port=None, timeout=120, log_dir=tmp_path)
+    assert "broken.gguf" in str(info.value)
+
+
+def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
+    """The foreground command prints the URL and examples, then Ctrl-C stops llama-server and exits 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kwargs = {"model": str(toy_model), "port": port, "parallel": 1, "ctx": 512}
+    env = {**os.environ, "LOWBIT_RUNS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "lowbit", "lowbit.serve:serve_command", json.dumps(kwargs)]
+    proc = subprocess.Popen(cmd, cwd=kit_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        assert "Press Ctrl-C" in text, text
+        assert f"http://127.0.0.1:{port}/v1/chat/completions" in text  # the curl example
+        assert "OpenAI(base_url=" in text
+        servers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "llama-server"]
+        assert len(servers) == 1
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+        assert not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
