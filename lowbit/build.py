@@ -485,11 +485,12 @@ def build_llama(backend: str = "auto", source: str = "sdist", cuda_arch: str | N
         _activate(existing)
         return existing
 
+    # A first build of this key compiles in place, resuming an interrupted attempt (same key = same
+    # flags, so ninja/make pick up where they stopped). A forced rebuild compiles beside the good build.
     work = final if existing is None else root / f"{key}.new"
-    if existing is None:
-        shutil.rmtree(final, ignore_errors=True)  # a failed earlier attempt with the same key
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if existing is not None:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"build-{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
