@@ -118,3 +118,21 @@ def test_run_task_prints_command_and_json(model):
     data = json.loads(out.stdout)
     assert data["gen_tokens"] >= 1 and data["command_line"].startswith(data["command"][0])
     assert data["command_line"] in out.stderr  # the copyable command is printed before the run
+
+
+def test_run_the_r1_replica():
+    """`invoke run` on the r1 replica (DeepSeek-R1 architecture and tokenizer, dynamic 1.58-bit shards)."""
+    try:
+        from lowbit.replicas import replica_path
+    except ImportError:
+        pytest.skip("this checkout has no lowbit.replicas module")
+    path = replica_path("r1")
+    if path is None or not Path(path).exists():
+        pytest.skip("the r1 replica is not built here (`invoke setup` builds it)")
+    r = engine.run_model(
+        "r1", "What is 1+1?", n_predict=8, greedy=True, ignore_eos=True, echo=False, timeout=300
+    )
+    assert (
+        r.gen_tokens == 7 and r.prompt_tokens >= 4
+    )  # <｜User｜>…<｜Assistant｜> are single tokens in R1's vocab
+    assert r.command[r.command.index("-m") + 1] == str(path)
