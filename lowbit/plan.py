@@ -418,9 +418,9 @@ def make_plan(
         )
     )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > 0.75 * threads:
+    if threads > 1 and load > 0.75 * physical_cores():
         plan.warnings.append(
-            f"this machine is busy (load {load:.1f} on {threads} threads): one stolen core stalls every "
+            f"this machine is busy (load {load:.1f} on {physical_cores()} cores): one stolen core stalls every "
             f"token of a {threads}-thread run; compare `invoke bench --threads 1,...,{threads}`"
         )
     if meta.file_bytes > ram_bytes_avail + total_vram * GiB:
