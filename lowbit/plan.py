@@ -420,8 +420,8 @@ def make_plan(
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if threads > 1 and load > 0.75 * physical_cores():
         plan.warnings.append(
-            f"this machine is busy (load {load:.1f} on {physical_cores()} cores): one stolen core stalls every "
-            f"token of a {threads}-thread run; compare `invoke bench --threads 1,...,{threads}`"
+            f"this machine is busy (load {load:.1f} on {physical_cores()} cores): one stolen core stalls "
+            f"every token of a {threads}-thread run; compare `invoke bench --threads 1,...,{threads}`"
         )
     if meta.file_bytes > ram_bytes_avail + total_vram * GiB:
         plan.warnings.append(
