@@ -45,6 +45,7 @@ class RunResult:
     seconds: float = 0.0
     plan: str = ""
     stderr_tail: str = ""
+    log: str = ""  # llama.cpp's whole stderr (load and perf lines)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -228,6 +229,7 @@ def run_model(
         seconds=round(seconds, 3),
         plan=option.name,
         stderr_tail=tail,
+        log=proc.stderr,
     )
 
 

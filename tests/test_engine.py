@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires_gpu
 
 from lowbit import LowbitError, engine
 from lowbit.gguf_layout import runnable_deepseek2
@@ -136,3 +137,18 @@ def test_run_the_r1_replica():
         r.gen_tokens == 7 and r.prompt_tokens >= 4
     )  # <｜User｜>…<｜Assistant｜> are single tokens in R1's vocab
     assert r.command[r.command.index("-m") + 1] == str(path)
+
+
+@requires_gpu
+def test_planned_layers_are_offloaded_on_a_gpu(model):
+    """With a GPU build, llama.cpp reports exactly the layers the plan asked for on the GPU."""
+    from lowbit.build import active_build
+
+    if active_build().backend != "cuda":
+        pytest.skip(
+            "a GPU is present but the active llama.cpp build is not CUDA (`invoke build-llama --backend cuda`)"
+        )
+    r = engine.run_model(
+        str(model), "Hi", plan="ngl=3", vram=[8], n_predict=2, greedy=True, echo=False, timeout=300
+    )
+    assert "offloaded 3/5 layers to GPU" in r.log
