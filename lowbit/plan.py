@@ -316,6 +316,8 @@ def make_plan(
     weights = meta.tensor_bytes - meta.unused
     tok_row = meta.embeddings // meta.n_vocab if meta.n_vocab else 0  # one embedding row per token
     usable = [int(v * GiB) - GPU_RESERVE for v in vram_gb]
+    # every GPU beyond the first holds its own compute buffer: the budget over all GPUs shrinks by that
+    all_gpus = sum(usable) - max(0, len(usable) - 1) * compute if usable else 0
 
     def layer_split(n_gpu: int) -> tuple[int, int, int, int]:
         """(gpu weight bytes, gpu bytes/token, cpu bytes/token, layers on gpu) for -ngl n_gpu."""
@@ -371,7 +373,7 @@ def make_plan(
         ngl_option(
             "unsloth-rule",
             k_rule,
-            sum(usable) if usable else 0,
+            all_gpus,
             total_vram,
             split,
             note=f"floor({total_vram:g} / {meta.file_bytes / GB:.3g} x {n}) - 4",
@@ -387,7 +389,7 @@ def make_plan(
                 _experts_cpu(
                     meta,
                     plan,
-                    sum(usable),
+                    all_gpus,
                     total_vram,
                     split,
                     threads,
@@ -399,8 +401,8 @@ def make_plan(
                 )
             )
         if len(vram_gb) > 1:
-            k = best_ngl(sum(usable))
-            plan.options.append(ngl_option("multi-gpu", k, sum(usable), total_vram, split))
+            k = best_ngl(all_gpus)
+            plan.options.append(ngl_option("multi-gpu", k, all_gpus, total_vram, split))
     cpu_t = sum(_bytes_per_token(meta, layer) for layer in meta.layers) + meta.output + tok_row
     plan.options.append(
         Option(
