@@ -146,7 +146,7 @@ def test_planned_layers_are_offloaded_on_a_gpu(model):
 
     if active_build().backend != "cuda":
         pytest.skip(
-            "a GPU is present but the active llama.cpp build is not CUDA (`invoke build-llama --backend cuda`)"
+            "a GPU is present but the active llama.cpp build is not CUDA: `invoke build-llama --backend cuda`"
         )
     r = engine.run_model(
         str(model), "Hi", plan="ngl=3", vram=[8], n_predict=2, greedy=True, echo=False, timeout=300
