@@ -200,7 +200,7 @@ def run_model(
         binary,
         ignore_eos,
     )
-    check_flags(binary, cmd[1:])
+    check_flags(binary, cmd[1:-1])  # everything but the prompt text, which may start with a dash
     if echo:
         step(f"plan {option.name}: {option.note or ''}".rstrip(": "))
         print(shlex.join(cmd), file=sys.stderr, flush=True)
