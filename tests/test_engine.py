@@ -28,7 +28,13 @@ def model(tmp_path_factory, llama_build) -> Path:
 
 def test_parse_timings_of_a_real_run(model):
     r = engine.run_model(
-        str(model), "Hello", n_predict=6, greedy=True, ignore_eos=True, echo=False, timeout=300
+        str(model),
+        "-Hello: a prompt may start with a dash",
+        n_predict=6,
+        greedy=True,
+        ignore_eos=True,
+        echo=False,
+        timeout=300,
     )
     assert r.gen_tokens == 5 and r.gen_tokens_per_s > 0  # the first token comes out of the prompt pass
     assert r.prompt_tokens >= 1 and r.text.strip()
