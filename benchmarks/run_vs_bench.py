@@ -71,6 +71,12 @@ def main() -> int:
     ap.add_argument("--n-gen", type=int, default=32)
     ap.add_argument("--threads", default=None, help="thread counts to sweep (default 1..physical cores)")
     ap.add_argument("--vram", type=float, action="append", default=None)
+    ap.add_argument(
+        "--run-threads",
+        type=int,
+        default=None,
+        help="threads for the run-vs-bench rounds (default: the plan's, i.e. physical cores)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -80,7 +86,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))
         meta = read_model(plan.model_path(model))
-        the_plan = plan.make_plan(meta, args.vram or plan.detect_vram_gb())
+        the_plan = plan.make_plan(meta, args.vram or plan.detect_vram_gb(), threads=args.run_threads)
         pick = plan.choose(the_plan, "auto")
         placement = pick.flags
         first = meta.shards[0]
@@ -99,6 +105,7 @@ def main() -> int:
                 plan="auto",
                 vram=args.vram or None,
                 n_predict=args.n_gen + 1,
+                threads=args.run_threads,
                 greedy=True,
                 ignore_eos=True,
                 echo=False,

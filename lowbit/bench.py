@@ -414,6 +414,7 @@ def plot_results(result: BenchResult, path: Path) -> Path:
             pts.sort()
             label = ", ".join(f"{a}={v}" for a, v in key if a in ("cache_type_k", "threads", "n_gpu_layers"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.set_xticks(sorted({p[0] for p in pts}))
             if prefix == "tg" and all(p[2] for p in pts):
                 ax.plot([p[0] for p in pts], [p[2] for p in pts], ls="--", color="gray", lw=1)
         ax.set_title(title + (" (dashed: roofline)" if prefix == "tg" else ""))

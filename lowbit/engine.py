@@ -45,6 +45,7 @@ class RunResult:
     seconds: float = 0.0
     plan: str = ""
     stderr_tail: str = ""
+    log: str = ""  # llama.cpp's whole stderr (load and perf lines)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -199,7 +200,7 @@ def run_model(
         binary,
         ignore_eos,
     )
-    check_flags(binary, cmd[1:])
+    check_flags(binary, cmd[1:-1])  # everything but the prompt text, which may start with a dash
     if echo:
         step(f"plan {option.name}: {option.note or ''}".rstrip(": "))
         print(shlex.join(cmd), file=sys.stderr, flush=True)
@@ -228,6 +229,7 @@ def run_model(
         seconds=round(seconds, 3),
         plan=option.name,
         stderr_tail=tail,
+        log=proc.stderr,
     )
 
 

@@ -129,11 +129,52 @@ def _field(reader, key: str, default=None):
     return value
 
 
-def _reader(path: Path):
-    from gguf import GGUFReader
+LONG_ARRAY = 4096  # arrays longer than this (tokenizer vocab, merges, scores) are skimmed, not itemised
 
+
+def _reader_class():
+    """gguf-py's GGUFReader, minus its per-item parsing of long metadata arrays.
+
+    GGUFReader builds numpy views for every element of every array; R1's tokenizer (129k tokens, 127k
+    merges, scores, types) then takes ~14 s on a busy 2-core machine, for metadata the planner never
+    reads. This subclass keeps GGUFReader's parsing for everything else and reads a long numeric array
+    as one view, and a long string array by walking its length prefixes (its size is all we need).
+    """
+    import struct
+
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType
+
+    class HeaderReader(GGUFReader):
+        def _get_field_parts(self, orig_offs, raw_type):
+            if GGUFValueType(raw_type) != GGUFValueType.ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            raw_itype = self._get(orig_offs, np.uint32)
+            alen = self._get(orig_offs + 4, np.uint64)
+            n, itype, offs = int(alen[0]), GGUFValueType(raw_itype[0]), orig_offs + 12
+            if n <= LONG_ARRAY or itype == GGUFValueType.ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            types = [GGUFValueType.ARRAY, itype]
+            if itype == GGUFValueType.STRING:
+                mv, fmt, end = memoryview(self.data), ("<Q" if self.byte_order == "I" else ">Q"), offs
+                for _ in range(n):
+                    end += 8 + struct.unpack_from(fmt, mv, end)[0]
+                return end - orig_offs, [raw_itype, alen, self._get(offs, np.uint8, end - offs)], [], types
+            arr = self._get(offs, self.gguf_scalar_to_np[itype], n)
+            return 12 + int(arr.nbytes), [raw_itype, alen, arr], [2], types
+
+    return HeaderReader
+
+
+def array_length(reader, key: str) -> int:
+    """Number of items of a metadata array (also for arrays the header reader skimmed)."""
+    f = reader.get_field(key)
+    return int(f.parts[4][0]) if f is not None and len(f.parts) > 4 else 0
+
+
+def _reader(path: Path):
     try:
-        return GGUFReader(path, "r")
+        return _reader_class()(path, "r")
     except (ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # gguf-py raises these on cut files
         raise LowbitError(
             f"{path} is not a readable GGUF ({exc}); it may be truncated — fetch it again"
@@ -195,8 +236,7 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
     key_length = int(hp("attention.key_length", head_dim))
     value_length = int(hp("attention.value_length", head_dim))
     is_mla = arch.startswith("deepseek") and _field(first, f"{arch}.attention.key_length_mla") is not None
-    tokens = first.get_field("tokenizer.ggml.tokens")
-    n_vocab = int(hp("vocab_size", 0)) or (len(tokens.data) if tokens is not None else 0)
+    n_vocab = int(hp("vocab_size", 0)) or array_length(first, "tokenizer.ggml.tokens")
 
     layers = {i: LayerBytes(i) for i in range(n_layers)}
     embeddings = output = unused = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json as _json
 import math
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -315,6 +316,8 @@ def make_plan(
     weights = meta.tensor_bytes - meta.unused
     tok_row = meta.embeddings // meta.n_vocab if meta.n_vocab else 0  # one embedding row per token
     usable = [int(v * GiB) - GPU_RESERVE for v in vram_gb]
+    # every GPU beyond the first holds its own compute buffer: the budget over all GPUs shrinks by that
+    all_gpus = sum(usable) - max(0, len(usable) - 1) * compute if usable else 0
 
     def layer_split(n_gpu: int) -> tuple[int, int, int, int]:
         """(gpu weight bytes, gpu bytes/token, cpu bytes/token, layers on gpu) for -ngl n_gpu."""
@@ -370,10 +373,10 @@ def make_plan(
         ngl_option(
             "unsloth-rule",
             k_rule,
-            sum(usable) if usable else 0,
+            all_gpus,
             total_vram,
             split,
-            note=f"floor({total_vram:g} / {meta.file_bytes / GB:.0f} x {n}) - 4",
+            note=f"floor({total_vram:g} / {meta.file_bytes / GB:.3g} x {n}) - 4",
         )
     )
     if usable:
@@ -386,7 +389,7 @@ def make_plan(
                 _experts_cpu(
                     meta,
                     plan,
-                    sum(usable),
+                    all_gpus,
                     total_vram,
                     split,
                     threads,
@@ -398,8 +401,8 @@ def make_plan(
                 )
             )
         if len(vram_gb) > 1:
-            k = best_ngl(sum(usable))
-            plan.options.append(ngl_option("multi-gpu", k, sum(usable), total_vram, split))
+            k = best_ngl(all_gpus)
+            plan.options.append(ngl_option("multi-gpu", k, all_gpus, total_vram, split))
     cpu_t = sum(_bytes_per_token(meta, layer) for layer in meta.layers) + meta.output + tok_row
     plan.options.append(
         Option(
@@ -416,6 +419,12 @@ def make_plan(
             cpu_bytes_per_token=cpu_t,
         )
     )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads > 1 and load > 0.75 * physical_cores():
+        plan.warnings.append(
+            f"this machine is busy (load {load:.1f} on {physical_cores()} cores): one stolen core stalls "
+            f"every token of a {threads}-thread run; compare `invoke bench --threads 1,...,{threads}`"
+        )
     if meta.file_bytes > ram_bytes_avail + total_vram * GiB:
         plan.warnings.append(
             f"the model ({meta.file_bytes / GB:.0f} GB) is larger than RAM + VRAM "
@@ -606,11 +615,34 @@ def flags_for(
 # the seed table
 
 
+def seed_table() -> dict[str, tuple[float, dict[tuple[float, ...], int]]]:
+    """Unsloth's R1 table: quant -> (file GB, {VRAM config: layers}). From the catalog entry `deepseek-r1`
+    (`quants[].size_gb`, `published_offload_layers`, 160 = 2x80 GB) when it has them, else the seed's."""
+    try:
+        from lowbit.catalog import load_catalog
+
+        entry = load_catalog()["deepseek-r1"]
+        sizes = {q["name"]: q for q in entry["quants"]}
+        table = {}
+        for name, row in entry["published_offload_layers"].items():
+            q = sizes[name]
+            configs = {((80.0, 80.0) if float(v) == 160 else (float(v),)): int(n) for v, n in row.items()}
+            table[f"{q['bits']}bit {name}"] = (float(q["size_gb"]), configs)
+        if len(table) == len(SEED_OFFLOAD_TABLE):
+            return table
+    except (KeyError, TypeError, ValueError, ImportError):
+        pass
+    return {
+        q: (float(gb), dict(zip(SEED_VRAM_CONFIGS, layers, strict=True)))
+        for q, (gb, layers) in SEED_OFFLOAD_TABLE.items()
+    }
+
+
 def seed_table_rows() -> list[dict]:
     """Unsloth's R1 offload table next to the rule computed here: 11 of 12 agree."""
     rows = []
-    for quant, (size_gb, table) in SEED_OFFLOAD_TABLE.items():
-        for vram, expected in zip(SEED_VRAM_CONFIGS, table, strict=True):
+    for quant, (size_gb, configs) in seed_table().items():
+        for vram, expected in configs.items():
             got = rule_layers(sum(vram), size_gb, 61)
             rows.append(
                 {

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires_gpu
 
 from lowbit import LowbitError, engine
 from lowbit.gguf_layout import runnable_deepseek2
@@ -27,7 +28,13 @@ def model(tmp_path_factory, llama_build) -> Path:
 
 def test_parse_timings_of_a_real_run(model):
     r = engine.run_model(
-        str(model), "Hello", n_predict=6, greedy=True, ignore_eos=True, echo=False, timeout=300
+        str(model),
+        "-Hello: a prompt may start with a dash",
+        n_predict=6,
+        greedy=True,
+        ignore_eos=True,
+        echo=False,
+        timeout=300,
     )
     assert r.gen_tokens == 5 and r.gen_tokens_per_s > 0  # the first token comes out of the prompt pass
     assert r.prompt_tokens >= 1 and r.text.strip()
@@ -118,3 +125,36 @@ def test_run_task_prints_command_and_json(model):
     data = json.loads(out.stdout)
     assert data["gen_tokens"] >= 1 and data["command_line"].startswith(data["command"][0])
     assert data["command_line"] in out.stderr  # the copyable command is printed before the run
+
+
+def test_run_the_r1_replica():
+    """`invoke run` on the r1 replica (DeepSeek-R1 architecture and tokenizer, dynamic 1.58-bit shards)."""
+    try:
+        from lowbit.replicas import replica_path
+    except ImportError:
+        pytest.skip("this checkout has no lowbit.replicas module")
+    path = replica_path("r1")
+    if path is None or not Path(path).exists():
+        pytest.skip("the r1 replica is not built here (`invoke setup` builds it)")
+    r = engine.run_model(
+        "r1", "What is 1+1?", n_predict=8, greedy=True, ignore_eos=True, echo=False, timeout=300
+    )
+    assert (
+        r.gen_tokens == 7 and r.prompt_tokens >= 4
+    )  # <｜User｜>…<｜Assistant｜> are single tokens in R1's vocab
+    assert r.command[r.command.index("-m") + 1] == str(path)
+
+
+@requires_gpu
+def test_planned_layers_are_offloaded_on_a_gpu(model):
+    """With a GPU build, llama.cpp reports exactly the layers the plan asked for on the GPU."""
+    from lowbit.build import active_build
+
+    if active_build().backend != "cuda":
+        pytest.skip(
+            "a GPU is present but the active llama.cpp build is not CUDA: `invoke build-llama --backend cuda`"
+        )
+    r = engine.run_model(
+        str(model), "Hi", plan="ngl=3", vram=[8], n_predict=2, greedy=True, echo=False, timeout=300
+    )
+    assert "offloaded 3/5 layers to GPU" in r.log

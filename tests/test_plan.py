@@ -279,3 +279,21 @@ def test_r1_true_shape_beats_the_rule(tmp_path):
     assert ngl.fits and ngl.n_gpu_layers > rule.n_gpu_layers  # the rule's -4 is slack the file does not need
     assert exp.fits and exp.expert_layers_on_gpu > 0 and exp.est_tokens_per_s > 2 * ngl.est_tokens_per_s
     assert p.recommended == "experts-cpu"
+
+
+def test_header_reader_skims_long_arrays_like_gguf_py():
+    """The fast header reader and gguf-py's GGUFReader agree on offsets, tensors and array lengths."""
+    from gguf import GGUFReader
+
+    from lowbit.build import sdist_tree
+
+    vocab = sdist_tree() / "vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf"
+    fast, ref = gguf_meta._reader(vocab), GGUFReader(vocab)
+    assert fast.data_offset == ref.data_offset and list(fast.fields) == list(ref.fields)
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        assert gguf_meta.array_length(fast, key) == len(ref.fields[key].data) > gguf_meta.LONG_ARRAY
+    assert (
+        fast.fields["tokenizer.ggml.token_type"].contents()
+        == ref.fields["tokenizer.ggml.token_type"].contents()
+    )
+    assert fast.fields["tokenizer.ggml.model"].contents() == "gpt2"
