@@ -236,13 +236,20 @@ def _compare_ranges(
     return None
 
 
-def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> VerifyReport:
+def verify_tensors(
+    parts: list[Path],
+    single: Path,
+    hashes: bool = False,
+    data: bool = True,
+    expected_offsets: dict[str, int] | None = None,
+) -> VerifyReport:
     """Compare the tensors of a shard set (`parts`, in order) with those of one file.
 
     Names, types, shapes and byte sizes must agree, and every tensor's data must be identical: both sides
     are streamed once (each byte read once) and compared chunk by chunk — exact, and cheaper than hashing
     both sides. `hashes=True` also records each tensor's sha256 (of the shard side, which the comparison
-    shows is the single file's too), for display.
+    shows is the single file's too), for display. `data=False` checks everything but the data (used after
+    the data was already compared while the file was being written, at `expected_offsets`).
     """
     from gguf import GGUFReader
 
@@ -285,6 +292,11 @@ def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> Ver
                     f"tensor {t.name}: {t.tensor_type.name}{list(shape)} in the shards, "
                     f"{other.tensor_type.name}{list(other.shape)} in {single.name}"
                 )
+                continue
+            if expected_offsets is not None and expected_offsets.get(t.name) != int(other.data_offset):
+                problems.append(f"tensor {t.name}: data is not where it was checked")
+                continue
+            if not data:
                 continue
             if path not in fds:
                 fds[path] = os.open(path, os.O_RDONLY)
@@ -356,9 +368,11 @@ def _link_no_overwrite(tmp: Path, final: Path) -> None:
 
 
 def _run_with_progress(
-    cmd: list[str], watch: Path | list[Path], total: int, label: str
+    cmd: list[str], watch: Path | list[Path], total: int, label: str, on_start=None
 ) -> subprocess.CompletedProcess:
-    """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached."""
+    """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached.
+
+    `on_start(proc)` is called once the process runs (merge starts its verifier there)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from lowbit.ui import err_console
@@ -369,6 +383,8 @@ def _run_with_progress(
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
+    if on_start is not None:
+        on_start(proc)
 
     def written() -> int:
         if isinstance(watch, Path):
@@ -402,6 +418,86 @@ def _run_with_progress(
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
 
 
+def _pad(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def _predicted_layout(parts: list[Path]) -> list[tuple[Path, object, int]] | None:
+    """Where `llama-gguf-split --merge` will put each tensor's data: (shard, tensor, offset in merged file).
+
+    The merged header is the first shard's key/value section plus one tensor-info record per tensor, padded
+    to the alignment; data follows in shard order, each tensor padded to 32 bytes (GGUF_DEFAULT_ALIGNMENT).
+    Only a prediction: `merge` checks it against the finished file and verifies again if it was wrong.
+    """
+    from gguf import GGUFReader
+
+    readers = [GGUFReader(p) for p in parts]
+    if not readers[0].tensors:
+        return None
+    kv_end = int(readers[0].tensors[0].field.offset)
+    infos = sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for r in readers for t in r.tensors)
+    offset = _pad(kv_end + infos, int(readers[0].alignment))
+    layout = []
+    for path, r in zip(parts, readers, strict=True):
+        for t in r.tensors:  # tensor-info order: the order llama-gguf-split copies data in
+            layout.append((path, t, offset))
+            offset += _pad(int(t.n_bytes), 32)
+    return layout
+
+
+class _Follower(threading.Thread):
+    """Compares each tensor of the growing merged file with its shard as soon as it is written.
+
+    The bytes were just read (shards) and written (merged file) by llama-gguf-split, so both sides come from
+    the page cache: verification runs on the other core while the merge is disk-bound, instead of
+    re-reading everything from disk afterwards.
+    """
+
+    def __init__(self, layout: list[tuple[Path, object, int]], target: Path, proc: subprocess.Popen):
+        super().__init__(name="lowbit-merge-verify", daemon=True)
+        self.layout, self.target, self.proc = layout, target, proc
+        self.problems: list[str] = []
+        self.compared = 0
+        self.complete = False
+        self.error: BaseException | None = None
+
+    def _wait_for(self, size: int) -> bool:
+        while True:
+            have = self.target.stat().st_size if self.target.exists() else 0
+            if have >= size:
+                return True
+            if self.proc.poll() is not None:
+                have = self.target.stat().st_size if self.target.exists() else 0
+                return have >= size
+            time.sleep(0.005)
+
+    def run(self) -> None:
+        fds: dict[Path, int] = {}
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowbit-verify")
+        buffers = _Buffers()
+        try:
+            for path, t, offset in self.layout:
+                n = int(t.n_bytes)
+                if not self._wait_for(offset + n):
+                    return  # the tool stopped early; merge() reports its exit status
+                if self.target not in fds:
+                    fds[self.target] = os.open(self.target, os.O_RDONLY)
+                if path not in fds:
+                    fds[path] = os.open(path, os.O_RDONLY)
+                problem = _compare_ranges(fds[path], int(t.data_offset), fds[self.target], offset, n, pool,
+                                          buffers, None)  # fmt: skip
+                if problem:
+                    self.problems.append(f"tensor {t.name}: {problem}")
+                self.compared += n
+            self.complete = True
+        except BaseException as exc:  # reported to merge(), which then verifies the finished file instead
+            self.error = exc
+        finally:
+            pool.shutdown()
+            for fd in fds.values():
+                os.close(fd)
+
+
 def merge(
     first: Path | str, out: Path | str | None = None, verify: bool = True
 ) -> tuple[Path, VerifyReport | None]:
@@ -416,18 +512,40 @@ def merge(
     _check_disk(final.parent, s.size, f"merge {s.count} shards")
     tmp = final.with_name(f".{final.name}.lowbit-merging-{os.getpid()}")
     report = None
+    layout = _predicted_layout(s.parts) if verify else None
+    followers: list[_Follower] = []
+
+    def start_follower(proc: subprocess.Popen) -> None:
+        if layout:
+            followers.append(_Follower(layout, tmp, proc))
+            followers[0].start()
+
     try:
-        step(f"merging {s.count} shards -> {final.name} (temporary name until verified)")
+        step(f"merging {s.count} shards -> {final.name} (temporary name until verified; data is compared "
+             "with the shards while it is written)")  # fmt: skip
         proc = _run_with_progress(
-            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge"
+            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge", start_follower
         )
+        for f in followers:
+            f.join()
         if proc.returncode != 0 or not tmp.exists():
             raise LowbitError(
                 f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
             )
         if verify:
-            step("verifying tensor by tensor against the shards")
-            report = verify_tensors(s.parts, tmp)
+            follower = followers[0] if followers else None
+            if follower is not None and follower.complete and layout:
+                # data already compared at the predicted offsets: check names, types, shapes, metadata, and
+                # that the data really is at those offsets
+                offsets = {t.name: off for _, t, off in layout}
+                report = verify_tensors(s.parts, tmp, data=False, expected_offsets=offsets)
+                report.problems = follower.problems + report.problems
+                report.bytes_compared = follower.compared
+                if any("not where it was checked" in p for p in report.problems):
+                    report = None  # the layout prediction was wrong: compare the finished file instead
+            if report is None:
+                step("verifying tensor by tensor against the shards")
+                report = verify_tensors(s.parts, tmp)
             if not report.ok:
                 raise LowbitError(
                     f"merged file does not match the shards: {'; '.join(report.problems[:10])}. "

@@ -148,3 +148,14 @@ def test_llama_cpp_runs_the_shards_directly_and_the_merge_gives_the_same_tokens(
     from_shards = complete(parts[0])
     assert b"hello" in from_shards  # the prompt is echoed, then greedy tokens follow
     assert from_shards == complete(merged)
+
+
+def test_merge_layout_is_predicted_so_data_is_checked_while_written(shard_dir):
+    from gguf import GGUFReader
+
+    parts = shards.shard_set(shard_dir / "m-00001-of-00003.gguf").parts
+    layout = shards._predicted_layout(parts)
+    merged, report = shards.merge(parts[0])
+    actual = {t.name: int(t.data_offset) for t in GGUFReader(merged).tensors}
+    assert {t.name: off for _, t, off in layout} == actual
+    assert report.ok and report.bytes_compared == sum(int(t.n_bytes) for _, t, _ in layout)
