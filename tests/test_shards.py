@@ -159,3 +159,19 @@ def test_merge_layout_is_predicted_so_data_is_checked_while_written(shard_dir):
     actual = {t.name: int(t.data_offset) for t in GGUFReader(merged).tensors}
     assert {t.name: off for _, t, off in layout} == actual
     assert report.ok and report.bytes_compared == sum(int(t.n_bytes) for _, t, _ in layout)
+
+
+def test_header_reader_agrees_with_gguf_py(shard_dir, original):
+    from gguf import GGUFReader
+
+    for path in [original, *sorted(shard_dir.glob("*.gguf"))]:
+        ours, theirs = shards.read_header(path), GGUFReader(path)
+        assert [(t.name, t.tensor_type, t.shape, t.n_bytes, t.data_offset) for t in ours.tensors] == [
+            (t.name, t.tensor_type, tuple(int(x) for x in t.shape), int(t.n_bytes), int(t.data_offset))
+            for t in theirs.tensors
+        ]
+        assert ours.data_offset == theirs.data_offset
+        scalars = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.") and f.types
+                   and len(f.types) == 1}  # fmt: skip
+        assert scalars and {k: ours.value(k) for k in scalars} == scalars
+        assert list(ours.kv) == [k for k in theirs.fields if not k.startswith("GGUF.")]
