@@ -112,10 +112,11 @@ def main() -> int:
         print(
             f"shard set: {len(parts)} parts, {total / 1e6:.0f} MB; {args.rounds} interleaved rounds, medians"
         )
-        print(f"{'what':32} {'median s':>9} {'MB/s':>8} {'throughput vs cp':>17}")
+        tool_s = statistics.median(times["llama-gguf-split --merge"])
+        print(f"{'what':32} {'median s':>9} {'MB/s':>8} {'vs cp':>7} {'vs llama-gguf-split':>20}")
         for name, ts in times.items():
             m = statistics.median(ts)
-            print(f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} {cp / m:17.2f}")
+            print(f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} {cp / m:7.2f} {tool_s / m:20.2f}")
 
         dl: dict[str, list[float]] = {"raw http_get": [], "lowbit fetch (+sha256)": []}
         with MirrorServer(work / "models") as server:

@@ -33,7 +33,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lowbit import LowbitError
-from lowbit.mirror import LFS_MIN_SIZE, load_records, save_records
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
@@ -43,6 +42,19 @@ QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8]_[A-Z0-9]+(?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|Q8_0))"
     r"(?![A-Za-z0-9])"
 )
+
+
+def load_records(dest: Path) -> dict[str, dict]:
+    """Verified hashes recorded in `dest` (lowbit.mirror's format; imported lazily, it pulls http.server)."""
+    from lowbit.mirror import load_records as load
+
+    return load(dest)
+
+
+def save_records(dest: Path, records: dict[str, dict]) -> None:
+    from lowbit.mirror import save_records as save
+
+    save(dest, records)
 
 
 @dataclass
@@ -617,4 +629,4 @@ def fetch_command(
     return 0
 
 
-__all__ = ["FetchPlan", "RemoteFile", "fetch", "plan_fetch", "download", "verify_file", "LFS_MIN_SIZE"]
+__all__ = ["FetchPlan", "RemoteFile", "fetch", "plan_fetch", "download", "verify_file"]

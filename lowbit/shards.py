@@ -81,9 +81,146 @@ def find_shard_sets(directory: Path | str) -> list[ShardSet]:
     return list(sets.values())
 
 
-def _field(reader, key: str):
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
+@dataclass
+class HeaderTensor:
+    name: str
+    tensor_type: object  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order (ne0 first), as gguf-py reports it
+    n_bytes: int
+    data_offset: int  # absolute, in the file
+    info_offset: int  # where its tensor-info record starts
+
+
+@dataclass
+class GGUFHeader:
+    """What shard checks need from a GGUF header: key/values (raw byte ranges + scalar values), tensors.
+
+    Why not gguf-py's GGUFReader: it builds numpy views for every element of every array, so a DeepSeek
+    vocabulary (~130k tokens + merges) takes 5-15 s per file on a small machine, and a verified merge reads
+    several headers. This walks the same format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
+    with `struct`, skipping array contents, in milliseconds; gguf-py still supplies the type tables.
+    """
+
+    path: Path
+    kv: dict[str, tuple[int, int, object]]  # key -> (start, end, scalar value or None for arrays)
+    tensors: list[HeaderTensor]
+    alignment: int
+    data_offset: int
+
+    def value(self, key: str):
+        item = self.kv.get(key)
+        return None if item is None else item[2]
+
+    def raw(self, key: str) -> bytes:
+        start, end, _ = self.kv[key]
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def read_header(path: Path | str) -> GGUFHeader:
+    """Parse a GGUF file's header (little-endian GGUF v2/v3)."""
+    import mmap
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ValueError("not a GGUF file (bad magic)")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is not supported")
+        pos = 24
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", mm, pos)
+            text = mm[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
+            pos += 8 + n
+            return text
+
+        def skip_value(vtype: int):
+            nonlocal pos
+            if vtype in _SCALARS:
+                fmt = _SCALARS[vtype]
+                (v,) = struct.unpack_from(fmt, mm, pos)
+                pos += struct.calcsize(fmt)
+                return v
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                etype, count = struct.unpack_from("<IQ", mm, pos)
+                pos += 12
+                if etype in _SCALARS:
+                    pos += struct.calcsize(_SCALARS[etype]) * count
+                else:
+                    for _ in range(count):
+                        skip_value(etype)
+                return None
+            raise ValueError(f"unknown GGUF value type {vtype}")
+
+        kv: dict[str, tuple[int, int, object]] = {}
+        for _ in range(n_kv):
+            start = pos
+            key = string()
+            (vtype,) = struct.unpack_from("<I", mm, pos)
+            pos += 4
+            value = skip_value(vtype)
+            kv[key] = (start, pos, value)
+        alignment = int(kv["general.alignment"][2]) if "general.alignment" in kv else 32
+        infos = []
+        for _ in range(n_tensors):
+            info_offset = pos
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", mm, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
+            ttype, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            infos.append((name, dims, ttype, offset, info_offset))
+        data_offset = (pos + alignment - 1) // alignment * alignment
+    tensors = []
+    for name, dims, ttype, offset, info_offset in infos:
+        qtype = GGMLQuantizationType(ttype)
+        block, size = GGML_QUANT_SIZES[qtype]
+        n_elements = 1
+        for d in dims:
+            n_elements *= int(d)
+        tensors.append(HeaderTensor(name, qtype, tuple(int(d) for d in dims), n_elements // block * size,
+                                    data_offset + offset, info_offset))  # fmt: skip
+    return GGUFHeader(path, kv, tensors, alignment, data_offset)
+
+
+def read_gguf(path: Path, cache: dict | None = None) -> GGUFHeader:
+    """The header of `path`, parsed once per `cache`."""
+    path = Path(path)
+    if cache is None:
+        return read_header(path)
+    st = path.stat()
+    key = (path.resolve(), st.st_mtime_ns, st.st_size)
+    if key not in cache:
+        cache[key] = read_header(path)
+    return cache[key]
+
+
+def _field(header: GGUFHeader, key: str):
+    return header.value(key)
 
 
 @dataclass
@@ -97,10 +234,8 @@ class SetCheck:
         return not self.problems
 
 
-def check_set(s: ShardSet) -> SetCheck:
+def check_set(s: ShardSet, cache: dict | None = None) -> SetCheck:
     """All parts exist, agree on split.count, are numbered as named, and their tensors add up."""
-    from gguf import GGUFReader
-
     check = SetCheck(s)
     missing = s.missing
     if missing:
@@ -113,7 +248,7 @@ def check_set(s: ShardSet) -> SetCheck:
         if not p.is_file():
             continue
         try:
-            r = GGUFReader(p)
+            r = read_gguf(p, cache)
         except Exception as exc:  # gguf-py raises ValueError/struct errors on truncated or foreign files
             check.problems.append(f"{p.name}: not a readable GGUF ({exc})")
             continue
@@ -144,12 +279,12 @@ def check_set(s: ShardSet) -> SetCheck:
     return check
 
 
-def require_complete(path: Path | str) -> ShardSet:
+def require_complete(path: Path | str, cache: dict | None = None) -> ShardSet:
     """The set `path` belongs to, or LowbitError saying exactly what is wrong or missing."""
     s = shard_set(path)
     if s is None:
         raise LowbitError(f"{path} is not named like a shard (NAME-00001-of-0000N.gguf)")
-    check = check_set(s)
+    check = check_set(s, cache)
     if not check.ok:
         raise LowbitError(
             f"shard set {s.prefix} ({s.count} parts in {s.directory}) is not usable: "
@@ -183,12 +318,10 @@ class VerifyReport:
         return not self.problems
 
 
-def _tensor_table(paths: list[Path]) -> list[tuple[Path, object]]:
-    from gguf import GGUFReader
-
+def _tensor_table(paths: list[Path], cache: dict | None = None) -> list[tuple[Path, object]]:
     out = []
     for p in paths:
-        r = GGUFReader(p)
+        r = read_gguf(p, cache)
         out += [(p, t) for t in sorted(r.tensors, key=lambda t: t.data_offset)]
     return out
 
@@ -236,30 +369,41 @@ def _compare_ranges(
     return None
 
 
-def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> VerifyReport:
+def _metadata_differences(first: GGUFHeader, single: GGUFHeader) -> list[str]:
+    """Keys of the first shard (split.* aside) missing or different in `single`, compared as raw bytes."""
+    problems = []
+    for key in first.kv:
+        if key.startswith("split."):
+            continue
+        if key not in single.kv or first.raw(key) != single.raw(key):
+            problems.append(f"metadata {key} differs")
+    return problems
+
+
+def verify_tensors(
+    parts: list[Path],
+    single: Path,
+    hashes: bool = False,
+    data: bool = True,
+    expected_offsets: dict[str, int] | None = None,
+    cache: dict | None = None,
+) -> VerifyReport:
     """Compare the tensors of a shard set (`parts`, in order) with those of one file.
 
     Names, types, shapes and byte sizes must agree, and every tensor's data must be identical: both sides
     are streamed once (each byte read once) and compared chunk by chunk — exact, and cheaper than hashing
     both sides. `hashes=True` also records each tensor's sha256 (of the shard side, which the comparison
-    shows is the single file's too), for display.
+    shows is the single file's too), for display. `data=False` checks everything but the data (used after
+    the data was already compared while the file was being written, at `expected_offsets`).
     """
-    from gguf import GGUFReader
-
     t0 = time.perf_counter()
-    left = _tensor_table(parts)
-    right_reader = GGUFReader(single)
+    left = _tensor_table(parts, cache)
+    right_reader = read_gguf(single, cache)
     right = {t.name: t for t in right_reader.tensors}
     problems: list[str] = []
     if len(right) != len(left):
         problems.append(f"{single.name} has {len(right)} tensors, the shards {len(left)}")
-    first_kv = GGUFReader(parts[0]).fields
-    for key, f in first_kv.items():
-        if key.startswith(("split.", "GGUF.")):
-            continue
-        g = right_reader.fields.get(key)
-        if g is None or g.contents() != f.contents():
-            problems.append(f"metadata {key} differs")
+    problems += _metadata_differences(read_gguf(parts[0], cache), right_reader)
     checks: list[TensorCheck] = []
     compared = 0
     fds: dict[Path, int] = {}
@@ -285,6 +429,11 @@ def verify_tensors(parts: list[Path], single: Path, hashes: bool = False) -> Ver
                     f"tensor {t.name}: {t.tensor_type.name}{list(shape)} in the shards, "
                     f"{other.tensor_type.name}{list(other.shape)} in {single.name}"
                 )
+                continue
+            if expected_offsets is not None and expected_offsets.get(t.name) != int(other.data_offset):
+                problems.append(f"tensor {t.name}: data is not where it was checked")
+                continue
+            if not data:
                 continue
             if path not in fds:
                 fds[path] = os.open(path, os.O_RDONLY)
@@ -356,9 +505,11 @@ def _link_no_overwrite(tmp: Path, final: Path) -> None:
 
 
 def _run_with_progress(
-    cmd: list[str], watch: Path | list[Path], total: int, label: str
+    cmd: list[str], watch: Path | list[Path], total: int, label: str, on_start=None
 ) -> subprocess.CompletedProcess:
-    """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached."""
+    """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached.
+
+    `on_start(proc)` is called once the process runs (merge starts its verifier there)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from lowbit.ui import err_console
@@ -369,6 +520,8 @@ def _run_with_progress(
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
+    if on_start is not None:
+        on_start(proc)
 
     def written() -> int:
         if isinstance(watch, Path):
@@ -402,13 +555,92 @@ def _run_with_progress(
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
 
 
+def _pad(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def _predicted_layout(parts: list[Path], cache: dict | None = None) -> list[tuple[Path, object, int]] | None:
+    """Where `llama-gguf-split --merge` will put each tensor's data: (shard, tensor, offset in merged file).
+
+    The merged header is the first shard's key/value section plus one tensor-info record per tensor, padded
+    to the alignment; data follows in shard order, each tensor padded to 32 bytes (GGUF_DEFAULT_ALIGNMENT).
+    Only a prediction: `merge` checks it against the finished file and verifies again if it was wrong.
+    """
+    readers = [read_gguf(p, cache) for p in parts]
+    if not readers[0].tensors:
+        return None
+    kv_end = int(readers[0].tensors[0].info_offset)
+    infos = sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for r in readers for t in r.tensors)
+    offset = _pad(kv_end + infos, int(readers[0].alignment))
+    layout = []
+    for path, r in zip(parts, readers, strict=True):
+        for t in r.tensors:  # tensor-info order: the order llama-gguf-split copies data in
+            layout.append((path, t, offset))
+            offset += _pad(int(t.n_bytes), 32)
+    return layout
+
+
+class _Follower(threading.Thread):
+    """Compares each tensor of the growing merged file with its shard as soon as it is written.
+
+    The bytes were just read (shards) and written (merged file) by llama-gguf-split, so both sides come from
+    the page cache: verification runs on the other core while the merge is disk-bound, instead of
+    re-reading everything from disk afterwards.
+    """
+
+    def __init__(self, layout: list[tuple[Path, object, int]], target: Path, proc: subprocess.Popen):
+        super().__init__(name="lowbit-merge-verify", daemon=True)
+        self.layout, self.target, self.proc = layout, target, proc
+        self.problems: list[str] = []
+        self.compared = 0
+        self.complete = False
+        self.error: BaseException | None = None
+
+    def _wait_for(self, size: int) -> bool:
+        while True:
+            have = self.target.stat().st_size if self.target.exists() else 0
+            if have >= size:
+                return True
+            if self.proc.poll() is not None:
+                have = self.target.stat().st_size if self.target.exists() else 0
+                return have >= size
+            time.sleep(0.005)
+
+    def run(self) -> None:
+        fds: dict[Path, int] = {}
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowbit-verify")
+        buffers = _Buffers()
+        try:
+            for path, t, offset in self.layout:
+                n = int(t.n_bytes)
+                if not self._wait_for(offset + n):
+                    return  # the tool stopped early; merge() reports its exit status
+                if self.target not in fds:
+                    fds[self.target] = os.open(self.target, os.O_RDONLY)
+                if path not in fds:
+                    fds[path] = os.open(path, os.O_RDONLY)
+                problem = _compare_ranges(fds[path], int(t.data_offset), fds[self.target], offset, n, pool,
+                                          buffers, None)  # fmt: skip
+                if problem:
+                    self.problems.append(f"tensor {t.name}: {problem}")
+                self.compared += n
+            self.complete = True
+        except BaseException as exc:  # reported to merge(), which then verifies the finished file instead
+            self.error = exc
+        finally:
+            pool.shutdown()
+            for fd in fds.values():
+                os.close(fd)
+
+
 def merge(
     first: Path | str, out: Path | str | None = None, verify: bool = True
 ) -> tuple[Path, VerifyReport | None]:
     """Merge a complete shard set into one GGUF next to it (or `out`), verified, never overwriting."""
     from lowbit.ui import step
 
-    s = require_complete(first)
+    cache: dict = {}  # each file's header is parsed once
+    s = require_complete(first, cache)
     final = Path(out) if out else s.directory / s.merged_name
     if final.exists():
         raise LowbitError(f"{final} already exists; lowbit never overwrites it. Remove it or pass --out.")
@@ -416,18 +648,40 @@ def merge(
     _check_disk(final.parent, s.size, f"merge {s.count} shards")
     tmp = final.with_name(f".{final.name}.lowbit-merging-{os.getpid()}")
     report = None
+    layout = _predicted_layout(s.parts, cache) if verify else None
+    followers: list[_Follower] = []
+
+    def start_follower(proc: subprocess.Popen) -> None:
+        if layout:
+            followers.append(_Follower(layout, tmp, proc))
+            followers[0].start()
+
     try:
-        step(f"merging {s.count} shards -> {final.name} (temporary name until verified)")
+        step(f"merging {s.count} shards -> {final.name} (temporary name until verified; data is compared "
+             "with the shards while it is written)")  # fmt: skip
         proc = _run_with_progress(
-            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge"
+            [str(gguf_split_tool()), "--merge", str(s.first), str(tmp)], tmp, s.size, "merge", start_follower
         )
+        for f in followers:
+            f.join()
         if proc.returncode != 0 or not tmp.exists():
             raise LowbitError(
                 f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
             )
         if verify:
-            step("verifying tensor by tensor against the shards")
-            report = verify_tensors(s.parts, tmp)
+            follower = followers[0] if followers else None
+            if follower is not None and follower.complete and layout:
+                # data already compared at the predicted offsets: check names, types, shapes, metadata, and
+                # that the data really is at those offsets
+                offsets = {t.name: off for _, t, off in layout}
+                report = verify_tensors(s.parts, tmp, data=False, expected_offsets=offsets, cache=cache)
+                report.problems = follower.problems + report.problems
+                report.bytes_compared = follower.compared
+                if any("not where it was checked" in p for p in report.problems):
+                    report = None  # the layout prediction was wrong: compare the finished file instead
+            if report is None:
+                step("verifying tensor by tensor against the shards")
+                report = verify_tensors(s.parts, tmp, cache=cache)
             if not report.ok:
                 raise LowbitError(
                     f"merged file does not match the shards: {'; '.join(report.problems[:10])}. "
@@ -525,8 +779,9 @@ def split(
             )
         made = shard_set(next(iter(sorted(tmpdir.glob("*.gguf")))))
         assert made is not None
-        check = check_set(made)
-        report = verify_tensors(made.parts, src)
+        cache: dict = {}
+        check = check_set(made, cache)
+        report = verify_tensors(made.parts, src, cache=cache)
         if not check.ok or not report.ok:
             raise LowbitError(
                 f"the split does not match {src.name}: {'; '.join(check.problems + report.problems)}"

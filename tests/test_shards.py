@@ -134,33 +134,44 @@ def test_llama_cpp_runs_the_shards_directly_and_the_merge_gives_the_same_tokens(
     assert len(parts) > 2 and report.ok
 
     def complete(model: Path) -> bytes:
-        cmd = [
-            str(llama_build.tool("llama-completion")),
-            "-m",
-            str(model),
-            "-p",
-            "hello",
-            "-n",
-            "12",
-            "--temp",
-            "0",
-            "--top-k",
-            "1",
-            "--seed",
-            "1",
-            "-no-cnv",
-            "-t",
-            "1",
-            "--no-warmup",
-        ]
-        for _ in range(
-            5
-        ):  # at this commit llama-completion now and then exits 0 with nothing on a piped stdout
+        tool = str(llama_build.tool("llama-completion"))
+        cmd = [tool, "-m", str(model), "-p", "hello", "-n", "12", "--temp", "0", "--top-k", "1",
+               "--seed", "1", "-no-cnv", "-t", "1", "--no-warmup"]  # fmt: skip
+        # At this build llama-completion sometimes exits 0 mid-run (stdout and log cut short, ~1 run in 3):
+        # retry until its closing timing report shows the run went to the end.
+        for _ in range(10):
             proc = subprocess.run(cmd, capture_output=True, check=True, timeout=120)
-            if proc.stdout:
+            if b"total time =" in proc.stderr:
                 return proc.stdout
-        return proc.stdout
+        raise AssertionError("llama-completion never ran to the end")
 
     from_shards = complete(parts[0])
     assert b"hello" in from_shards  # the prompt is echoed, then greedy tokens follow
     assert from_shards == complete(merged)
+
+
+def test_merge_layout_is_predicted_so_data_is_checked_while_written(shard_dir):
+    from gguf import GGUFReader
+
+    parts = shards.shard_set(shard_dir / "m-00001-of-00003.gguf").parts
+    layout = shards._predicted_layout(parts)
+    merged, report = shards.merge(parts[0])
+    actual = {t.name: int(t.data_offset) for t in GGUFReader(merged).tensors}
+    assert {t.name: off for _, t, off in layout} == actual
+    assert report.ok and report.bytes_compared == sum(int(t.n_bytes) for _, t, _ in layout)
+
+
+def test_header_reader_agrees_with_gguf_py(shard_dir, original):
+    from gguf import GGUFReader
+
+    for path in [original, *sorted(shard_dir.glob("*.gguf"))]:
+        ours, theirs = shards.read_header(path), GGUFReader(path)
+        assert [(t.name, t.tensor_type, t.shape, t.n_bytes, t.data_offset) for t in ours.tensors] == [
+            (t.name, t.tensor_type, tuple(int(x) for x in t.shape), int(t.n_bytes), int(t.data_offset))
+            for t in theirs.tensors
+        ]
+        assert ours.data_offset == theirs.data_offset
+        scalars = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.") and f.types
+                   and len(f.types) == 1}  # fmt: skip
+        assert scalars and {k: ours.value(k) for k in scalars} == scalars
+        assert list(ours.kv) == [k for k in theirs.fields if not k.startswith("GGUF.")]
