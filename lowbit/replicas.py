@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -226,29 +227,40 @@ def ensure_replica(name: str) -> Path:
 # building
 
 
-def build_all(force: bool = False, only: list[str] | None = None) -> dict[str, Path]:
-    """Build (or reuse) the replicas; return their main files. Instant when everything is cached."""
-    from lowbit import ui
+def build_all(force: bool = False, only: list[str] | None = None, jobs: int | None = None) -> dict[str, Path]:
+    """Build (or reuse) the replicas; return their main files. Instant when everything is cached.
+
+    Replicas build side by side (`jobs`, default 2 where there are 2+ cores): most of the work is in
+    subprocesses (converter, llama.cpp tools), and one replica's Python steps overlap another's tools.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     names = list(REPLICAS) if not only else [_spec(n).name for n in only]
-    result: dict[str, Path] = {}
     todo = [n for n in names if force or replica_path(n) is None]
     if todo:
         _require("torch", "transformers", "safetensors")
-        with _lock():
-            for name in names:
-                if name in todo and (force or replica_path(name) is None):
-                    started = time.monotonic()
-                    ui.step(f"building replica {name} ({HONESTY})")
-                    _build(name)
-                    took = time.monotonic() - started
-                    ui.step(f"replica {name} ready in {took:.0f} s: {replica_path(name)}")
+        jobs = jobs or min(2, os.cpu_count() or 1)
+        with _lock(), ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_build_timed, name) for name in todo]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+    result: dict[str, Path] = {}
     for name in names:
         path = replica_path(name)
         if path is None:
             raise LowbitError(f"replica {name} is missing after its build; run `invoke replicas --force`")
         result[name] = path
     return result
+
+
+def _build_timed(name: str) -> None:
+    from lowbit import ui
+
+    started = time.monotonic()
+    ui.step(f"building replica {name} ({HONESTY})")
+    _build(name)
+    ui.step(f"replica {name} ready in {time.monotonic() - started:.0f} s: {replica_path(name)}")
 
 
 def _require(*modules: str) -> None:
@@ -281,11 +293,12 @@ def _build(name: str) -> None:
     work.mkdir(parents=True)
     started = time.monotonic()
     try:
-        files = _BUILDERS[spec.arch if spec.arch == "bitnet" else "gguf"](spec, work)
+        stage = _Stages(name)
+        files = _BUILDERS[spec.arch if spec.arch == "bitnet" else "gguf"](spec, work, stage)
         data = {"name": name, "key": build_key(name), "format": FORMAT, "seed": SEED, "note": HONESTY,
                 "files": {label: str(p.relative_to(work)) for label, p in files.items()},
                 "sizes": {label: _size(p) for label, p in files.items()},
-                "seconds": round(time.monotonic() - started, 1)}
+                "seconds": round(time.monotonic() - started, 1), "steps": stage.seconds}
         (work / "manifest.json").write_text(json.dumps(data, indent=1) + "\n")
         old = replicas_root() / f".{name}.old-{os.getpid()}"
         if final.exists():
@@ -304,36 +317,57 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _build_gguf_replica(spec: Spec, work: Path) -> dict[str, Path]:
-    from lowbit import ui
+class _Stages:
+    """Announces each build step and records how long it took (kept in the manifest)."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        from lowbit import ui
+
+        ui.step(f"  {self.name}: {what}")
+        started = time.monotonic()
+        yield
+        self.seconds[what] = round(time.monotonic() - started, 1)
+
+
+def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Path]:
     hf = work / "hf"
-    ui.step(f"  {spec.name}: transformers checkpoint (seed {SEED}) + tokenizer")
-    make_hf_checkpoint(spec, hf)
+    with stage(f"transformers checkpoint (seed {SEED})"):
+        make_hf_checkpoint(spec, hf, tokenizer=False)
+    with stage("tokenizer"):
+        _TOKENIZERS[spec.name](hf)
     scratch = work / ".scratch"
     scratch.mkdir()
-    bf16 = scratch / f"{spec.stem}-BF16.gguf"
-    ui.step(f"  {spec.name}: convert_hf_to_gguf.py -> BF16")
-    convert_hf_to_gguf(hf, bf16, "bf16")
     files: dict[str, Path] = {"hf": hf}
+    bf16 = scratch / f"{spec.stem}-BF16.gguf"
+    meta = scratch / "metadata.json"  # convert_hf_to_gguf.py --metadata: what the GGUF says it is
+    meta.write_text(json.dumps({"general.name": spec.stem, "general.description": HONESTY,
+                                "general.quantized_by": "lowbit replicas"}))
+    with stage("convert_hf_to_gguf.py -> BF16"):
+        convert_hf_to_gguf(hf, bf16, "bf16", metadata=meta)
     imatrix = None
     for q in spec.quants:
         if q.imatrix and imatrix is None:
-            ui.step(f"  {spec.name}: llama-imatrix on {CALIBRATION_TEXT.name}")
             imatrix = work / f"{spec.stem}.imatrix.gguf"
-            run_imatrix(bf16, CALIBRATION_TEXT, imatrix)
+            with stage(f"llama-imatrix on {CALIBRATION_TEXT.name}"):
+                run_imatrix(bf16, CALIBRATION_TEXT, imatrix)
             files["imatrix"] = imatrix
-        ui.step(f"  {spec.name}: llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else ""))
         recipe = RECIPES_DIR / q.recipe if q.recipe else None
         single = scratch / f"{spec.stem}-{q.label}.gguf"
-        quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None, tensor_type_file=recipe)
-        verify_types([single], expected_types(single_source=bf16, base_type=q.base_type, recipe=recipe))
+        with stage(f"llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else "")):
+            quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None,
+                     tensor_type_file=recipe)
+            verify_types([single], expected_types(bf16, q.base_type, recipe))
         if q.shards > 1:
             folder = work / q.label
             folder.mkdir()
-            ui.step(f"  {spec.name}: llama-gguf-split -> {q.shards} shards")
-            shards = split(single, folder / f"{spec.stem}-{q.label}", q.shards)
-            verify_split(single, shards)
+            with stage(f"llama-gguf-split -> {q.shards} shards"):
+                shards = split(single, folder / f"{spec.stem}-{q.label}", q.shards)
+                verify_split(single, shards)
             single.unlink()
             files[q.label] = shards[0]
         else:
@@ -344,11 +378,12 @@ def _build_gguf_replica(spec: Spec, work: Path) -> dict[str, Path]:
     return files
 
 
-def _build_bitnet_replica(spec: Spec, work: Path) -> dict[str, Path]:
+def _build_bitnet_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Path]:
     from lowbit.bitnet import make_hf_checkpoint as make_bitnet_checkpoint
 
     hf = work / "hf"
-    make_bitnet_checkpoint(hf, seed=SEED, **spec.config)
+    with stage(f"lowbit.bitnet.make_hf_checkpoint (seed {SEED})"), _SEEDED:
+        make_bitnet_checkpoint(hf, seed=SEED, **spec.config)
     if not (hf / "config.json").exists() or not (hf / "tokenizer.json").exists():
         raise LowbitError(f"lowbit.bitnet.make_hf_checkpoint left no config.json/tokenizer.json in {hf}")
     return {"hf": hf}
@@ -361,21 +396,27 @@ _BUILDERS = {"gguf": _build_gguf_replica, "bitnet": _build_bitnet_replica}
 # transformers checkpoints and tokenizers
 
 
-def make_hf_checkpoint(spec: Spec, dest: Path) -> Path:
+_SEEDED = threading.Lock()
+
+
+def make_hf_checkpoint(spec: Spec, dest: Path, tokenizer: bool = True) -> Path:
     """Config + random weights (fixed seed, bf16) + the real tokenizer files, via save_pretrained."""
     _require("torch", "transformers")
     import torch
     import transformers
 
     config = getattr(transformers, f"{spec.hf_class}Config")(**spec.config)
-    torch.manual_seed(SEED)
-    model = getattr(transformers, f"{spec.hf_class}ForCausalLM")(config).to(torch.bfloat16)
+    with _SEEDED:  # the RNG is global: replicas built side by side must not interleave their draws
+        torch.manual_seed(SEED)
+        model = getattr(transformers, f"{spec.hf_class}ForCausalLM")(config).to(torch.bfloat16)
     # generation_config.json as the real releases ship it (R1's recommended sampling).
     bos, eos = spec.generation_ids
     model.generation_config = transformers.GenerationConfig(bos_token_id=bos, eos_token_id=eos,
                                                              do_sample=True, temperature=0.6, top_p=0.95)
+    transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(dest)
-    _TOKENIZERS[spec.name](dest)
+    if tokenizer:
+        _TOKENIZERS[spec.name](dest)
     return dest
 
 
@@ -450,12 +491,22 @@ def llama3_tokenizer_dir() -> Path:
     convert_hf_to_gguf.py then fails for a 128256-token model): it is dropped. BOS is added by a
     TemplateProcessing post-processor, as in Meta's tokenizer.json.
     """
-    from lowbit.build import LLAMA_CPP_COMMIT, sdist_tree
+    from lowbit.build import LLAMA_CPP_COMMIT
     from lowbit.paths import cache_dir
 
-    dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}"
-    if (dest / "tokenizer.json").exists() and (dest / "tokenizer_config.json").exists():
-        return dest
+    dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}-v2"
+    with _LLAMA3_LOCK:
+        if not ((dest / "tokenizer.json").exists() and (dest / "tokenizer_config.json").exists()):
+            _make_llama3_tokenizer(dest)
+    return dest
+
+
+_LLAMA3_LOCK = threading.Lock()
+
+
+def _make_llama3_tokenizer(dest: Path) -> None:
+    from lowbit.build import sdist_tree
+
     _require("transformers", "tokenizers")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -463,6 +514,10 @@ def llama3_tokenizer_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(str(models), gguf_file="ggml-vocab-llama-bpe.gguf")
     data = json.loads(tok.backend_tokenizer.to_str())
     data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < LLAMA_VOCAB]
+    # As in Meta's tokenizer.json the 256 special tokens live only among the added tokens (so renaming
+    # one, as the distill does, renames it everywhere).
+    added = {t["id"] for t in data["added_tokens"]}
+    data["model"]["vocab"] = {piece: i for piece, i in data["model"]["vocab"].items() if i not in added}
     _set_bos_post_processor(data, "<|begin_of_text|>", 128000)
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -479,7 +534,6 @@ def llama3_tokenizer_dir() -> Path:
                           f"have {LLAMA_VOCAB} tokens")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
-    return dest
 
 
 def _set_bos_post_processor(data: dict, bos: str, bos_id: int) -> None:
@@ -550,10 +604,11 @@ def _threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16") -> Path:
+def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Path | None = None) -> Path:
     """The pinned llama.cpp's convert_hf_to_gguf.py, run with this interpreter."""
     script = _llama_cpp() / "convert_hf_to_gguf.py"
-    _run([sys.executable, script, hf, "--outfile", out, "--outtype", outtype], "convert_hf_to_gguf.py")
+    extra = ["--metadata", metadata] if metadata else []
+    _run([sys.executable, script, hf, "--outfile", out, "--outtype", outtype, *extra], "convert_hf_to_gguf")
     return out
 
 
