@@ -12,6 +12,7 @@ random weights: the text is meaningless; tokens, templates, speed paths and file
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -350,6 +351,7 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
     with stage("convert_hf_to_gguf.py -> BF16"):
         convert_hf_to_gguf(hf, bf16, "bf16", metadata=meta)
     imatrix = None
+    tensor_names: set[str] = set()
     for q in spec.quants:
         if q.imatrix and imatrix is None:
             imatrix = work / f"{spec.stem}.imatrix.gguf"
@@ -361,19 +363,23 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
         with stage(f"llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else "")):
             quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None,
                      tensor_type_file=recipe)
-            verify_types([single], expected_types(bf16, q.base_type, recipe))
         if q.shards > 1:
             folder = work / q.label
             folder.mkdir()
             with stage(f"llama-gguf-split -> {q.shards} shards"):
-                shards = split(single, folder / f"{spec.stem}-{q.label}", q.shards)
-                verify_split(single, shards)
+                n_tensors = len(tensor_names) or len(gguf_reader(single).tensors)
+                outputs = split(single, folder / f"{spec.stem}-{q.label}", q.shards, n_tensors)
             single.unlink()
-            files[q.label] = shards[0]
         else:
-            dest = work / single.name
-            os.replace(single, dest)
-            files[q.label] = dest
+            outputs = [work / single.name]
+            os.replace(single, outputs[0])
+        with stage(f"verify {q.label} tensor types (gguf-py)"):
+            got = verify_types(outputs, q.base_type, recipe)
+        if tensor_names and set(got) != tensor_names:
+            raise LowbitError(f"{q.label} holds other tensors than {spec.quants[0].label}: "
+                              f"{sorted(set(got) ^ tensor_names)}")
+        tensor_names = set(got)
+        files[q.label] = outputs[0]
     shutil.rmtree(scratch)
     return files
 
@@ -647,13 +653,10 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
     return dst
 
 
-def split(src: Path, prefix: Path, shards: int) -> list[Path]:
+def split(src: Path, prefix: Path, shards: int, n_tensors: int) -> list[Path]:
     """llama-gguf-split into exactly `shards` files (by tensor count: a byte limit fails on big tensors)."""
-    from gguf import GGUFReader
-
     from lowbit.build import active_build
 
-    n_tensors = len(GGUFReader(src).tensors)
     per_shard = math.ceil(n_tensors / shards)
     _run([active_build().tool("llama-gguf-split"), "--split", "--split-max-tensors", str(per_shard),
           src, prefix], "llama-gguf-split")
@@ -683,64 +686,63 @@ def quantizable(name: str, n_dims: int) -> bool:
             and "ffn_gate_inp.weight" not in name)
 
 
-def tensor_types(files: list[Path]) -> dict[str, str]:
-    """Tensor name -> GGML type name, read with gguf-py from one file or all shards of a split."""
+def gguf_reader(path: Path):
+    """gguf-py's GGUFReader, cached per file version: parsing a 130k-token vocabulary takes seconds."""
+    st = Path(path).stat()
+    return _cached_reader(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_reader(path: str, mtime_ns: int, size: int):
     from gguf import GGUFReader
 
+    return GGUFReader(path)
+
+
+def tensor_types(files: list[Path]) -> dict[str, str]:
+    """Tensor name -> GGML type name, read with gguf-py from one file or all shards of a split."""
     types: dict[str, str] = {}
     for path in files:
-        for t in GGUFReader(path).tensors:
+        for t in gguf_reader(path).tensors:
             types[t.name] = t.tensor_type.name
     return types
 
 
-def expected_types(single_source: Path, base_type: str, recipe: Path | None) -> dict[str, str]:
-    """What each tensor must become: the recipe's first match, else the base type; others stay as they are."""
-    from gguf import GGUFReader
-
-    pairs = read_recipe(recipe) if recipe else []
-    want: dict[str, str] = {}
-    for t in GGUFReader(single_source).tensors:
-        if not quantizable(t.name, len(t.shape)):
-            want[t.name] = t.tensor_type.name
-            continue
-        match = next((qtype for pattern, qtype in pairs if re.search(pattern, t.name)), None)
-        if recipe is not None and match is None:
-            raise LowbitError(f"recipe {recipe.name} names no type for {t.name}; every quantizable tensor "
-                              "must be listed so the result does not depend on llama-quantize's defaults")
-        want[t.name] = match or base_type
-    return want
+def expected_type(name: str, n_dims: int, base_type: str, recipe: list[tuple[str, str]] | None) -> str:
+    """What llama-quantize must have made of a tensor: the recipe's first match, else the base type;
+    tensors it never quantizes (norms, router, biases) stay F32 as the converter wrote them."""
+    if not quantizable(name, n_dims):
+        return "F32"
+    if recipe is None:
+        return base_type
+    match = next((qtype for pattern, qtype in recipe if re.search(pattern, name)), None)
+    if match is None:
+        raise LowbitError(f"the recipe names no type for {name}; every quantizable tensor must be listed so "
+                          "the result does not depend on llama-quantize's defaults")
+    return match
 
 
-def verify_types(files: list[Path], want: dict[str, str]) -> None:
-    got = tensor_types(files)
-    wrong = [f"{n}: {got.get(n)} (recipe: {t})" for n, t in want.items() if got.get(n) != t]
-    extra = sorted(set(got) - set(want))
-    if wrong or extra:
-        raise LowbitError("the quantized file does not match its recipe:\n  " + "\n  ".join(wrong + extra))
-
-
-def verify_split(single: Path, shards: list[Path]) -> None:
-    """The shards hold the single file's tensors (names, types, shapes, bytes) and say so in split.*."""
-    from gguf import GGUFReader
-
-    def digest(paths: list[Path]) -> dict[str, tuple]:
-        out = {}
-        for p in paths:
-            for t in GGUFReader(p).tensors:
-                out[t.name] = (t.tensor_type.name, tuple(int(x) for x in t.shape),
-                               hashlib.sha256(t.data.tobytes()).hexdigest())
-        return out
-
-    if digest([single]) != digest(shards):
-        raise LowbitError(f"the split of {single.name} does not hold the same tensors as the single file")
-    for i, path in enumerate(shards):
-        fields = GGUFReader(path).fields
-        count = int(fields["split.count"].parts[-1][0])
-        index = int(fields["split.no"].parts[-1][0])
-        if count != len(shards) or index != i:
-            raise LowbitError(f"{path.name}: split.no={index} split.count={count}, "
-                              f"expected {i}/{len(shards)}")
+def verify_types(files: list[Path], base_type: str, recipe: Path | None) -> dict[str, str]:
+    """Check every tensor's type in the written file(s) against the recipe; check split.* of shards."""
+    pairs = read_recipe(recipe) if recipe else None
+    got: dict[str, str] = {}
+    wrong = []
+    for i, path in enumerate(files):
+        reader = gguf_reader(path)
+        if len(files) > 1:
+            count = int(reader.fields["split.count"].parts[-1][0])
+            index = int(reader.fields["split.no"].parts[-1][0])
+            if (index, count) != (i, len(files)):
+                raise LowbitError(f"{path.name}: split.no={index} split.count={count}, "
+                                  f"expected {i}/{len(files)}")
+        for t in reader.tensors:
+            got[t.name] = t.tensor_type.name
+            want = expected_type(t.name, len(t.shape), base_type, pairs)
+            if t.tensor_type.name != want:
+                wrong.append(f"{t.name}: {t.tensor_type.name} (recipe: {want})")
+    if wrong:
+        raise LowbitError("the quantized file does not match its recipe:\n  " + "\n  ".join(wrong))
+    return got
 
 
 # ---------------------------------------------------------------------------------------------

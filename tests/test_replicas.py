@@ -27,9 +27,7 @@ from lowbit.replicas import (
 
 def _gguf_vocab(path):
     """token text -> id, and the tokenizer.ggml.* scalar keys, from a GGUF's own metadata."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path).fields
+    fields = replicas.gguf_reader(path).fields
     tokens = fields["tokenizer.ggml.tokens"]
     ids = {bytes(tokens.parts[i]).decode(): n for n, i in enumerate(tokens.data)}
     keys = {}
