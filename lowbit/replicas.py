@@ -234,18 +234,26 @@ def build_all(force: bool = False, only: list[str] | None = None, jobs: int | No
     Replicas build side by side (`jobs`, default 2 where there are 2+ cores): most of the work is in
     subprocesses (converter, llama.cpp tools), and one replica's Python steps overlap another's tools.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     names = list(REPLICAS) if not only else [_spec(n).name for n in only]
     todo = [n for n in names if force or replica_path(n) is None]
     if todo:
         _require("torch", "transformers", "safetensors")
-        jobs = jobs or min(2, os.cpu_count() or 1)
-        with _lock(), ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_build_timed, name) for name in todo]
-            errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]
+        jobs = min(jobs or min(2, os.cpu_count() or 1), len(todo))
+        with _lock(replicas_root() / ".build.lock"):
+            if jobs == 1:
+                for name in todo:
+                    _build_timed(name)
+            else:
+                # Processes, not threads: tokenizer and GGUF steps are pure Python (one GIL).
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    futures = [pool.submit(_build_timed, name) for name in todo]
+                    errors = [f.exception() for f in futures if f.exception() is not None]
+                if errors:
+                    raise errors[0]
     result: dict[str, Path] = {}
     for name in names:
         path = replica_path(name)
@@ -272,10 +280,10 @@ def _require(*modules: str) -> None:
 
 
 @contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One builder at a time per model directory (a second waits, then finds the cache)."""
-    replicas_root().mkdir(parents=True, exist_ok=True)
-    with open(replicas_root() / ".build.lock", "w") as fh:
+def _lock(path: Path) -> Iterator[None]:
+    """One builder at a time (a second waits, then finds the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         try:
             import fcntl
 
@@ -367,7 +375,7 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
             folder = work / q.label
             folder.mkdir()
             with stage(f"llama-gguf-split -> {q.shards} shards"):
-                n_tensors = len(tensor_names) or len(gguf_reader(single).tensors)
+                n_tensors = len(tensor_names) or len(gguf_header(single)[1])
                 outputs = split(single, folder / f"{spec.stem}-{q.label}", q.shards, n_tensors)
             single.unlink()
         else:
@@ -501,7 +509,7 @@ def llama3_tokenizer_dir() -> Path:
     from lowbit.paths import cache_dir
 
     dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}-v2"
-    with _LLAMA3_LOCK:
+    with _LLAMA3_LOCK, _lock(dest.parent / f".{dest.name}.lock"):
         if not ((dest / "tokenizer.json").exists() and (dest / "tokenizer_config.json").exists()):
             _make_llama3_tokenizer(dest)
     return dest
@@ -699,13 +707,78 @@ def _cached_reader(path: str, mtime_ns: int, size: int):
     return GGUFReader(path)
 
 
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...], str]]]:
+    """(scalar/string metadata, [(tensor name, dims, GGML type name)]) of a GGUF file.
+
+    Hand-rolled on purpose: gguf-py's GGUFReader builds numpy views for every vocabulary entry (about
+    7 s of CPU for a 130k-token vocab), which a build that checks several files cannot afford; this
+    reads the same header (GGUF v3 layout, gguf-py's type enums) in milliseconds and skips arrays. The
+    tests cross-check it against GGUFReader.
+    """
+    import mmap
+    import struct
+
+    from gguf import GGMLQuantizationType
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise LowbitError(f"{path} is not a GGUF file")
+        _version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        off = 24
+
+        def string() -> str:
+            nonlocal off
+            (n,) = struct.unpack_from("<Q", mm, off)
+            off += 8 + n
+            return mm[off - n:off].decode("utf-8", errors="replace")
+
+        def value(vtype: int) -> object:
+            nonlocal off
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                itype, count = struct.unpack_from("<IQ", mm, off)
+                off += 12
+                if itype == 8:
+                    for _ in range(count):
+                        (n,) = struct.unpack_from("<Q", mm, off)
+                        off += 8 + n
+                elif itype == 9:
+                    for _ in range(count):
+                        value(9)
+                else:
+                    off += count * struct.calcsize(_SCALAR[itype])
+                return None
+            (v,) = struct.unpack_from("<" + _SCALAR[vtype], mm, off)
+            off += struct.calcsize(_SCALAR[vtype])
+            return v
+
+        meta: dict[str, object] = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", mm, off)
+            off += 4
+            v = value(vtype)
+            if v is not None:
+                meta[key] = v
+        tensors = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", mm, off)
+            dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
+            off += 4 + 8 * n_dims
+            ttype, _offset = struct.unpack_from("<IQ", mm, off)
+            off += 12
+            tensors.append((name, tuple(dims), GGMLQuantizationType(ttype).name))
+    return meta, tensors
+
+
 def tensor_types(files: list[Path]) -> dict[str, str]:
-    """Tensor name -> GGML type name, read with gguf-py from one file or all shards of a split."""
-    types: dict[str, str] = {}
-    for path in files:
-        for t in gguf_reader(path).tensors:
-            types[t.name] = t.tensor_type.name
-    return types
+    """Tensor name -> GGML type name, from one file or all shards of a split."""
+    return {name: ttype for path in files for name, _dims, ttype in gguf_header(path)[1]}
 
 
 def expected_type(name: str, n_dims: int, base_type: str, recipe: list[tuple[str, str]] | None) -> str:
@@ -728,18 +801,15 @@ def verify_types(files: list[Path], base_type: str, recipe: Path | None) -> dict
     got: dict[str, str] = {}
     wrong = []
     for i, path in enumerate(files):
-        reader = gguf_reader(path)
-        if len(files) > 1:
-            count = int(reader.fields["split.count"].parts[-1][0])
-            index = int(reader.fields["split.no"].parts[-1][0])
-            if (index, count) != (i, len(files)):
-                raise LowbitError(f"{path.name}: split.no={index} split.count={count}, "
-                                  f"expected {i}/{len(files)}")
-        for t in reader.tensors:
-            got[t.name] = t.tensor_type.name
-            want = expected_type(t.name, len(t.shape), base_type, pairs)
-            if t.tensor_type.name != want:
-                wrong.append(f"{t.name}: {t.tensor_type.name} (recipe: {want})")
+        meta, tensors = gguf_header(path)
+        if len(files) > 1 and (meta.get("split.no"), meta.get("split.count")) != (i, len(files)):
+            raise LowbitError(f"{path.name}: split.no={meta.get('split.no')} split.count="
+                              f"{meta.get('split.count')}, expected {i}/{len(files)}")
+        for name, dims, ttype in tensors:
+            got[name] = ttype
+            want = expected_type(name, len(dims), base_type, pairs)
+            if ttype != want:
+                wrong.append(f"{name}: {ttype} (recipe: {want})")
     if wrong:
         raise LowbitError("the quantized file does not match its recipe:\n  " + "\n  ".join(wrong))
     return got
