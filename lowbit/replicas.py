@@ -710,8 +710,10 @@ def _cached_reader(path: str, mtime_ns: int, size: int):
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def gguf_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...], str]]]:
-    """(scalar/string metadata, [(tensor name, dims, GGML type name)]) of a GGUF file.
+def gguf_header(path: Path, arrays: tuple[str, ...] = ()) -> tuple[dict[str, object],
+                                                                   list[tuple[str, tuple[int, ...], str]]]:
+    """(metadata, [(tensor name, dims, GGML type name)]) of a GGUF file; string arrays named in
+    `arrays` (e.g. tokenizer.ggml.tokens) are read as lists, other arrays are skipped.
 
     Hand-rolled on purpose: gguf-py's GGUFReader builds numpy views for every vocabulary entry (about
     7 s of CPU for a 130k-token vocab), which a build that checks several files cannot afford; this
@@ -735,13 +737,15 @@ def gguf_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[in
             off += 8 + n
             return mm[off - n:off].decode("utf-8", errors="replace")
 
-        def value(vtype: int) -> object:
+        def value(vtype: int, keep: bool = False) -> object:
             nonlocal off
             if vtype == 8:
                 return string()
             if vtype == 9:
                 itype, count = struct.unpack_from("<IQ", mm, off)
                 off += 12
+                if itype == 8 and keep:
+                    return [string() for _ in range(count)]
                 if itype == 8:
                     for _ in range(count):
                         (n,) = struct.unpack_from("<Q", mm, off)
@@ -761,7 +765,7 @@ def gguf_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[in
             key = string()
             (vtype,) = struct.unpack_from("<I", mm, off)
             off += 4
-            v = value(vtype)
+            v = value(vtype, keep=key in arrays)
             if v is not None:
                 meta[key] = v
         tensors = []

@@ -27,16 +27,14 @@ from lowbit.replicas import (
 
 def _gguf_vocab(path):
     """token text -> id, and the tokenizer.ggml.* scalar keys, from a GGUF's own metadata."""
-    fields = replicas.gguf_reader(path).fields
-    tokens = fields["tokenizer.ggml.tokens"]
-    ids = {bytes(tokens.parts[i]).decode(): n for n, i in enumerate(tokens.data)}
-    keys = {}
-    for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
-        f = fields.get(f"tokenizer.ggml.{key}")
-        keys[key] = int(f.parts[-1][0]) if f is not None else None
-    tmpl = fields.get("tokenizer.chat_template")
-    keys["chat_template"] = bytes(tmpl.parts[-1]).decode() if tmpl is not None else ""
-    keys["n_vocab"] = len(tokens.data)
+    meta, _ = replicas.gguf_header(path, arrays=("tokenizer.ggml.tokens",))
+    tokens = meta["tokenizer.ggml.tokens"]
+    ids = {tok: i for i, tok in enumerate(tokens)}
+    keys = {key: meta.get(f"tokenizer.ggml.{key}")
+            for key in ("bos_token_id", "eos_token_id", "padding_token_id")}
+    keys["chat_template"] = meta.get("tokenizer.chat_template", "")
+    keys["n_vocab"] = len(tokens)
+    keys["tokens"] = tokens
     return ids, keys
 
 
@@ -166,7 +164,7 @@ def test_a_fallback_quantization_fails_and_leaves_no_file(r1, tmp_path, llama_bu
 def test_a_failed_build_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_MODELS", str(tmp_path))
 
-    def broken(spec, dest):
+    def broken(spec, dest, **kwargs):
         dest.mkdir(parents=True)
         (dest / "model.safetensors").write_bytes(b"half")
         raise LowbitError("simulated failure midway")
@@ -197,3 +195,25 @@ def test_cached_build_is_reused(r1):
     before = manifest.stat().st_mtime_ns
     assert replicas.build_all(only=["r1"]) == {"r1": r1["UD-IQ1_S"]}
     assert manifest.stat().st_mtime_ns == before
+
+
+def test_header_reader_agrees_with_gguf_py(r1):
+    """lowbit's fast header read (used by the build) against gguf-py's GGUFReader on the small shards."""
+    from gguf import GGUFReader
+
+    for path in _shards(r1["UD-IQ1_S"])[1:]:
+        meta, tensors = replicas.gguf_header(path)
+        reader = GGUFReader(path)
+        theirs = [(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name) for t in reader.tensors]
+        assert theirs == tensors
+        for key in ("split.no", "split.count", "split.tensors.count"):
+            assert int(reader.fields[key].parts[-1][0]) == meta[key]
+
+
+def test_gguf_vocab_matches_the_hf_tokenizer(r1):
+    from transformers import AutoTokenizer
+
+    _, keys = _gguf_vocab(r1["Q8_0"])
+    tok = AutoTokenizer.from_pretrained(r1["hf"])
+    sample = [0, 1, 2, 100, 5000, 128798, 128799, 128803, 128804]
+    assert [keys["tokens"][i] for i in sample] == tok.convert_ids_to_tokens(sample)
