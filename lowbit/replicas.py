@@ -217,6 +217,15 @@ def hf_dir(name: str) -> Path:
     return replica_files(name)["hf"]
 
 
+def replica_note(path: Path | str) -> str | None:
+    """HONESTY if `path` is (inside) a built replica, else None: commands that run a model print it."""
+    try:
+        Path(path).resolve().relative_to(replicas_root().resolve())
+    except ValueError:
+        return None
+    return HONESTY
+
+
 def ensure_replica(name: str) -> Path:
     """The replica's main file, building it first if needed."""
     path = replica_path(name)

@@ -185,6 +185,13 @@ def test_missing_torch_names_the_extra(monkeypatch, tmp_path):
         replicas.build_all(only=["r1"])
 
 
+def test_replica_files_say_what_they_are(r1, tmp_path):
+    assert replicas.replica_note(r1["UD-IQ1_S"]) == replicas.HONESTY
+    assert replicas.replica_note(tmp_path / "model.gguf") is None
+    meta, _ = replicas.gguf_header(r1["UD-IQ1_S"])
+    assert meta["general.description"] == replicas.HONESTY and "replica" in meta["general.name"]
+
+
 def test_unknown_replica_lists_the_names():
     with pytest.raises(LowbitError, match="distill-qwen"):
         replicas.replica_path("distill-qwn")
