@@ -255,6 +255,8 @@ def build_all(force: bool = False, only: list[str] | None = None, jobs: int | No
         _require("torch", "transformers", "safetensors")
         jobs = min(jobs or min(2, os.cpu_count() or 1), len(todo))
         with _lock(replicas_root() / ".build.lock"):
+            for stale in [*replicas_root().glob(".*.tmp-*"), *replicas_root().glob(".*.old-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
             if jobs == 1:
                 for name in todo:
                     _build_timed(name)
