@@ -395,7 +395,7 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
         else:
             outputs = [work / single.name]
             os.replace(single, outputs[0])
-        with stage(f"verify {q.label} tensor types (gguf-py)"):
+        with stage(f"verify {q.label} tensor types against the recipe"):
             got = verify_types(outputs, q.base_type, recipe)
         if tensor_names and set(got) != tensor_names:
             raise LowbitError(f"{q.label} holds other tensors than {spec.quants[0].label}: "
