@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.gguf_meta import read_header
 from lowbit.paths import models_dir
 
 REPLICAS = ("r1", "distill-qwen", "distill-llama", "bitnet")
@@ -721,77 +722,13 @@ def _cached_reader(path: str, mtime_ns: int, size: int):
     return GGUFReader(path)
 
 
-_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
 def gguf_header(path: Path, arrays: tuple[str, ...] = ()) -> tuple[dict[str, object],
                                                                    list[tuple[str, tuple[int, ...], str]]]:
-    """(metadata, [(tensor name, dims, GGML type name)]) of a GGUF file; string arrays named in
-    `arrays` (e.g. tokenizer.ggml.tokens) are read as lists, other arrays are skipped.
-
-    Hand-rolled on purpose: gguf-py's GGUFReader builds numpy views for every vocabulary entry (about
-    7 s of CPU for a 130k-token vocab), which a build that checks several files cannot afford; this
-    reads the same header (GGUF v3 layout, gguf-py's type enums) in milliseconds and skips arrays. The
-    tests cross-check it against GGUFReader.
-    """
-    import mmap
-    import struct
-
-    from gguf import GGMLQuantizationType
-
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != b"GGUF":
-            raise LowbitError(f"{path} is not a GGUF file")
-        _version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        off = 24
-
-        def string() -> str:
-            nonlocal off
-            (n,) = struct.unpack_from("<Q", mm, off)
-            off += 8 + n
-            return mm[off - n:off].decode("utf-8", errors="replace")
-
-        def value(vtype: int, keep: bool = False) -> object:
-            nonlocal off
-            if vtype == 8:
-                return string()
-            if vtype == 9:
-                itype, count = struct.unpack_from("<IQ", mm, off)
-                off += 12
-                if itype == 8 and keep:
-                    return [string() for _ in range(count)]
-                if itype == 8:
-                    for _ in range(count):
-                        (n,) = struct.unpack_from("<Q", mm, off)
-                        off += 8 + n
-                elif itype == 9:
-                    for _ in range(count):
-                        value(9)
-                else:
-                    off += count * struct.calcsize(_SCALAR[itype])
-                return None
-            (v,) = struct.unpack_from("<" + _SCALAR[vtype], mm, off)
-            off += struct.calcsize(_SCALAR[vtype])
-            return v
-
-        meta: dict[str, object] = {}
-        for _ in range(n_kv):
-            key = string()
-            (vtype,) = struct.unpack_from("<I", mm, off)
-            off += 4
-            v = value(vtype, keep=key in arrays)
-            if v is not None:
-                meta[key] = v
-        tensors = []
-        for _ in range(n_tensors):
-            name = string()
-            (n_dims,) = struct.unpack_from("<I", mm, off)
-            dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
-            off += 4 + 8 * n_dims
-            ttype, _offset = struct.unpack_from("<IQ", mm, off)
-            off += 12
-            tensors.append((name, tuple(dims), GGMLQuantizationType(ttype).name))
-    return meta, tensors
+    """(metadata, [(tensor name, dims, GGML type name)]) of a GGUF file, from the header alone;
+    string arrays named in `arrays` (e.g. tokenizer.ggml.tokens) are read as lists, others skipped."""
+    header = read_header(path, arrays=arrays)
+    meta = {key: value for key, (_start, _end, value) in header.kv.items() if value is not None}
+    return meta, [(t.name, t.shape, t.tensor_type.name) for t in header.tensors]
 
 
 def tensor_types(files: list[Path]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.gguf_meta import GGUFHeader, read_header
 
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _BUF = 16 * 1024 * 1024
@@ -79,132 +80,6 @@ def find_shard_sets(directory: Path | str) -> list[ShardSet]:
         if s is not None:
             sets.setdefault((s.directory, s.prefix, s.count), s)
     return list(sets.values())
-
-
-@dataclass
-class HeaderTensor:
-    name: str
-    tensor_type: object  # gguf.GGMLQuantizationType
-    shape: tuple[int, ...]  # GGUF order (ne0 first), as gguf-py reports it
-    n_bytes: int
-    data_offset: int  # absolute, in the file
-    info_offset: int  # where its tensor-info record starts
-
-
-@dataclass
-class GGUFHeader:
-    """What shard checks need from a GGUF header: key/values (raw byte ranges + scalar values), tensors.
-
-    Why not gguf-py's GGUFReader: it builds numpy views for every element of every array, so a DeepSeek
-    vocabulary (~130k tokens + merges) takes 5-15 s per file on a small machine, and a verified merge reads
-    several headers. This walks the same format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
-    with `struct`, skipping array contents, in milliseconds; gguf-py still supplies the type tables.
-    """
-
-    path: Path
-    kv: dict[str, tuple[int, int, object]]  # key -> (start, end, scalar value or None for arrays)
-    tensors: list[HeaderTensor]
-    alignment: int
-    data_offset: int
-
-    def value(self, key: str):
-        item = self.kv.get(key)
-        return None if item is None else item[2]
-
-    def raw(self, key: str) -> bytes:
-        start, end, _ = self.kv[key]
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-
-
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-def read_header(path: Path | str) -> GGUFHeader:
-    """Parse a GGUF file's header (little-endian GGUF v2/v3)."""
-    import mmap
-    import struct
-
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    path = Path(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != b"GGUF":
-            raise ValueError("not a GGUF file (bad magic)")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is not supported")
-        pos = 24
-
-        def string() -> str:
-            nonlocal pos
-            (n,) = struct.unpack_from("<Q", mm, pos)
-            text = mm[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
-            pos += 8 + n
-            return text
-
-        def skip_value(vtype: int):
-            nonlocal pos
-            if vtype in _SCALARS:
-                fmt = _SCALARS[vtype]
-                (v,) = struct.unpack_from(fmt, mm, pos)
-                pos += struct.calcsize(fmt)
-                return v
-            if vtype == 8:
-                return string()
-            if vtype == 9:
-                etype, count = struct.unpack_from("<IQ", mm, pos)
-                pos += 12
-                if etype in _SCALARS:
-                    pos += struct.calcsize(_SCALARS[etype]) * count
-                else:
-                    for _ in range(count):
-                        skip_value(etype)
-                return None
-            raise ValueError(f"unknown GGUF value type {vtype}")
-
-        kv: dict[str, tuple[int, int, object]] = {}
-        for _ in range(n_kv):
-            start = pos
-            key = string()
-            (vtype,) = struct.unpack_from("<I", mm, pos)
-            pos += 4
-            value = skip_value(vtype)
-            kv[key] = (start, pos, value)
-        alignment = int(kv["general.alignment"][2]) if "general.alignment" in kv else 32
-        infos = []
-        for _ in range(n_tensors):
-            info_offset = pos
-            name = string()
-            (n_dims,) = struct.unpack_from("<I", mm, pos)
-            dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
-            ttype, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
-            pos += 4 + 8 * n_dims + 12
-            infos.append((name, dims, ttype, offset, info_offset))
-        data_offset = (pos + alignment - 1) // alignment * alignment
-    tensors = []
-    for name, dims, ttype, offset, info_offset in infos:
-        qtype = GGMLQuantizationType(ttype)
-        block, size = GGML_QUANT_SIZES[qtype]
-        n_elements = 1
-        for d in dims:
-            n_elements *= int(d)
-        tensors.append(HeaderTensor(name, qtype, tuple(int(d) for d in dims), n_elements // block * size,
-                                    data_offset + offset, info_offset))  # fmt: skip
-    return GGUFHeader(path, kv, tensors, alignment, data_offset)
 
 
 def read_gguf(path: Path, cache: dict | None = None) -> GGUFHeader:
