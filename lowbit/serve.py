@@ -30,6 +30,10 @@ from lowbit.rpc import check_reachable, rpc_flags
 # does not set its own values.
 RECOMMENDED_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
 RECOMMENDED_CACHE = ["--cache-type-k", "q4_0"]
+# MLA models (deepseek2: R1, V3) keep one compressed latent for K and V; llama.cpp 0c1e5709 refuses
+# different K and V types for them ("model does not support different K (q4_0) and V (f16) cache
+# types"), and a quantized V needs flash attention, which llama.cpp's default `-fa auto` turns on.
+RECOMMENDED_CACHE_MLA = ["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]
 # `deepseek`: thoughts go to message.reasoning_content (delta.reasoning_content when streaming).
 REASONING_FORMAT = "deepseek"
 API_KEY_ENV = "LOWBIT_API_KEY"
@@ -135,6 +139,66 @@ def plan_flags(plan: str | None, model_path: Path, ctx: int) -> list[str]:
     return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx)]
 
 
+def uses_mla(model_path: Path) -> bool:
+    """True if the GGUF's attention is MLA (it has `<arch>.attention.kv_lora_rank`), from its header."""
+    kv = gguf_header_values(model_path, stop_after=lambda k: k.endswith(".attention.kv_lora_rank"))
+    arch = kv.get("general.architecture")
+    return isinstance(arch, str) and f"{arch}.attention.kv_lora_rank" in kv
+
+
+def gguf_header_values(path: Path, stop_after=None) -> dict[str, object]:
+    """Scalar metadata values from a GGUF header (arrays are skipped), reading no tensor data.
+
+    gguf-py's GGUFReader turns every array of the header into numpy views: for R1's 129k-token
+    vocabulary that is ~18 s per call on 2 cores, too slow for a server start that only needs two
+    scalars. This walks the key/value section with the value types gguf-py defines, skips arrays
+    without decoding them, and stops at the first key `stop_after` accepts. Unreadable -> {}.
+    """
+    import struct
+
+    from gguf import GGUFValueType as T
+
+    sizes = {T.UINT8: "B", T.INT8: "b", T.UINT16: "H", T.INT16: "h", T.UINT32: "I", T.INT32: "i",
+             T.FLOAT32: "f", T.BOOL: "?", T.UINT64: "Q", T.INT64: "q", T.FLOAT64: "d"}
+    out: dict[str, object] = {}
+    try:
+        with open(path, "rb") as f:
+            def read(fmt: str):
+                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+            def read_str() -> str:
+                return f.read(read("Q")).decode("utf-8", errors="replace")
+
+            if f.read(4) != b"GGUF" or read("I") < 2:
+                return {}
+            read("Q")  # tensor count
+            for _ in range(read("Q")):
+                key, vtype = read_str(), T(read("I"))
+                if vtype == T.STRING:
+                    out[key] = read_str()
+                elif vtype == T.ARRAY:
+                    itype, count = T(read("I")), read("Q")
+                    if itype == T.STRING:
+                        for _ in range(count):
+                            f.seek(read("Q"), 1)
+                    elif itype in sizes:
+                        f.seek(count * struct.calcsize(sizes[itype]), 1)
+                    else:
+                        return out  # nested arrays: not in any model we serve
+                else:
+                    out[key] = read(sizes[vtype])
+                if stop_after is not None and stop_after(key):
+                    break
+    except (OSError, ValueError, struct.error, KeyError):
+        return out
+    return out
+
+
+def cache_flags(model_path: Path) -> list[str]:
+    """The recommended 4-bit KV cache flags for this model's attention."""
+    return RECOMMENDED_CACHE_MLA if uses_mla(model_path) else RECOMMENDED_CACHE
+
+
 def server_command(model_path: Path, host: str, port: int, alias: str, parallel: int = 4, ctx: int = 4096,
                    extra: list[str] | None = None, rpc: str | None = None) -> list[str]:
     """The llama-server command line (without the API key, which goes through the environment)."""
@@ -149,7 +213,7 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
-           *RECOMMENDED_SAMPLING, *RECOMMENDED_CACHE]
+           *RECOMMENDED_SAMPLING, *cache_flags(model_path)]
     return cmd + list(extra or []) + rpc_flags(rpc)
 
 

@@ -183,3 +183,36 @@ def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_gguf_header_values_match_gguf_py(toy_model):
+    from gguf import GGUFReader
+
+    from lowbit.serve import gguf_header_values
+
+    reader = GGUFReader(str(toy_model))
+    scalars = {k: f.contents() for k, f in reader.fields.items()
+               if not k.startswith("GGUF.") and not isinstance(f.contents(), list)}
+    ours = gguf_header_values(toy_model)
+    assert ours.keys() == scalars.keys()
+    for key, value in scalars.items():
+        assert ours[key] == pytest.approx(value) if isinstance(value, float) else ours[key] == value, key
+
+
+def test_kv_cache_flags_follow_the_attention(toy_model, tmp_path):
+    """MLA (deepseek2) needs K and V cache types equal at this llama.cpp; other models quantize K only."""
+    from gguf import GGUFWriter
+
+    from lowbit.serve import RECOMMENDED_CACHE, RECOMMENDED_CACHE_MLA, cache_flags, uses_mla
+
+    assert not uses_mla(toy_model)
+    assert cache_flags(toy_model) == RECOMMENDED_CACHE
+    mla = tmp_path / "mla-header.gguf"
+    w = GGUFWriter(str(mla), "deepseek2")
+    w.add_uint32("deepseek2.attention.kv_lora_rank", 512)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    assert uses_mla(mla)
+    assert cache_flags(mla) == RECOMMENDED_CACHE_MLA
+    assert not uses_mla(tmp_path / "missing.gguf")
