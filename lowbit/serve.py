@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
-from lowbit.rpc import check_reachable, rpc_flags
+from lowbit.rpc import check_reachable, parse_rpc, rpc_flags
 
 # DeepSeek's recommendation for R1 (DESIGN.md §4); llama-server applies them to every request that
 # does not set its own values.
@@ -121,13 +121,15 @@ def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
             f"on that port can use the server. Stop it with Ctrl-C when the session ends.")
 
 
-def plan_flags(plan: str | None, model_path: Path, ctx: int) -> list[str]:
-    """Offload flags from the planner (`lowbit.plan.flags_for`).
+def plan_flags(plan: str | None, model_path: Path, ctx_total: int, rpc: str | None = None) -> list[str]:
+    """Placement flags from the offload planner (`lowbit.plan.flags_for`) for `ctx_total` KV tokens.
 
-    Minimal adapter while the planner lands: `auto` without a planner means llama.cpp's own defaults;
-    any other choice needs it.
+    The planner models this machine's GPUs and RAM, not RPC workers: with `--rpc`, `auto` leaves
+    placement to llama.cpp (it fills the workers by their free memory), since a planned `-ngl 0` on a
+    CPU-only client would keep every layer off the workers. An explicit choice is passed through.
+    Without the planner in this checkout, `auto` means llama.cpp's defaults.
     """
-    if plan in (None, "", "none"):
+    if plan in (None, "", "none") or (plan == "auto" and parse_rpc(rpc)):
         return []
     try:
         from lowbit.plan import flags_for
@@ -136,7 +138,7 @@ def plan_flags(plan: str | None, model_path: Path, ctx: int) -> list[str]:
             return []
         raise LowbitError(f"--plan {plan} needs the offload planner (lowbit.plan), which this checkout "
                           "lacks; leave --plan out to use llama.cpp's defaults") from None
-    return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx)]
+    return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx_total)]
 
 
 def uses_mla(model_path: Path) -> bool:
@@ -200,8 +202,13 @@ def cache_flags(model_path: Path) -> list[str]:
 
 
 def server_command(model_path: Path, host: str, port: int, alias: str, parallel: int = 4, ctx: int = 4096,
-                   extra: list[str] | None = None, rpc: str | None = None) -> list[str]:
-    """The llama-server command line (without the API key, which goes through the environment)."""
+                   extra: list[str] | None = None, rpc: str | None = None,
+                   placement: list[str] | None = None) -> list[str]:
+    """The llama-server command line (without the API key, which goes through the environment).
+
+    Order matters (llama.cpp keeps the last value of a repeated flag): the planner's `placement`
+    first, then lowbit's own context, sampling and cache flags, then `extra` (the caller's last word).
+    """
     from lowbit.build import active_build
 
     if parallel < 1:
@@ -210,6 +217,7 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--ctx {ctx} is too small for a chat; use at least 256 tokens per request")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
+           *(placement or []),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
@@ -270,8 +278,8 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     check_reachable(rpc)
     alias = resolved.entry["name"] if resolved.entry else path.name.split("-00001-of-")[0]
     alias = alias.removesuffix(".gguf")
-    cmd = server_command(path, host, port, alias, parallel, ctx,
-                         plan_flags(plan, path, ctx) + list(extra or []), rpc)
+    cmd = server_command(path, host, port, alias, parallel, ctx, extra, rpc,
+                         placement=plan_flags(plan, path, ctx * parallel, rpc))
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
     # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise in the log.
     env.setdefault("GGML_NO_BACKTRACE", "1")
