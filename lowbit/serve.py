@@ -217,12 +217,29 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--ctx {ctx} is too small for a chat; use at least 256 tokens per request")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
-           *(placement or []),
+           *_without_flags(placement or [], OWN_VALUE_FLAGS),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
            *RECOMMENDED_SAMPLING, *cache_flags(model_path)]
     return cmd + list(extra or []) + rpc_flags(rpc)
+
+
+# Flags lowbit sets itself; dropped (with their values) from the planner's list so each appears once.
+OWN_VALUE_FLAGS = {"--ctx-size", "-c", "--cache-type-k", "-ctk", "--cache-type-v", "-ctv", "--parallel",
+                   "-np"}
+
+
+def _without_flags(flags: list[str], names: set[str]) -> list[str]:
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in names:
+            skip = True
+        else:
+            out.append(flag)
+    return out
 
 
 def explain_exit(code: int | None, log_path: Path) -> str:
