@@ -164,12 +164,16 @@ def gguf_header_values(path: Path, stop_after=None) -> dict[str, object]:
              T.FLOAT32: "f", T.BOOL: "?", T.UINT64: "Q", T.INT64: "q", T.FLOAT64: "d"}
     out: dict[str, object] = {}
     try:
+        size = Path(path).stat().st_size
         with open(path, "rb") as f:
             def read(fmt: str):
                 return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
 
             def read_str() -> str:
-                return f.read(read("Q")).decode("utf-8", errors="replace")
+                n = read("Q")
+                if n > size - f.tell():
+                    raise ValueError("string longer than the file")  # garbage, not a GGUF
+                return f.read(n).decode("utf-8", errors="replace")
 
             if f.read(4) != b"GGUF" or read("I") < 2:
                 return {}
@@ -191,7 +195,7 @@ def gguf_header_values(path: Path, stop_after=None) -> dict[str, object]:
                     out[key] = read(sizes[vtype])
                 if stop_after is not None and stop_after(key):
                     break
-    except (OSError, ValueError, struct.error, KeyError):
+    except (OSError, ValueError, OverflowError, struct.error, KeyError):
         return out
     return out
 

@@ -143,9 +143,13 @@ def test_port_in_use_is_a_clear_error(toy_model, tmp_path):
 def test_bad_model_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(4096))
+    # plan "none": straight to llama-server, whose load failure must come back as a clear error
     with pytest.raises(LowbitError, match="failed to load") as info:
-        start_server(str(bad), port=None, timeout=120, log_dir=tmp_path)
+        start_server(str(bad), port=None, plan="none", timeout=120, log_dir=tmp_path)
     assert "broken.gguf" in str(info.value)
+    # the default plan reads the header first (when the planner is present): also a clear error
+    with pytest.raises(LowbitError, match="broken.gguf"):
+        start_server(str(bad), port=None, timeout=120, log_dir=tmp_path)
 
 
 def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
