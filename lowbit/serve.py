@@ -24,12 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
-from lowbit.rpc import check_reachable, rpc_flags
+from lowbit.rpc import check_reachable, parse_rpc, rpc_flags
 
 # DeepSeek's recommendation for R1 (DESIGN.md §4); llama-server applies them to every request that
 # does not set its own values.
 RECOMMENDED_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
 RECOMMENDED_CACHE = ["--cache-type-k", "q4_0"]
+# MLA models (deepseek2: R1, V3) keep one compressed latent for K and V; llama.cpp 0c1e5709 refuses
+# different K and V types for them ("model does not support different K (q4_0) and V (f16) cache
+# types"), and a quantized V needs flash attention, which llama.cpp's default `-fa auto` turns on.
+RECOMMENDED_CACHE_MLA = ["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]
 # `deepseek`: thoughts go to message.reasoning_content (delta.reasoning_content when streaming).
 REASONING_FORMAT = "deepseek"
 API_KEY_ENV = "LOWBIT_API_KEY"
@@ -117,13 +121,15 @@ def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
             f"on that port can use the server. Stop it with Ctrl-C when the session ends.")
 
 
-def plan_flags(plan: str | None, model_path: Path, ctx: int) -> list[str]:
-    """Offload flags from the planner (`lowbit.plan.flags_for`).
+def plan_flags(plan: str | None, model_path: Path, ctx_total: int, rpc: str | None = None) -> list[str]:
+    """Placement flags from the offload planner (`lowbit.plan.flags_for`) for `ctx_total` KV tokens.
 
-    Minimal adapter while the planner lands: `auto` without a planner means llama.cpp's own defaults;
-    any other choice needs it.
+    The planner models this machine's GPUs and RAM, not RPC workers: with `--rpc`, `auto` leaves
+    placement to llama.cpp (it fills the workers by their free memory), since a planned `-ngl 0` on a
+    CPU-only client would keep every layer off the workers. An explicit choice is passed through.
+    Without the planner in this checkout, `auto` means llama.cpp's defaults.
     """
-    if plan in (None, "", "none"):
+    if plan in (None, "", "none") or (plan == "auto" and parse_rpc(rpc)):
         return []
     try:
         from lowbit.plan import flags_for
@@ -132,12 +138,81 @@ def plan_flags(plan: str | None, model_path: Path, ctx: int) -> list[str]:
             return []
         raise LowbitError(f"--plan {plan} needs the offload planner (lowbit.plan), which this checkout "
                           "lacks; leave --plan out to use llama.cpp's defaults") from None
-    return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx)]
+    return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx_total)]
+
+
+def uses_mla(model_path: Path) -> bool:
+    """True if the GGUF's attention is MLA (it has `<arch>.attention.kv_lora_rank`), from its header."""
+    kv = gguf_header_values(model_path, stop_after=lambda k: k.endswith(".attention.kv_lora_rank"))
+    arch = kv.get("general.architecture")
+    return isinstance(arch, str) and f"{arch}.attention.kv_lora_rank" in kv
+
+
+def gguf_header_values(path: Path, stop_after=None) -> dict[str, object]:
+    """Scalar metadata values from a GGUF header (arrays are skipped), reading no tensor data.
+
+    gguf-py's GGUFReader turns every array of the header into numpy views: for R1's 129k-token
+    vocabulary that is ~18 s per call on 2 cores, too slow for a server start that only needs two
+    scalars. This walks the key/value section with the value types gguf-py defines, skips arrays
+    without decoding them, and stops at the first key `stop_after` accepts. Unreadable -> {}.
+    """
+    import struct
+
+    from gguf import GGUFValueType as T
+
+    sizes = {T.UINT8: "B", T.INT8: "b", T.UINT16: "H", T.INT16: "h", T.UINT32: "I", T.INT32: "i",
+             T.FLOAT32: "f", T.BOOL: "?", T.UINT64: "Q", T.INT64: "q", T.FLOAT64: "d"}
+    out: dict[str, object] = {}
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            def read(fmt: str):
+                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+            def read_str() -> str:
+                n = read("Q")
+                if n > size - f.tell():
+                    raise ValueError("string longer than the file")  # garbage, not a GGUF
+                return f.read(n).decode("utf-8", errors="replace")
+
+            if f.read(4) != b"GGUF" or read("I") < 2:
+                return {}
+            read("Q")  # tensor count
+            for _ in range(read("Q")):
+                key, vtype = read_str(), T(read("I"))
+                if vtype == T.STRING:
+                    out[key] = read_str()
+                elif vtype == T.ARRAY:
+                    itype, count = T(read("I")), read("Q")
+                    if itype == T.STRING:
+                        for _ in range(count):
+                            f.seek(read("Q"), 1)
+                    elif itype in sizes:
+                        f.seek(count * struct.calcsize(sizes[itype]), 1)
+                    else:
+                        return out  # nested arrays: not in any model we serve
+                else:
+                    out[key] = read(sizes[vtype])
+                if stop_after is not None and stop_after(key):
+                    break
+    except (OSError, ValueError, OverflowError, struct.error, KeyError):
+        return out
+    return out
+
+
+def cache_flags(model_path: Path) -> list[str]:
+    """The recommended 4-bit KV cache flags for this model's attention."""
+    return RECOMMENDED_CACHE_MLA if uses_mla(model_path) else RECOMMENDED_CACHE
 
 
 def server_command(model_path: Path, host: str, port: int, alias: str, parallel: int = 4, ctx: int = 4096,
-                   extra: list[str] | None = None, rpc: str | None = None) -> list[str]:
-    """The llama-server command line (without the API key, which goes through the environment)."""
+                   extra: list[str] | None = None, rpc: str | None = None,
+                   placement: list[str] | None = None) -> list[str]:
+    """The llama-server command line (without the API key, which goes through the environment).
+
+    Order matters (llama.cpp keeps the last value of a repeated flag): the planner's `placement`
+    first, then lowbit's own context, sampling and cache flags, then `extra` (the caller's last word).
+    """
     from lowbit.build import active_build
 
     if parallel < 1:
@@ -146,11 +221,29 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--ctx {ctx} is too small for a chat; use at least 256 tokens per request")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
+           *_without_flags(placement or [], OWN_VALUE_FLAGS),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
-           *RECOMMENDED_SAMPLING, *RECOMMENDED_CACHE]
+           *RECOMMENDED_SAMPLING, *cache_flags(model_path)]
     return cmd + list(extra or []) + rpc_flags(rpc)
+
+
+# Flags lowbit sets itself; dropped (with their values) from the planner's list so each appears once.
+OWN_VALUE_FLAGS = {"--ctx-size", "-c", "--cache-type-k", "-ctk", "--cache-type-v", "-ctv", "--parallel",
+                   "-np"}
+
+
+def _without_flags(flags: list[str], names: set[str]) -> list[str]:
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in names:
+            skip = True
+        else:
+            out.append(flag)
+    return out
 
 
 def explain_exit(code: int | None, log_path: Path) -> str:
@@ -206,8 +299,8 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     check_reachable(rpc)
     alias = resolved.entry["name"] if resolved.entry else path.name.split("-00001-of-")[0]
     alias = alias.removesuffix(".gguf")
-    cmd = server_command(path, host, port, alias, parallel, ctx,
-                         plan_flags(plan, path, ctx) + list(extra or []), rpc)
+    cmd = server_command(path, host, port, alias, parallel, ctx, extra, rpc,
+                         placement=plan_flags(plan, path, ctx * parallel, rpc))
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
     # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise in the log.
     env.setdefault("GGML_NO_BACKTRACE", "1")

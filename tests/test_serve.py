@@ -143,9 +143,13 @@ def test_port_in_use_is_a_clear_error(toy_model, tmp_path):
 def test_bad_model_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(4096))
+    # plan "none": straight to llama-server, whose load failure must come back as a clear error
     with pytest.raises(LowbitError, match="failed to load") as info:
-        start_server(str(bad), port=None, timeout=120, log_dir=tmp_path)
+        start_server(str(bad), port=None, plan="none", timeout=120, log_dir=tmp_path)
     assert "broken.gguf" in str(info.value)
+    # the default plan reads the header first (when the planner is present): also a clear error
+    with pytest.raises(LowbitError, match="broken.gguf"):
+        start_server(str(bad), port=None, timeout=120, log_dir=tmp_path)
 
 
 def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
@@ -183,3 +187,66 @@ def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_gguf_header_values_match_gguf_py(tmp_path):
+    """The scalar-only header walk reads what gguf-py reads, across value types and skipped arrays."""
+    from gguf import GGUFReader, GGUFWriter
+
+    from lowbit.serve import gguf_header_values
+
+    path = tmp_path / "kinds.gguf"
+    w = GGUFWriter(str(path), "llama")
+    w.add_string("general.name", "kinds ✓")
+    w.add_uint32("llama.block_count", 7)
+    w.add_float32("llama.rope.freq_base", 10000.5)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_int64("test.big", -(2**40))
+    w.add_float64("test.f64", 0.1)
+    w.add_array("tokenizer.ggml.tokens", ["a", "bb", "<｜User｜>"] * 1000)
+    w.add_array("tokenizer.ggml.token_type", [1, 2, 3] * 1000)
+    w.add_uint16("test.after_arrays", 65535)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    reader = GGUFReader(str(path))
+    scalars = {k: f.contents() for k, f in reader.fields.items()
+               if not k.startswith("GGUF.") and not isinstance(f.contents(), list)}
+    ours = gguf_header_values(path)
+    assert ours.keys() == scalars.keys() and "test.after_arrays" in ours
+    for key, value in scalars.items():
+        assert ours[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert gguf_header_values(path, stop_after=lambda k: k == "llama.block_count").keys() == {
+        "general.architecture", "general.name", "llama.block_count"}
+
+
+def test_kv_cache_flags_follow_the_attention(toy_model, tmp_path):
+    """MLA (deepseek2) needs K and V cache types equal at this llama.cpp; other models quantize K only."""
+    from gguf import GGUFWriter
+
+    from lowbit.serve import RECOMMENDED_CACHE, RECOMMENDED_CACHE_MLA, cache_flags, uses_mla
+
+    assert not uses_mla(toy_model)
+    assert cache_flags(toy_model) == RECOMMENDED_CACHE
+    mla = tmp_path / "mla-header.gguf"
+    w = GGUFWriter(str(mla), "deepseek2")
+    w.add_uint32("deepseek2.attention.kv_lora_rank", 512)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    assert uses_mla(mla)
+    assert cache_flags(mla) == RECOMMENDED_CACHE_MLA
+    assert not uses_mla(tmp_path / "missing.gguf")
+
+
+def test_planner_placement_comes_first_and_rpc_keeps_llama_cpp_placement(toy_model):
+    """lowbit's own --ctx-size (ctx x parallel) and cache flags replace the planner's; with --rpc, `auto`
+    leaves placement to llama.cpp (a planned -ngl 0 would keep every layer off the workers)."""
+    from lowbit.serve import plan_flags, server_command
+
+    cmd = server_command(toy_model, "127.0.0.1", 8080, "toy", parallel=3, ctx=1000,
+                         placement=["-ngl", "0", "--ctx-size", "1000"])
+    assert cmd.count("--ctx-size") == 1 and cmd[cmd.index("--ctx-size") + 1] == "3000"
+    assert cmd[cmd.index("-ngl") + 1] == "0"
+    assert plan_flags("auto", toy_model, 3000, rpc="127.0.0.1:50052") == []
+    assert plan_flags("none", toy_model, 3000) == []
