@@ -28,9 +28,16 @@ def _kit_python() -> str:
 
 def _kit(c, target: str, python: str | None = None, **kwargs) -> None:
     """Run `lowbit.MODULE:FUNCTION(**kwargs)` in the kit's interpreter; exit with its status."""
-    cmd = [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)]
-    with c.cd(str(ROOT)):
-        result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False)
+    _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)])
+
+
+def _run(c, cmd: list[str]) -> None:
+    """Run `cmd` in the checkout; its exit status becomes ours, Ctrl-C exits 130 without a traceback."""
+    try:
+        with c.cd(str(ROOT)):
+            result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False)
+    except KeyboardInterrupt:
+        raise Exit(code=130) from None
     if result is not None and result.exited:
         raise Exit(code=result.exited)
 
@@ -51,11 +58,7 @@ def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_rep
     """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel."""
     kwargs = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force,
               "replicas": not no_replicas}
-    with c.cd(str(ROOT)):
-        result = c.run(shlex.join([sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)]),
-                       warn=True, pty=sys.stdout.isatty(), echo=False)
-    if result is not None and result.exited:
-        raise Exit(code=result.exited)
+    _run(c, [sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)])
 
 
 @task(

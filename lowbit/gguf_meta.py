@@ -143,12 +143,21 @@ _SCALARS = {
 def read_header(path: Path | str, arrays: tuple[str, ...] = ()) -> GGUFHeader:
     """Parse a GGUF file's header (little-endian GGUF v2/v3); string arrays named in `arrays`
     (e.g. tokenizer.ggml.tokens) are read as lists, other arrays are skipped (value None)."""
+    import struct
+
+    path = Path(path)
+    try:
+        return _parse_header(path, arrays)
+    except (struct.error, ValueError, OverflowError, UnicodeError, IndexError) as exc:
+        raise LowbitError(f"{path} is not a readable GGUF file ({exc}); is it truncated or something else?") from exc
+
+
+def _parse_header(path: Path, arrays: tuple[str, ...]) -> GGUFHeader:
     import mmap
     import struct
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    path = Path(path)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm[:4] != b"GGUF":
             raise LowbitError(f"{path} is not a GGUF file (bad magic)")

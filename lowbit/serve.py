@@ -143,61 +143,14 @@ def plan_flags(plan: str | None, model_path: Path, ctx_total: int, rpc: str | No
 
 def uses_mla(model_path: Path) -> bool:
     """True if the GGUF's attention is MLA (it has `<arch>.attention.kv_lora_rank`), from its header."""
-    kv = gguf_header_values(model_path, stop_after=lambda k: k.endswith(".attention.kv_lora_rank"))
-    arch = kv.get("general.architecture")
-    return isinstance(arch, str) and f"{arch}.attention.kv_lora_rank" in kv
+    from lowbit.gguf_meta import read_header
 
-
-def gguf_header_values(path: Path, stop_after=None) -> dict[str, object]:
-    """Scalar metadata values from a GGUF header (arrays are skipped), reading no tensor data.
-
-    gguf-py's GGUFReader turns every array of the header into numpy views: for R1's 129k-token
-    vocabulary that is ~18 s per call on 2 cores, too slow for a server start that only needs two
-    scalars. This walks the key/value section with the value types gguf-py defines, skips arrays
-    without decoding them, and stops at the first key `stop_after` accepts. Unreadable -> {}.
-    """
-    import struct
-
-    from gguf import GGUFValueType as T
-
-    sizes = {T.UINT8: "B", T.INT8: "b", T.UINT16: "H", T.INT16: "h", T.UINT32: "I", T.INT32: "i",
-             T.FLOAT32: "f", T.BOOL: "?", T.UINT64: "Q", T.INT64: "q", T.FLOAT64: "d"}
-    out: dict[str, object] = {}
     try:
-        size = Path(path).stat().st_size
-        with open(path, "rb") as f:
-            def read(fmt: str):
-                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
-
-            def read_str() -> str:
-                n = read("Q")
-                if n > size - f.tell():
-                    raise ValueError("string longer than the file")  # garbage, not a GGUF
-                return f.read(n).decode("utf-8", errors="replace")
-
-            if f.read(4) != b"GGUF" or read("I") < 2:
-                return {}
-            read("Q")  # tensor count
-            for _ in range(read("Q")):
-                key, vtype = read_str(), T(read("I"))
-                if vtype == T.STRING:
-                    out[key] = read_str()
-                elif vtype == T.ARRAY:
-                    itype, count = T(read("I")), read("Q")
-                    if itype == T.STRING:
-                        for _ in range(count):
-                            f.seek(read("Q"), 1)
-                    elif itype in sizes:
-                        f.seek(count * struct.calcsize(sizes[itype]), 1)
-                    else:
-                        return out  # nested arrays: not in any model we serve
-                else:
-                    out[key] = read(sizes[vtype])
-                if stop_after is not None and stop_after(key):
-                    break
-    except (OSError, ValueError, OverflowError, struct.error, KeyError):
-        return out
-    return out
+        header = read_header(model_path)
+    except (OSError, LowbitError):
+        return False  # unreadable: llama-server's own load error will say what is wrong
+    arch = header.value("general.architecture")
+    return isinstance(arch, str) and f"{arch}.attention.kv_lora_rank" in header.kv
 
 
 def cache_flags(model_path: Path) -> list[str]:

@@ -189,37 +189,6 @@ def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
             proc.wait()
 
 
-def test_gguf_header_values_match_gguf_py(tmp_path):
-    """The scalar-only header walk reads what gguf-py reads, across value types and skipped arrays."""
-    from gguf import GGUFReader, GGUFWriter
-
-    from lowbit.serve import gguf_header_values
-
-    path = tmp_path / "kinds.gguf"
-    w = GGUFWriter(str(path), "llama")
-    w.add_string("general.name", "kinds ✓")
-    w.add_uint32("llama.block_count", 7)
-    w.add_float32("llama.rope.freq_base", 10000.5)
-    w.add_bool("tokenizer.ggml.add_bos_token", True)
-    w.add_int64("test.big", -(2**40))
-    w.add_float64("test.f64", 0.1)
-    w.add_array("tokenizer.ggml.tokens", ["a", "bb", "<｜User｜>"] * 1000)
-    w.add_array("tokenizer.ggml.token_type", [1, 2, 3] * 1000)
-    w.add_uint16("test.after_arrays", 65535)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.close()
-    reader = GGUFReader(str(path))
-    scalars = {k: f.contents() for k, f in reader.fields.items()
-               if not k.startswith("GGUF.") and not isinstance(f.contents(), list)}
-    ours = gguf_header_values(path)
-    assert ours.keys() == scalars.keys() and "test.after_arrays" in ours
-    for key, value in scalars.items():
-        assert ours[key] == (pytest.approx(value) if isinstance(value, float) else value), key
-    assert gguf_header_values(path, stop_after=lambda k: k == "llama.block_count").keys() == {
-        "general.architecture", "general.name", "llama.block_count"}
-
-
 def test_kv_cache_flags_follow_the_attention(toy_model, tmp_path):
     """MLA (deepseek2) needs K and V cache types equal at this llama.cpp; other models quantize K only."""
     from gguf import GGUFWriter
