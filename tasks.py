@@ -87,3 +87,43 @@ def doctor(c):
 def test(c, k=None, no_notebooks=False, lint=True):
     """Run the whole test suite: ruff, pytest, and every notebook under nbval."""
     _kit(c, "lowbit.testing:run_tests", k=k, notebooks=not no_notebooks, lint=lint)
+
+
+# --- notebooks and pipelines ----------------------------------------------------------------
+
+
+@task(
+    iterable=["param"],
+    help={
+        "name": "lesson to run (default 00_quickstart; `invoke notebooks` lists them)",
+        "param": "key=value, repeatable (-p model=r1 -p n_predict=16); typed by the lesson's parameters cell",
+        "params_file": "YAML/JSON file of parameters (-p values override it)",
+    },
+)
+def run_notebook(c, name="00_quickstart", param=None, params_file=None):
+    """Run a lesson with papermill into runs/<time>-<name>/ (notebook, HTML, metrics.json, log)."""
+    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file)
+
+
+@task(
+    iterable=["param"],
+    help={
+        "name": "pipeline: pipelines/NAME.yaml (workshop, r1-iq1s) or a YAML path",
+        "param": "key=value, repeatable: overrides the pipeline's shared parameters",
+    },
+)
+def run_pipeline(c, name="workshop", param=None):
+    """Run a pipeline of lessons; writes runs/<time>-pipeline-NAME/index.html."""
+    _kit(c, "lowbit.pipelines:run_pipeline", name=name, param=param or [])
+
+
+@task
+def notebooks(c):
+    """List the lessons with their purpose and parameters."""
+    _kit(c, "lowbit.notebooks:list_lessons")
+
+
+@task(help={"port": "port on 127.0.0.1 (default: a free one)", "browser": "open a browser too"})
+def lab(c, port=0, browser=False):
+    """Open the lessons in JupyterLab (loopback, token auth, the lowbit kernel); Ctrl-C stops it."""
+    _kit(c, "lowbit.lab:lab", port=int(port), browser=browser)
