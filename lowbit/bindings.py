@@ -59,14 +59,23 @@ def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int 
             raise LowbitError(f"no GGUF file in {path}")
         path = shards[0]
     if not path.is_file():
-        raise LowbitError(f"model file {path} does not exist; `invoke replicas` builds the offline ones, "
-                          "`invoke fetch --model M` downloads real ones")
+        raise LowbitError(
+            f"model file {path} does not exist; `invoke replicas` builds the offline ones, "
+            "`invoke fetch --model M` downloads real ones"
+        )
     if threads <= 0:
         import psutil
 
         threads = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                           seed=seed, verbose=False, **kwargs)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        seed=seed,
+        verbose=False,
+        **kwargs,
+    )
 
 
 def chat_template(llm) -> str:
@@ -84,8 +93,12 @@ def render_chat(llm, messages: list[dict[str, str]]) -> str:
     def piece(token_id: int) -> str:
         return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
-    formatter = Jinja2ChatFormatter(chat_template(llm), eos_token=piece(llm.token_eos()),
-                                    bos_token=piece(llm.token_bos()), add_generation_prompt=True)
+    formatter = Jinja2ChatFormatter(
+        chat_template(llm),
+        eos_token=piece(llm.token_eos()),
+        bos_token=piece(llm.token_bos()),
+        add_generation_prompt=True,
+    )
     return formatter(messages=messages).prompt
 
 
@@ -93,14 +106,26 @@ def prompt_tokens(llm, prompt: str) -> list[int]:
     """The prompt's token IDs with exactly one BOS: llama.cpp adds it only when the template did not."""
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     bos = llm.token_bos()
-    if bos >= 0 and llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false" and tokens[:1] != [bos]:
+    if (
+        bos >= 0
+        and llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        and tokens[:1] != [bos]
+    ):
         tokens = [bos, *tokens]
     return tokens
 
 
-def generate(llm, prompt: str, n_predict: int = 64, temperature: float = 0.6, min_p: float = 0.01,
-             top_p: float = 0.95, seed: int = 3407, on_text: Callable[[str], None] | None = None,
-             chat: bool = True) -> Generation:
+def generate(
+    llm,
+    prompt: str,
+    n_predict: int = 64,
+    temperature: float = 0.6,
+    min_p: float = 0.01,
+    top_p: float = 0.95,
+    seed: int = 3407,
+    on_text: Callable[[str], None] | None = None,
+    chat: bool = True,
+) -> Generation:
     """Generate a reply to `prompt` (a user message when `chat`, else raw text); `on_text` gets each piece.
 
     Sampling defaults are DeepSeek's recommendation for R1 (temperature 0.6, top-p 0.95, min-p 0.01).
@@ -110,8 +135,10 @@ def generate(llm, prompt: str, n_predict: int = 64, temperature: float = 0.6, mi
     rendered = render_chat(llm, [{"role": "user", "content": prompt}]) if chat else prompt
     tokens = prompt_tokens(llm, rendered)
     if len(tokens) + n_predict > llm.n_ctx():
-        raise LowbitError(f"prompt ({len(tokens)} tokens) + n_predict ({n_predict}) exceed the context "
-                          f"({llm.n_ctx()}); shorten the prompt or load with a larger n_ctx")
+        raise LowbitError(
+            f"prompt ({len(tokens)} tokens) + n_predict ({n_predict}) exceed the context "
+            f"({llm.n_ctx()}); shorten the prompt or load with a larger n_ctx"
+        )
     llm.reset()
     llm.set_seed(seed)
     llama_cpp.llama_perf_context_reset(llm.ctx)
@@ -129,7 +156,7 @@ def generate(llm, prompt: str, n_predict: int = 64, temperature: float = 0.6, mi
         pieces.append(llm.detokenize([token], prev_tokens=tokens + out[:-1]))
         new = b"".join(pieces).decode("utf-8", errors="ignore")  # whole characters only
         if on_text and len(new) > len(text):
-            on_text(new[len(text):])
+            on_text(new[len(text) :])
         text = new
         if len(out) >= n_predict:
             break

@@ -36,13 +36,26 @@ def register_kernel(force: bool = False) -> int:
     """Register the `lowbit` kernel for this interpreter (`--sys-prefix`); a no-op when already there."""
     if kernel_registered() and not force:
         return 0
-    cmd = [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
-           "--display-name", DISPLAY_NAME]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ipykernel",
+        "install",
+        "--sys-prefix",
+        "--name",
+        KERNEL_NAME,
+        "--display-name",
+        DISPLAY_NAME,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise LowbitError(f"registering the Jupyter kernel failed ({' '.join(cmd)}): {proc.stderr.strip()[-500:]}; "
-                          "install the notebook extras (`pip install -e .[notebooks]`) and retry")
+        raise LowbitError(
+            f"registering the Jupyter kernel failed ({' '.join(cmd)}): {proc.stderr.strip()[-500:]}; "
+            "install the notebook extras (`pip install -e .[notebooks]`) and retry"
+        )
     if not kernel_registered():
-        raise LowbitError(f"ipykernel reported success but {kernel_dir() / 'kernel.json'} does not run "
-                          f"{sys.executable}; is sys.prefix writable?")
+        raise LowbitError(
+            f"ipykernel reported success but {kernel_dir() / 'kernel.json'} does not run "
+            f"{sys.executable}; is sys.prefix writable?"
+        )
     return 0

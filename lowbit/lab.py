@@ -34,12 +34,25 @@ class LabServer:
         from lowbit.kernel import KERNEL_NAME, register_kernel
 
         register_kernel()
-        cmd = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--port={self.port or 0}",
-               f"--ServerApp.root_dir={self.root}", f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
-               "--ServerApp.port_retries=0", "--ServerApp.open_browser=" + str(self.browser)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--ip=127.0.0.1",
+            f"--port={self.port or 0}",
+            f"--ServerApp.root_dir={self.root}",
+            f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=" + str(self.browser),
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            cmd.append("--allow-root")  # containers and CI runners are often root; loopback + token still hold
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": self._runtime.name}  # its server file tells us URL + token
+            cmd.append(
+                "--allow-root"
+            )  # containers and CI runners are often root; loopback + token still hold
+        env = {
+            **os.environ,
+            "JUPYTER_RUNTIME_DIR": self._runtime.name,
+        }  # its server file tells us URL + token
         self.log = Path(self._runtime.name) / "lab.log"  # never a pipe nobody reads: Jupyter logs a lot
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -47,8 +60,9 @@ class LabServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LowbitError(f"JupyterLab exited with status {self.proc.returncode}: "
-                                  f"{self.log.read_text()[-800:]}")
+                raise LowbitError(
+                    f"JupyterLab exited with status {self.proc.returncode}: {self.log.read_text()[-800:]}"
+                )
             if info_file.exists():
                 try:
                     self.info = json.loads(info_file.read_text())
@@ -63,8 +77,10 @@ class LabServer:
         """`GET /api/status` with the token (raises on HTTP errors)."""
         import urllib.request
 
-        req = urllib.request.Request(f"{self.info['url'].rstrip('/')}/api/status",
-                                     headers={"Authorization": f"token {self.info['token']}"})
+        req = urllib.request.Request(
+            f"{self.info['url'].rstrip('/')}/api/status",
+            headers={"Authorization": f"token {self.info['token']}"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 

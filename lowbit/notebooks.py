@@ -116,8 +116,9 @@ def notebook_parameters(path: Path) -> dict[str, Parameter]:
             default = ast.literal_eval(info["default"])
         except (ValueError, SyntaxError):
             default = None
-        params[name] = Parameter(name, default, info["default"], info.get("inferred_type_name") or "None",
-                                 info.get("help") or "")
+        params[name] = Parameter(
+            name, default, info["default"], info.get("inferred_type_name") or "None", info.get("help") or ""
+        )
     return params
 
 
@@ -154,8 +155,15 @@ def coerce(param: Parameter, value: Any) -> Any:
         raise LowbitError(f"{expect}; got nothing")
     if isinstance(value, str) and kind != "str":
         return _parse_string(param, kind, value, expect)
-    ok = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list": (list, tuple),
-          "tuple": (list, tuple), "dict": (dict,)}.get(kind)
+    ok = {
+        "bool": (bool,),
+        "int": (int,),
+        "float": (int, float),
+        "str": (str,),
+        "list": (list, tuple),
+        "tuple": (list, tuple),
+        "dict": (dict,),
+    }.get(kind)
     if ok is None:
         return value
     if not isinstance(value, ok) or (kind in ("int", "float") and isinstance(value, bool)):
@@ -223,21 +231,27 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LowbitError(f"parameters file {path} must be a mapping of name: value, not {type(data).__name__}")
+        raise LowbitError(
+            f"parameters file {path} must be a mapping of name: value, not {type(data).__name__}"
+        )
     return data
 
 
 def check_parameters(path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """`values` typed against the notebook's parameters cell; an unknown name is an error listing the valid ones."""
+    """`values` typed against the notebook's parameters cell; unknown names are an error listing valid ones."""
     declared = notebook_parameters(path)
     if not declared and values:
-        raise LowbitError(f"{path.stem} has no `parameters` cell, so it takes no parameters (got "
-                          f"{', '.join(sorted(values))})")
+        raise LowbitError(
+            f"{path.stem} has no `parameters` cell, so it takes no parameters (got "
+            f"{', '.join(sorted(values))})"
+        )
     unknown = sorted(set(values) - set(declared))
     if unknown:
         valid = ", ".join(f"{p.name} ({_kind(p)}, default {p.source})" for p in declared.values())
-        raise LowbitError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                          f"for {path.stem}; valid parameters: {valid}")
+        raise LowbitError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {path.stem}; valid parameters: {valid}"
+        )
     return {name: coerce(declared[name], value) for name, value in values.items()}
 
 
@@ -255,7 +269,9 @@ class CellFailure:
     error: str  # "AssertionError: ..."
 
     def describe(self) -> str:
-        where = f"cell {self.cell_index}" + (f" (In [{self.execution_count}])" if self.execution_count else "")
+        where = f"cell {self.cell_index}" + (
+            f" (In [{self.execution_count}])" if self.execution_count else ""
+        )
         at = f", line {self.line_number}" if self.line_number else ""
         return f"{where}{at}: {self.line.strip()}\n  {self.error}"
 
@@ -303,8 +319,14 @@ def _failure_from(nb, exc: Exception) -> CellFailure:
     cells = nb.cells
     index = getattr(exc, "cell_index", None)
     if index is None:  # timeouts and dead kernels: the cell papermill marked as still running or failed
-        index = next((i for i, c in enumerate(cells)
-                      if c.get("metadata", {}).get("papermill", {}).get("status") in ("running", "failed")), None)
+        index = next(
+            (
+                i
+                for i, c in enumerate(cells)
+                if c.get("metadata", {}).get("papermill", {}).get("status") in ("running", "failed")
+            ),
+            None,
+        )
     cell = cells[index] if index is not None and index < len(cells) else None
     source = (getattr(exc, "source", None) or (cell.source if cell else "")).splitlines()
     tb = _ANSI.sub("", "\n".join(getattr(exc, "traceback", None) or []))
@@ -331,8 +353,14 @@ def export_html(nb, path: Path) -> Path:
     return path
 
 
-def execute(notebook: str | Path, parameters: dict[str, Any] | None = None, run_dir: Path | None = None,
-            kernel: str = "lowbit", progress: bool = True, cell_timeout: int | None = 600) -> RunResult:
+def execute(
+    notebook: str | Path,
+    parameters: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+    kernel: str = "lowbit",
+    progress: bool = True,
+    cell_timeout: int | None = 600,
+) -> RunResult:
     """Run one lesson with papermill into a run folder; never raises for a failing cell (see `.failure`)."""
     import logging
 
@@ -359,9 +387,16 @@ def execute(notebook: str | Path, parameters: dict[str, Any] | None = None, run_
     failure = None
     try:
         papermill.execute_notebook(
-            str(path), str(executed), parameters=params, kernel_name=kernel, cwd=str(path.parent),
-            progress_bar={"desc": path.stem, "leave": False} if progress else False, log_output=True,
-            execution_timeout=cell_timeout, request_save_on_cell_execute=True)
+            str(path),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel,
+            cwd=str(path.parent),
+            progress_bar={"desc": path.stem, "leave": False} if progress else False,
+            log_output=True,
+            execution_timeout=cell_timeout,
+            request_save_on_cell_execute=True,
+        )
     except PapermillExecutionError as exc:
         failure = exc
     except Exception as exc:  # timeouts, a dead kernel: still a failed run with a partial notebook
@@ -384,17 +419,29 @@ def execute(notebook: str | Path, parameters: dict[str, Any] | None = None, run_
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     result = RunResult(
-        notebook=path.stem, run_dir=str(run_dir), status="failed" if failure else "ok", seconds=round(seconds, 2),
-        parameters=params, metrics=metrics, failure=_failure_from(nb, failure) if failure else None,
-        executed=str(executed), html=str(html), log=str(log))
+        notebook=path.stem,
+        run_dir=str(run_dir),
+        status="failed" if failure else "ok",
+        seconds=round(seconds, 2),
+        parameters=params,
+        metrics=metrics,
+        failure=_failure_from(nb, failure) if failure else None,
+        executed=str(executed),
+        html=str(html),
+        log=str(log),
+    )
     tmp = run_dir / "run.json.tmp"
     tmp.write_text(json.dumps(asdict(result), indent=2, default=str) + "\n")
     os.replace(tmp, run_dir / "run.json")
     return result
 
 
-def run_notebook(name: str = "00_quickstart", param: list[str] | None = None, params_file: str | None = None,
-                 kernel: str = "lowbit") -> int:
+def run_notebook(
+    name: str = "00_quickstart",
+    param: list[str] | None = None,
+    params_file: str | None = None,
+    kernel: str = "lowbit",
+) -> int:
     """`invoke run-notebook`: run one lesson, print where its outputs are; exit 1 when a cell fails."""
     from lowbit import ui
     from lowbit.kernel import KERNEL_NAME, register_kernel
@@ -409,15 +456,26 @@ def run_notebook(name: str = "00_quickstart", param: list[str] | None = None, pa
     ui.step(f"running {path.stem} ({shown})")
     result = execute(path, params, kernel=kernel)
     if result.metrics:
-        ui.print_table(f"{path.stem}: recorded metrics", ["metric", "value"],
-                       [(k, _short(v)) for k, v in result.metrics.items()])
+        ui.print_table(
+            f"{path.stem}: recorded metrics",
+            ["metric", "value"],
+            [(k, _short(v)) for k, v in result.metrics.items()],
+        )
     if result.failure:
-        ui.err_console.print(f"[bold red]error:[/] {path.stem} failed after {result.seconds:.1f} s at "
-                             f"{result.failure.describe()}", markup=True, highlight=False)
-        ui.err_console.print(f"partial output: {result.executed}\n              {result.html}\nlog: {result.log}")
+        ui.err_console.print(
+            f"[bold red]error:[/] {path.stem} failed after {result.seconds:.1f} s at "
+            f"{result.failure.describe()}",
+            markup=True,
+            highlight=False,
+        )
+        ui.err_console.print(
+            f"partial output: {result.executed}\n              {result.html}\nlog: {result.log}"
+        )
         return 1
     print(f"{path.stem} ok in {result.seconds:.1f} s")
-    print(f"  notebook: {result.executed}\n  html:     {result.html}\n  metrics:  {result.run_dir}/metrics.json")
+    print(
+        f"  notebook: {result.executed}\n  html:     {result.html}\n  metrics:  {result.run_dir}/metrics.json"
+    )
     return 0
 
 
@@ -445,10 +503,13 @@ def list_lessons() -> int:
     rows = []
     for path in lessons():
         params = notebook_parameters(path)
-        rows.append((path.stem, lesson_purpose(path), " ".join(f"{p.name}={p.source}" for p in params.values())))
+        rows.append(
+            (path.stem, lesson_purpose(path), " ".join(f"{p.name}={p.source}" for p in params.values()))
+        )
     if not rows:
         print(f"no lessons under {notebooks_dir()}", file=sys.stderr)
         return 1
-    ui.print_table("lessons (invoke run-notebook --name NAME -p key=value)", ["lesson", "purpose", "parameters"],
-                   rows)
+    ui.print_table(
+        "lessons (invoke run-notebook --name NAME -p key=value)", ["lesson", "purpose", "parameters"], rows
+    )
     return 0

@@ -97,15 +97,21 @@ def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipelin
     except yaml.YAMLError as exc:
         raise LowbitError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise LowbitError(f"{file} must be a mapping with `steps:` (and optionally description, parameters, "
-                          "stop_on_failure)")
+        raise LowbitError(
+            f"{file} must be a mapping with `steps:` (and optionally description, parameters, "
+            "stop_on_failure)"
+        )
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise LowbitError(f"{file}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise LowbitError(
+            f"{file}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}"
+        )
     shared = {**_mapping(data.get("parameters"), f"{file}: parameters"), **(overrides or {})}
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or not steps_data:
-        raise LowbitError(f"{file}: `steps` must be a non-empty list of {{notebook: NAME, parameters: {{...}}}}")
+        raise LowbitError(
+            f"{file}: `steps` must be a non-empty list of {{notebook: NAME, parameters: {{...}}}}"
+        )
     stop = data.get("stop_on_failure", True)
     if not isinstance(stop, bool):
         raise LowbitError(f"{file}: stop_on_failure must be true or false, not {stop!r}")
@@ -119,15 +125,24 @@ def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipelin
             raise LowbitError(f"{where} needs `notebook: NAME`")
         bad = sorted(set(raw) - STEP_KEYS)
         if bad:
-            raise LowbitError(f"{where} ({raw['notebook']}): unknown key(s) {', '.join(bad)}; allowed: "
-                              f"{', '.join(sorted(STEP_KEYS))}")
+            raise LowbitError(
+                f"{where} ({raw['notebook']}): unknown key(s) {', '.join(bad)}; allowed: "
+                f"{', '.join(sorted(STEP_KEYS))}"
+            )
         own = _mapping(raw.get("parameters"), f"{where} parameters")
         try:
             path = lesson_path(raw["notebook"])
         except LowbitError as exc:
             if raw.get("if_present"):
-                steps.append(Step(i, raw["notebook"], None, status="skipped",
-                                  note="lesson not present in notebooks/ (if_present)"))
+                steps.append(
+                    Step(
+                        i,
+                        raw["notebook"],
+                        None,
+                        status="skipped",
+                        note="lesson not present in notebooks/ (if_present)",
+                    )
+                )
                 continue
             raise LowbitError(f"{where}: {exc}") from exc
         declared = notebook_parameters(path)
@@ -140,7 +155,9 @@ def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipelin
         steps.append(Step(i, raw["notebook"], path, typed))
     unused = sorted(set(shared) - used)
     if unused and all(s.path for s in steps):
-        raise LowbitError(f"{file}: shared parameter(s) {', '.join(unused)} are declared by no step's notebook")
+        raise LowbitError(
+            f"{file}: shared parameter(s) {', '.join(unused)} are declared by no step's notebook"
+        )
     return Pipeline(file.stem, file, str(data.get("description") or ""), stop, shared, steps)
 
 
@@ -168,14 +185,25 @@ def run_pipeline(name: str, param: list[str] | None = None, kernel: str = "lowbi
             step.note = result.failure.describe()
             ui.err_console.print(f"[bold red]step {step.index} failed[/] at {step.note}", highlight=False)
             if pipeline.stop_on_failure:
-                for later in pipeline.steps[step.index:]:
+                for later in pipeline.steps[step.index :]:
                     if later.status == "pending":
                         later.status, later.note = "not run", f"stopped after step {step.index} failed"
         write_index(pipeline, out, started)
     index = write_index(pipeline, out, started)
-    ui.print_table(f"pipeline {pipeline.name}", ["#", "step", "status", "seconds", "note"],
-                   [(s.index, s.notebook, s.status, "" if s.seconds is None else f"{s.seconds:.1f}",
-                     s.note.splitlines()[0] if s.note else "") for s in pipeline.steps])
+    ui.print_table(
+        f"pipeline {pipeline.name}",
+        ["#", "step", "status", "seconds", "note"],
+        [
+            (
+                s.index,
+                s.notebook,
+                s.status,
+                "" if s.seconds is None else f"{s.seconds:.1f}",
+                s.note.splitlines()[0] if s.note else "",
+            )
+            for s in pipeline.steps
+        ],
+    )
     print(f"index: {index}")
     return 1 if any(s.status == "failed" for s in pipeline.steps) else 0
 
@@ -197,14 +225,23 @@ def write_index(pipeline: Pipeline, out: Path, started: str) -> Path:
         links = ""
         if s.run_dir and s.path:
             rel = s.run_dir.relative_to(out).as_posix()
-            links = " · ".join(f'<a href="{rel}/{f}">{label}</a>' for label, f in
-                               (("html", f"{s.path.stem}.html"), ("notebook", f"{s.path.stem}.ipynb"),
-                                ("metrics", "metrics.json"), ("log", "run.log")) if (s.run_dir / f).exists())
+            links = " · ".join(
+                f'<a href="{rel}/{f}">{label}</a>'
+                for label, f in (
+                    ("html", f"{s.path.stem}.html"),
+                    ("notebook", f"{s.path.stem}.ipynb"),
+                    ("metrics", "metrics.json"),
+                    ("log", "run.log"),
+                )
+                if (s.run_dir / f).exists()
+            )
         seconds = "" if s.seconds is None else f"{s.seconds:.1f} s"
         note = html.escape(s.note).replace("\n", "<br>")
-        rows.append(f'<tr class="{s.status.replace(" ", "-")}"><td>{s.index}</td><td>{html.escape(s.notebook)}</td>'
-                    f"<td>{s.status}</td><td>{seconds}</td><td>{_metrics_html(s.metrics)}</td><td>{links}</td>"
-                    f"<td>{note}</td></tr>")
+        rows.append(
+            f'<tr class="{s.status.replace(" ", "-")}"><td>{s.index}</td><td>{html.escape(s.notebook)}</td>'
+            f"<td>{s.status}</td><td>{seconds}</td><td>{_metrics_html(s.metrics)}</td><td>{links}</td>"
+            f"<td>{note}</td></tr>"
+        )
     total = sum(s.seconds or 0 for s in pipeline.steps)
     shared = ", ".join(f"{k}={v!r}" for k, v in pipeline.shared.items()) or "none"
     page = f"""<!doctype html>
@@ -225,8 +262,23 @@ stop on failure: {pipeline.stop_on_failure}</p>
     tmp = out / "index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)
-    (out / "pipeline.json").write_text(json.dumps(
-        [{"step": s.index, "notebook": s.notebook, "status": s.status, "seconds": s.seconds, "note": s.note,
-          "metrics": s.metrics, "parameters": s.parameters} for s in pipeline.steps], indent=2, default=str) + "\n")
+    (out / "pipeline.json").write_text(
+        json.dumps(
+            [
+                {
+                    "step": s.index,
+                    "notebook": s.notebook,
+                    "status": s.status,
+                    "seconds": s.seconds,
+                    "note": s.note,
+                    "metrics": s.metrics,
+                    "parameters": s.parameters,
+                }
+                for s in pipeline.steps
+            ],
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     return index
-

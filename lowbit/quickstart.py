@@ -16,14 +16,18 @@ def machine_summary() -> dict[str, Any]:
     except ImportError:
         import psutil
 
-        return {"os": platform.platform(), "cpu": platform.processor() or platform.machine(),
-                "physical cores": psutil.cpu_count(logical=False), "RAM": f"{psutil.virtual_memory().total / 1e9:.1f} GB",
-                "note": "lowbit.doctor is not installed: basic facts only (`invoke doctor` gives the full report)"}
+        return {
+            "os": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "physical cores": psutil.cpu_count(logical=False),
+            "RAM": f"{psutil.virtual_memory().total / 1e9:.1f} GB",
+            "note": "lowbit.doctor is not installed: basic facts only (`invoke doctor` reports more)",
+        }
     return doctor_summary()
 
 
 def model_file(model: str) -> tuple[Any, Path]:
-    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, local GGUF); build a missing replica."""
+    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica."""
     from lowbit.catalog import resolve_model
 
     resolved = resolve_model(model)
@@ -33,19 +37,24 @@ def model_file(model: str) -> tuple[Any, Path]:
 
         path = ensure_replica(resolved.name)
     if path is None or not Path(path).exists():
-        raise LowbitError(f"model {model!r} is not on disk: `invoke fetch --model {model}` downloads it "
-                          "(offline, use the replica: model='r1')")
+        raise LowbitError(
+            f"model {model!r} is not on disk: `invoke fetch --model {model}` downloads it "
+            "(offline, use the replica: model='r1')"
+        )
     return resolved, Path(path)
 
 
 def offline_note(resolved) -> str | None:
-    """For a replica: say that its weights are random, so its text means nothing (speed and tokens are real)."""
+    """For a replica: its weights are random, so its text means nothing (speed and tokens are real)."""
     if not resolved.is_replica:
         return None
     of = (resolved.entry or {}).get("replica_of") or "the real model"
-    return (f"**{resolved.name} is an offline replica of {of}**: real architecture and tokenizer, random weights. "
-            "Its text is meaningless; the chat template, token counts and speeds are real llama.cpp behaviour. "
-            "Run with `-p model=<a real catalog model>` for the real thing.")
+    return (
+        f"**{resolved.name} is an offline replica of {of}**: real architecture and tokenizer, "
+        "random weights. "
+        "Its text is meaningless; the chat template, token counts and speeds are real llama.cpp behaviour. "
+        "Run with `-p model=<a real catalog model>` for the real thing."
+    )
 
 
 def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
@@ -63,14 +72,26 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         return value if not isinstance(value, str) or len(value) < 60 else f"<{len(value)} characters>"
 
     arch = field("general.architecture")
-    shards = sorted(path.parent.glob(path.name.replace("00001-of-", "*-of-"))) if "-00001-of-" in path.name else [path]
-    facts = [("catalog name", resolved.name), ("kind", entry.get("kind", "path or repo")),
-             ("replica of", entry.get("replica_of")), ("description", entry.get("description")),
-             ("file", path.name), ("shards", len(shards)), ("size", f"{sum(p.stat().st_size for p in shards) / 1e6:.1f} MB"),
-             ("architecture", arch), ("layers", field(f"{arch}.block_count")),
-             ("experts", field(f"{arch}.expert_count")), ("experts per token", field(f"{arch}.expert_used_count")),
-             ("context length", field(f"{arch}.context_length")),
-             ("chat template", "yes" if reader.fields.get("tokenizer.chat_template") else "no")]
+    shards = (
+        sorted(path.parent.glob(path.name.replace("00001-of-", "*-of-")))
+        if "-00001-of-" in path.name
+        else [path]
+    )
+    facts = [
+        ("catalog name", resolved.name),
+        ("kind", entry.get("kind", "path or repo")),
+        ("replica of", entry.get("replica_of")),
+        ("description", entry.get("description")),
+        ("file", path.name),
+        ("shards", len(shards)),
+        ("size", f"{sum(p.stat().st_size for p in shards) / 1e6:.1f} MB"),
+        ("architecture", arch),
+        ("layers", field(f"{arch}.block_count")),
+        ("experts", field(f"{arch}.expert_count")),
+        ("experts per token", field(f"{arch}.expert_used_count")),
+        ("context length", field(f"{arch}.context_length")),
+        ("chat template", "yes" if reader.fields.get("tokenizer.chat_template") else "no"),
+    ]
     return [(k, v) for k, v in facts if v is not None]
 
 

@@ -16,23 +16,43 @@ from lowbit.bindings import Generation, generate
 class ChatWidget:
     """Prompt box, temperature / min_p / length sliders, a Generate button and streamed output."""
 
-    def __init__(self, llm, prompt: str = "Why is the sky blue?", temperature: float = 0.6, min_p: float = 0.01,
-                 n_predict: int = 64, seed: int = 3407, max_length: int = 512):
+    def __init__(
+        self,
+        llm,
+        prompt: str = "Why is the sky blue?",
+        temperature: float = 0.6,
+        min_p: float = 0.01,
+        n_predict: int = 64,
+        seed: int = 3407,
+        max_length: int = 512,
+    ):
         import ipywidgets as w
 
         self.llm, self.seed = llm, seed
         wide = w.Layout(width="90%")
         self.prompt = w.Textarea(value=prompt, description="prompt", layout=wide)
-        self.temperature = w.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature")
+        self.temperature = w.FloatSlider(
+            value=temperature, min=0.0, max=2.0, step=0.05, description="temperature"
+        )
         self.min_p = w.FloatSlider(value=min_p, min=0.0, max=0.5, step=0.01, description="min_p")
-        self.length = w.IntSlider(value=n_predict, min=1, max=max(max_length, n_predict), description="length")
+        self.length = w.IntSlider(
+            value=n_predict, min=1, max=max(max_length, n_predict), description="length"
+        )
         self.button = w.Button(description="Generate", button_style="primary", icon="play")
-        self.output = w.Textarea(value="", description="reply", disabled=True,
-                                 layout=w.Layout(width="90%", height="8em"))
+        self.output = w.Textarea(
+            value="", description="reply", disabled=True, layout=w.Layout(width="90%", height="8em")
+        )
         self.status = w.Label(value="")
         self.button.on_click(lambda _button: self.run())
-        self.box = w.VBox([self.prompt, w.HBox([self.temperature, self.min_p, self.length]), self.button,
-                           self.output, self.status])
+        self.box = w.VBox(
+            [
+                self.prompt,
+                w.HBox([self.temperature, self.min_p, self.length]),
+                self.button,
+                self.output,
+                self.status,
+            ]
+        )
         self.last: Generation | None = None
 
     def run(self) -> Generation:
@@ -45,14 +65,22 @@ class ChatWidget:
             self.output.value += piece
 
         try:
-            self.last = generate(self.llm, self.prompt.value, n_predict=self.length.value,
-                                 temperature=self.temperature.value, min_p=self.min_p.value, seed=self.seed,
-                                 on_text=stream)
+            self.last = generate(
+                self.llm,
+                self.prompt.value,
+                n_predict=self.length.value,
+                temperature=self.temperature.value,
+                min_p=self.min_p.value,
+                seed=self.seed,
+                on_text=stream,
+            )
         finally:
             self.button.disabled = False
         g = self.last
-        self.status.value = (f"{g.n_prompt} prompt tokens at {g.prompt_tokens_per_s:.1f} tok/s, "
-                             f"{g.n_generated} generated at {g.generation_tokens_per_s:.1f} tok/s ({g.stop_reason})")
+        self.status.value = (
+            f"{g.n_prompt} prompt tokens at {g.prompt_tokens_per_s:.1f} tok/s, "
+            f"{g.n_generated} generated at {g.generation_tokens_per_s:.1f} tok/s ({g.stop_reason})"
+        )
         return g
 
     def show(self, run_once: bool = True) -> Generation | None:
