@@ -238,7 +238,7 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
 
 
 def check_parameters(path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """`values` typed against the notebook's parameters cell; unknown names are an error listing valid ones."""
+    """`values` typed against the notebook's parameters cell; unknown names: an error listing valid ones."""
     declared = notebook_parameters(path)
     if not declared and values:
         raise LowbitError(
