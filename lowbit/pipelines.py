@@ -154,6 +154,10 @@ def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipelin
             raise LowbitError(f"{where}: {exc}") from exc
         steps.append(Step(i, raw["notebook"], path, typed))
     unused = sorted(set(shared) - used)
+    stray = sorted(set(overrides or {}) - used)
+    if stray:  # a command-line override must reach a lesson that is here
+        raise LowbitError(f"parameter(s) {', '.join(stray)} given on the command line are declared by no "
+                          f"lesson present in {file.stem}")
     if unused and all(s.path for s in steps):
         raise LowbitError(
             f"{file}: shared parameter(s) {', '.join(unused)} are declared by no step's notebook"

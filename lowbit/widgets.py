@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lowbit.bindings import Generation, generate
+from lowbit.generation import Generation, generate
 
 
 class ChatWidget:

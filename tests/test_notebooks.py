@@ -196,6 +196,9 @@ def test_pipeline_validation_before_anything_runs(toy, tmp_path, runs):
         bad.write_text(text)
         with pytest.raises(LowbitError, match=error):
             run_pipeline(str(bad))
+    bad.write_text(f"steps:\n  - notebook: {toy}\n")
+    with pytest.raises(LowbitError, match="nosuch"):
+        run_pipeline(str(bad), param=["nosuch=1"])  # a command-line override must reach a lesson
     assert not runs.exists()
     bad.write_text(
         f"parameters: {{n: 2}}\nsteps:\n  - notebook: {toy}\n  - notebook: 42_absent\n    if_present: true\n"
@@ -346,7 +349,7 @@ def test_lesson_runs_through_papermill_with_ci_parameters(name, runs):
 
 @pytest.fixture(scope="module")
 def llm():
-    from lowbit.bindings import load_model
+    from lowbit.generation import load_model
     from lowbit.quickstart import model_file
 
     model = os.environ.get("LOWBIT_TEST_MODEL") or "r1"
@@ -355,7 +358,7 @@ def llm():
 
 @pytest.mark.slow
 def test_chat_widget_button_streams_with_slider_values(llm):
-    from lowbit.bindings import generate
+    from lowbit.generation import generate
     from lowbit.widgets import ChatWidget
 
     chat = ChatWidget(llm, "Hello", n_predict=4)
