@@ -412,3 +412,18 @@ def test_invoke_test_runs_every_notebook_under_nbval_lax():
     args = nbval_args(ROOT)
     assert "--nbval-lax" in args and "notebooks/nbval-sanitize.cfg" in args
     assert {a for a in args if a.endswith(".ipynb")} == {f"notebooks/{n}.ipynb" for n in LESSONS}
+
+
+def test_linked_controls_run_once_now_and_again_on_change(capsys):
+    import ipywidgets as w
+
+    from lowbit.widgets import linked
+
+    calls = []
+    size = w.IntSlider(value=3, min=1, max=10)
+    assert linked(lambda size: calls.append(size) or size * 2, size=size) == 6  # the headless run
+    size.value = 5  # what moving the slider in a browser does
+    assert calls == [3, 5]
+    clicked = []
+    assert linked(lambda n: clicked.append(n) or n, button="Run", n=w.IntText(value=1)) == 1
+    assert clicked == [1]
