@@ -342,6 +342,29 @@ def _failure_from(nb, exc: Exception) -> CellFailure:
     return CellFailure(index if index is not None else -1, count, line_number, line, f"{ename}: {evalue}")
 
 
+def _cell_label(cell, limit: int = 48) -> str | None:
+    """The first code line of a cell, for the progress bar (papermill shows `Executing <label>`)."""
+    for line in (cell.get("source") or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return None
+
+
+def _register_engine() -> str:
+    """papermill's nbclient engine, with each cell's first line as the progress bar's description."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class LowbitEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            nb_man.get_cell_description = lambda cell, escape_str=None: _cell_label(cell)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("lowbit", LowbitEngine)
+    return "lowbit"
+
+
 def export_html(nb, path: Path) -> Path:
     """The notebook as HTML (nbconvert's lab template; saved widget state makes controls show)."""
     from nbconvert import HTMLExporter
@@ -392,6 +415,7 @@ def execute(
             parameters=params,
             kernel_name=kernel,
             cwd=str(path.parent),
+            engine_name=_register_engine(),
             progress_bar={"desc": path.stem, "leave": False} if progress else False,
             log_output=True,
             execution_timeout=cell_timeout,
