@@ -55,7 +55,10 @@ class LabServer:
         }  # its server file tells us URL + token
         self.log = Path(self._runtime.name) / "lab.log"  # never a pipe nobody reads: Jupyter logs a lot
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # own session: the terminal's Ctrl-C reaches only us, and `stop` shuts Jupyter down in order
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         info_file = Path(self._runtime.name) / f"jpserver-{self.proc.pid}.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
