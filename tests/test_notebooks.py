@@ -427,3 +427,14 @@ def test_linked_controls_run_once_now_and_again_on_change(capsys):
     clicked = []
     assert linked(lambda n: clicked.append(n) or n, button="Run", n=w.IntText(value=1)) == 1
     assert clicked == [1]
+
+
+def test_params_file_then_p_overrides(toy, tmp_path, runs):
+    params = tmp_path / "params.yaml"
+    params.write_text('name: "007"\nn: 1\nvram: [8, 16]\n')
+    assert run_notebook(str(toy), param=["n=2"], params_file=str(params)) == 0
+    run = json.loads(next(runs.glob("*-toy/run.json")).read_text())
+    assert run["parameters"] == {"name": "007", "n": 2, "vram": [8, 16]}
+    params.write_text("- not a mapping\n")
+    with pytest.raises(LowbitError, match="must be a mapping"):
+        run_notebook(str(toy), params_file=str(params))
