@@ -287,3 +287,42 @@ def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
     """Run a llama.cpp RPC worker (ggml-rpc-server) that a client reaches with --rpc host:port."""
     _kit(c, "lowbit.rpc:rpc_worker_command", host=host, port=port,
          mem=float(mem) if mem is not None else None, threads=int(threads) if threads is not None else None)
+
+# --- notebooks and pipelines ----------------------------------------------------------------
+
+
+@task(
+    iterable=["param"],
+    help={
+        "name": "lesson to run (default 00_quickstart; `invoke notebooks` lists them)",
+        "param": "key=value, repeatable (-p model=r1 -p n_predict=16); typed by the lesson's parameters cell",
+        "params_file": "YAML/JSON file of parameters (-p values override it)",
+    },
+)
+def run_notebook(c, name="00_quickstart", param=None, params_file=None):
+    """Run a lesson with papermill into runs/<time>-<name>/ (notebook, HTML, metrics.json, log)."""
+    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file)
+
+
+@task(
+    iterable=["param"],
+    help={
+        "name": "pipeline: pipelines/NAME.yaml (workshop, r1-iq1s) or a YAML path",
+        "param": "key=value, repeatable: overrides the pipeline's shared parameters",
+    },
+)
+def run_pipeline(c, name="workshop", param=None):
+    """Run a pipeline of lessons; writes runs/<time>-pipeline-NAME/index.html."""
+    _kit(c, "lowbit.pipelines:run_pipeline", name=name, param=param or [])
+
+
+@task
+def notebooks(c):
+    """List the lessons with their purpose and parameters."""
+    _kit(c, "lowbit.notebooks:list_lessons")
+
+
+@task(help={"port": "port on 127.0.0.1 (default: a free one)", "browser": "open a browser too"})
+def lab(c, port=0, browser=False):
+    """Open the lessons in JupyterLab (loopback, token auth, the lowbit kernel); Ctrl-C stops it."""
+    _kit(c, "lowbit.lab:lab", port=int(port), browser=browser)

@@ -1,0 +1,107 @@
+"""What lesson 00 (quickstart) shows: this machine, the model's facts, a generation and its speed."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from lowbit import LowbitError
+
+
+def machine_summary() -> dict[str, Any]:
+    """`lowbit.doctor.machine_summary()`; basic facts (and a note saying so) where doctor is missing."""
+    try:
+        from lowbit.doctor import machine_summary as doctor_summary
+    except ImportError:
+        import psutil
+
+        return {
+            "os": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "physical cores": psutil.cpu_count(logical=False),
+            "RAM": f"{psutil.virtual_memory().total / 1e9:.1f} GB",
+            "note": "lowbit.doctor is not installed: basic facts only (`invoke doctor` reports more)",
+        }
+    return doctor_summary()
+
+
+def model_file(model: str) -> tuple[Any, Path]:
+    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica."""
+    from lowbit.catalog import resolve_model
+
+    resolved = resolve_model(model)
+    path = resolved.path
+    if path is None and resolved.is_replica:
+        from lowbit.replicas import ensure_replica
+
+        path = ensure_replica(resolved.name)
+    if path is None or not Path(path).exists():
+        raise LowbitError(
+            f"model {model!r} is not on disk: `invoke fetch --model {model}` downloads it "
+            "(offline, use the replica: model='r1')"
+        )
+    return resolved, Path(path)
+
+
+def offline_note(resolved) -> str | None:
+    """For a replica: its weights are random, so its text means nothing (speed and tokens are real)."""
+    if not resolved.is_replica:
+        return None
+    of = (resolved.entry or {}).get("replica_of") or "the real model"
+    return (
+        f"**{resolved.name} is an offline replica of {of}**: real architecture and tokenizer, "
+        "random weights. "
+        "Its text is meaningless; the chat template, token counts and speeds are real llama.cpp behaviour. "
+        "Run with `-p model=<a real catalog model>` for the real thing."
+    )
+
+
+def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
+    """Catalog entry and GGUF header facts (metadata only, no tensor data read)."""
+    from gguf import GGUFReader
+
+    entry = resolved.entry or {}
+    reader = GGUFReader(str(path))
+
+    def field(key: str) -> Any:
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        value = f.contents()
+        return value if not isinstance(value, str) or len(value) < 60 else f"<{len(value)} characters>"
+
+    arch = field("general.architecture")
+    shards = (
+        sorted(path.parent.glob(path.name.replace("00001-of-", "*-of-")))
+        if "-00001-of-" in path.name
+        else [path]
+    )
+    facts = [
+        ("catalog name", resolved.name),
+        ("kind", entry.get("kind", "path or repo")),
+        ("replica of", entry.get("replica_of")),
+        ("description", entry.get("description")),
+        ("file", path.name),
+        ("shards", len(shards)),
+        ("size", f"{sum(p.stat().st_size for p in shards) / 1e6:.1f} MB"),
+        ("architecture", arch),
+        ("layers", field(f"{arch}.block_count")),
+        ("experts", field(f"{arch}.expert_count")),
+        ("experts per token", field(f"{arch}.expert_used_count")),
+        ("context length", field(f"{arch}.context_length")),
+        ("chat template", "yes" if reader.fields.get("tokenizer.chat_template") else "no"),
+    ]
+    return [(k, v) for k, v in facts if v is not None]
+
+
+def markdown_table(columns: list[str], rows: list[tuple]) -> Any:
+    """A small table for a notebook cell (Markdown: readable as plain text too)."""
+    from IPython.display import Markdown
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
