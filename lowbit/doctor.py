@@ -125,11 +125,9 @@ def setup_problems() -> list[tuple[str, str]]:
         if check.returncode != 0 or Path(check.stdout.strip()).parent != build.bin_dir.resolve():
             problems.append((f"`import llama_cpp` does not load the kit's build: {check.stdout or check.stderr[-300:]}",
                              "run `invoke setup`"))
-    from jupyter_client.kernelspec import KernelSpecManager
+    from lowbit.kernel import KERNEL_NAME, kernel_registered
 
-    from lowbit.setup import KERNEL_NAME
-
-    if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+    if not kernel_registered():
         problems.append((f"Jupyter kernel {KERNEL_NAME!r} is not registered", "run `invoke setup`"))
     if importlib.util.find_spec("lowbit.replicas") is not None:
         from lowbit import replicas

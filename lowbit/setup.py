@@ -10,25 +10,6 @@ from pathlib import Path
 from lowbit import LowbitError
 from lowbit.paths import models_dir
 
-KERNEL_NAME = "lowbit"
-
-
-def register_kernel() -> bool:
-    """Register this environment as the Jupyter kernel `lowbit` (papermill and nbval use it)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
-            return False
-    except NoSuchKernel:
-        pass
-    proc = subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
-                           "--display-name", "Python (lowbit)"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LowbitError(f"registering the Jupyter kernel failed:\n{proc.stderr[-1500:]}")
-    return True
-
 
 def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
            replicas: bool = True, started: float | None = None, environment: str = "") -> int:
@@ -51,7 +32,9 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
     build = timed("llama.cpp build", lambda: build_llama(backend=backend, source=source, cuda_arch=cuda_arch,
                                                         force=force), lambda b: done_or_cached(b.fresh))
     timed("python bindings", lambda: bindings.install_bindings(build), done_or_cached)
-    timed("jupyter kernel", register_kernel, done_or_cached)
+    from lowbit.kernel import KERNEL_NAME, kernel_registered, register_kernel
+
+    timed("jupyter kernel", lambda: not kernel_registered() and register_kernel() == 0, done_or_cached)
     if replicas:
         from lowbit import replicas as replica_models
 
