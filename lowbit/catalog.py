@@ -88,6 +88,31 @@ def local_path(entry: dict) -> Path | None:
         from lowbit import replicas
 
         return replicas.replica_path(entry["name"])
+    return fetched_path(entry)
+
+
+def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
+    """The local file `invoke fetch` left for a Hub entry (default quant first): a single GGUF, the first
+    shard of a split set, or the repo folder of an HF checkpoint."""
+    import fnmatch
+
+    from lowbit.paths import models_dir
+
+    repo = entry.get("repo")
+    folder = models_dir() / repo if repo else None
+    if folder is None or not folder.is_dir():
+        return None
+    quants = entry.get("quants", [])
+    wanted = quant or entry.get("default_quant")
+    ordered = sorted(quants, key=lambda q: q["name"] != wanted) if not quant else [find_quant(entry, quant)]
+    ggufs = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.gguf") if ".cache" not in p.parts)
+    for q in ordered:
+        hits = [f for f in ggufs if any(fnmatch.fnmatch(f, pat) for pat in q.get("files", ["*"]))]
+        firsts = [f for f in hits if "-00001-of-" in f] or [f for f in hits if "-of-" not in f]
+        if firsts:
+            return folder / firsts[0]
+    if not quants and (folder / "config.json").exists():
+        return folder
     return None
 
 

@@ -53,11 +53,3 @@ def active_conda_env() -> Path | None:
     if prefix and os.environ.get("CONDA_DEFAULT_ENV", "base") != "base":
         return Path(prefix)
     return None
-
-
-def kit_python() -> Path:
-    """The interpreter that runs lowbit: $LOWBIT_PYTHON, an active conda env, or the venv."""
-    if "LOWBIT_PYTHON" in os.environ:
-        return Path(os.environ["LOWBIT_PYTHON"])
-    env = active_conda_env()
-    return venv_python(env if env else venv_dir())

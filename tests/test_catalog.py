@@ -74,3 +74,19 @@ def test_models_table_is_not_truncated_when_piped(capsys):
     assert "UD-IQ1_S 131 GB" in out and "UD-Q2_K_XL 251 GB" in out
     assert "random weights: the text is meaningless" in out
     assert "…" not in out
+
+
+def test_fetched_hub_model_resolves_to_its_first_shard(tmp_path, monkeypatch):
+    """After `invoke fetch`, `--model deepseek-r1` finds the default quant's first shard on disk."""
+    monkeypatch.setenv("LOWBIT_MODELS", str(tmp_path))
+    entry = load_catalog()["deepseek-r1"]
+    assert resolve_model("deepseek-r1").path is None
+    folder = tmp_path / entry["repo"] / "DeepSeek-R1-UD-IQ1_M"
+    folder.mkdir(parents=True)
+    for k in (1, 2):
+        (folder / f"DeepSeek-R1-UD-IQ1_M-0000{k}-of-00002.gguf").write_bytes(b"GGUF")
+    assert resolve_model("deepseek-r1").path == folder / "DeepSeek-R1-UD-IQ1_M-00001-of-00002.gguf"
+    default = tmp_path / entry["repo"] / "DeepSeek-R1-UD-IQ1_S"
+    default.mkdir()
+    (default / "DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf").write_bytes(b"GGUF")
+    assert resolve_model("deepseek-r1").path == default / "DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf"
