@@ -70,7 +70,9 @@ def test_replica_ids_match_the_seed_table():
     for col, name in ((0, "r1"), (1, "distill-qwen"), (2, "distill-llama")):
         for source in (replicas.hf_dir(name), replicas.replica_path(name)):
             ids = special_ids(load_vocab(source))
-            assert {role: ids[role] for role in SEED} == {role: ids_[col] for role, ids_ in SEED.items()}, source
+            assert {role: ids[role] for role in SEED} == {role: ids_[col] for role, ids_ in SEED.items()}, (
+                source
+            )
             assert ids["PAD"] == ids["EOS"], f"{source}: the replicas ship pad = EOS like the originals"
 
 
