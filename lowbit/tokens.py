@@ -188,57 +188,129 @@ def _pick_template(tpl) -> str | None:
     return tpl
 
 
-def gguf_reader(path: Path):
-    """gguf-py's reader over a GGUF file, with a clear error for anything else."""
-    from gguf import GGUFReader
+# GGUF value types (gguf-py's GGUFValueType): numpy dtypes of the fixed-size ones.
+_GGUF_NUMERIC = {
+    0: "u1",
+    1: "i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "?",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
 
+
+def gguf_metadata(path: str | os.PathLike) -> dict:
+    """All key/value metadata of a GGUF file (arrays as lists / numpy arrays), plus `GGUF.tensor_count`.
+
+    Hand-rolled on purpose: gguf-py's GGUFReader builds one numpy view per vocabulary entry and per
+    tensor, which takes 8-30 s for a 150k-token vocabulary on a 2-core machine; reading only the
+    key/value section sequentially takes a fraction of a second. Writing and verification still go
+    through gguf-py (lowbit.padding); tests check that both readers agree.
+    """
+    import mmap
+    import struct
+
+    import numpy as np
+
+    path = Path(path)
     try:
-        return GGUFReader(path)
-    except (ValueError, OSError) as exc:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf = memoryview(mm)  # mapped, so only the header pages are ever read
+            try:
+                if bytes(buf[:4]) != b"GGUF":
+                    raise ValueError("GGUF magic invalid")
+                version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+                if version not in (2, 3):
+                    raise ValueError(f"GGUF version {version} is not supported")
+                meta: dict = {"GGUF.version": version, "GGUF.tensor_count": n_tensors}
+                off = 24
+                for _ in range(n_kv):
+                    key, off = _gguf_str(buf, off)
+                    (vtype,) = struct.unpack_from("<I", buf, off)
+                    meta[key], off = _gguf_value(buf, off + 4, vtype, np)
+            finally:
+                buf.release()
+    except (ValueError, OSError, UnicodeDecodeError, KeyError, struct.error, IndexError) as exc:
         raise LowbitError(f"{path} is not a readable GGUF file ({exc})") from exc
+    return meta
 
 
-def _field_value(reader, key: str):
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
+def _gguf_str(buf: memoryview, off: int) -> tuple[str, int]:
+    import struct
+
+    (n,) = struct.unpack_from("<Q", buf, off)
+    end = off + 8 + n
+    if end > len(buf):
+        raise ValueError("truncated string")
+    return str(buf[off + 8 : end], "utf-8", errors="replace"), end
+
+
+def _gguf_value(buf: memoryview, off: int, vtype: int, np):
+    import struct
+
+    if vtype == _GGUF_STRING:
+        return _gguf_str(buf, off)
+    if vtype in _GGUF_NUMERIC:
+        dt = np.dtype(_GGUF_NUMERIC[vtype])
+        return np.frombuffer(buf, dt, 1, off)[0].item(), off + dt.itemsize
+    if vtype == _GGUF_ARRAY:
+        itype, n = struct.unpack_from("<IQ", buf, off)
+        off += 12
+        if itype in _GGUF_NUMERIC:
+            dt = np.dtype(_GGUF_NUMERIC[itype])
+            if off + dt.itemsize * n > len(buf):
+                raise ValueError("truncated array")
+            return np.frombuffer(buf, dt, n, off).copy(), off + dt.itemsize * n
+        items = []
+        for _ in range(n):
+            item, off = _gguf_value(buf, off, itype, np)
+            items.append(item)
+        return items, off
+    raise KeyError(f"unknown GGUF value type {vtype}")
 
 
 def _load_gguf(path: Path) -> Vocab:
-    reader = gguf_reader(path)
-    tok_field = reader.get_field("tokenizer.ggml.tokens")
-    if tok_field is None:
+    meta = gguf_metadata(path)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is None:
         m = _SPLIT_RE.search(path.name)
         hint = "; the tokenizer lives in shard 00001 of a split set" if m and m.group(1) != "00001" else ""
         raise LowbitError(f"{path} has no tokenizer (no tokenizer.ggml.tokens key){hint}")
-    tokens = [bytes(tok_field.parts[i]).decode("utf-8", errors="replace") for i in tok_field.data]
-    type_field = reader.get_field("tokenizer.ggml.token_type")
     added: set[int] = set()
-    if type_field is not None:
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None:
         import numpy as np
 
-        types = np.asarray([type_field.parts[i][0] for i in type_field.data])
+        types = np.asarray(types)
         added = set(np.flatnonzero((types == _GGUF_CONTROL) | (types == _GGUF_USER_DEFINED)).tolist())
-    keys = {
-        k: _field_value(reader, f"tokenizer.ggml.{k}")
-        for k in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id", "add_bos_token")
-    }
+
+    def key(k):
+        return meta.get(f"tokenizer.ggml.{k}")
+
+    add_bos = key("add_bos_token")
     v = Vocab(
         source=path,
         kind="gguf",
-        tokens=tokens,
+        tokens=list(tokens),
         added=frozenset(added),
-        bos_id=_int(keys["bos_token_id"]),
-        eos_id=_int(keys["eos_token_id"]),
-        pad_id=_int(keys["padding_token_id"]),
-        unk_id=_int(keys["unknown_token_id"]),
-        add_bos=None if keys["add_bos_token"] is None else bool(keys["add_bos_token"]),
-        chat_template=_field_value(reader, "tokenizer.chat_template"),
-        name=str(_field_value(reader, "general.name") or path.stem),
+        bos_id=_int(key("bos_token_id")),
+        eos_id=_int(key("eos_token_id")),
+        pad_id=_int(key("padding_token_id")),
+        unk_id=_int(key("unknown_token_id")),
+        add_bos=None if add_bos is None else bool(add_bos),
+        chat_template=meta.get("tokenizer.chat_template"),
+        name=str(meta.get("general.name") or path.stem),
         metadata={
-            "architecture": _field_value(reader, "general.architecture"),
-            "tokenizer_model": _field_value(reader, "tokenizer.ggml.model"),
-            "pre": _field_value(reader, "tokenizer.ggml.pre"),
-            "tensor_count": len(reader.tensors),
+            "architecture": meta.get("general.architecture"),
+            "tokenizer_model": key("model"),
+            "pre": key("pre"),
+            "tensor_count": meta["GGUF.tensor_count"],
         },
     )
     return v

@@ -117,7 +117,7 @@ def test_gguf_template_matches_the_hf_one():
     from lowbit import replicas
 
     for name in ("r1", "distill-qwen"):
-        gguf_tpl, _ = load_template(replicas.replica_path(name))
+        gguf_tpl, _ = load_template(replicas.ensure_replica(name))
         hf_tpl, _ = load_template(replicas.hf_dir(name))
         assert gguf_tpl == hf_tpl
 
@@ -127,7 +127,7 @@ def test_llamacpp_receives_one_bos_after_the_fix(llama_build):
     from lowbit import replicas
     from lowbit.chat import generate
 
-    gguf = replicas.replica_path("distill-qwen")
+    gguf = replicas.ensure_replica("distill-qwen")
     v = load_vocab(gguf)
     messages = [{"role": "user", "content": "Hello"}]
     fixed = build_prompt(v, messages)

@@ -142,7 +142,10 @@ def test_fix_replica_gguf(tmp_path):
     """The r1 replica, converted with the real R1 tokenizer, carries pad = EOS; the fix makes it 2."""
     from lowbit import replicas
 
-    src = replicas.replica_path("r1")
+    src = replicas.ensure_replica("r1")  # shard 00001 of the dynamic quant: a split set
     assert load_vocab(src).pad_id == load_vocab(src).eos_id
-    out = fix_gguf(src, tmp_path / "r1-fixed.gguf")
+    out = fix_gguf(src, tmp_path)  # a directory: the set keeps its names
     assert load_vocab(out).pad_id == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in src.parent.glob("*-of-*.gguf")
+    )

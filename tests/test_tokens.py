@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
-from lowbit.tokens import hf_tokenizer_from_gguf, load_vocab, remap_table, special_ids
+from lowbit.tokens import gguf_metadata, hf_tokenizer_from_gguf, load_vocab, remap_table, special_ids
 
 # DESIGN.md section 4, the seed's table: R1 / distill-Qwen / distill-Llama.
 SEED = {
@@ -68,7 +68,7 @@ def test_replica_ids_match_the_seed_table():
     from lowbit import replicas
 
     for col, name in ((0, "r1"), (1, "distill-qwen"), (2, "distill-llama")):
-        for source in (replicas.hf_dir(name), replicas.replica_path(name)):
+        for source in (replicas.hf_dir(name), replicas.ensure_replica(name)):
             ids = special_ids(load_vocab(source))
             assert {role: ids[role] for role in SEED} == {role: ids_[col] for role, ids_ in SEED.items()}, (
                 source
@@ -129,3 +129,18 @@ def test_gguf_without_tokenizer(tmp_path):
     w.close()
     with pytest.raises(LowbitError, match="no tokenizer"):
         load_vocab(path)
+
+
+def test_fast_metadata_reader_agrees_with_gguf_py(llama_vocab_gguf):
+    import numpy as np
+    from gguf import GGUFReader
+
+    meta = gguf_metadata(llama_vocab_gguf)
+    fields = {k: f for k, f in GGUFReader(llama_vocab_gguf).fields.items() if not k.startswith("GGUF.")}
+    assert set(fields) <= set(meta)
+    for k, f in fields.items():
+        ours, theirs = meta[k], f.contents()
+        if isinstance(ours, (list, np.ndarray)):
+            assert list(np.asarray(ours)) == list(np.asarray(theirs)), k
+        else:
+            assert ours == theirs, k
