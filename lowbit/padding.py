@@ -305,21 +305,24 @@ def fix_gguf(src: str | os.PathLike, out: str | os.PathLike | None = None, pad: 
 
 
 def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
-    """Existing uint32 key: copy the bytes and patch the value in place in the copy (gguf-py's
-    gguf_set_metadata way). Missing key: rewrite through GGUFWriter (gguf_new_metadata's copy)."""
+    """Existing uint32 key: copy the bytes and patch the 4-byte value in the copy (what gguf-py's
+    gguf_set_metadata does in place). Missing key: rewrite through gguf-py's GGUFWriter
+    (gguf_new_metadata's copy_with_new_metadata)."""
+    import struct
+
+    from lowbit.tokens import gguf_layout
+
+    layout = gguf_layout(src, tensors=False)
+    if PAD_KEY in layout.value_offsets and layout.value_offsets[PAD_KEY][1] in (4, 5):  # uint32 / int32
+        shutil.copyfile(src, dst)
+        with open(dst, "r+b") as f:
+            f.seek(layout.value_offsets[PAD_KEY][0])
+            f.write(struct.pack("<I", pid))
+        return
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     reader = GGUFReader(src)
-    f = reader.get_field(PAD_KEY)
-    if f is not None and len(f.types) == 1 and f.types[0] in (GGUFValueType.UINT32, GGUFValueType.INT32):
-        shutil.copyfile(src, dst)
-        patch = GGUFReader(dst, "r+")
-        pf = patch.get_field(PAD_KEY)
-        pf.parts[pf.data[0]][0] = pid
-        patch.data.flush()
-        del patch
-        return
     arch = reader.get_field("general.architecture").contents()
     writer = GGUFWriter(dst, arch=arch, endianess=reader.endianess)
     align = reader.get_field("general.alignment")
@@ -331,41 +334,44 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
 def verify_only_pad_changed(original: str | os.PathLike, new: str | os.PathLike, pid: int) -> dict:
     """Raise unless `new` equals `original` in every tensor (name, type, shape, bytes) and every key
     except the pad ID, which must be `pid`. Returns counts of what was compared."""
-    from gguf import GGUFReader
+    import mmap
 
-    a, b = GGUFReader(original), GGUFReader(new)
-    skip = {PAD_KEY, "GGUF.kv_count"}
-    keys_a = [k for k in a.fields if k not in skip]
-    keys_b = [k for k in b.fields if k not in skip]
-    if keys_a != keys_b:
-        raise LowbitError(f"verification failed: keys differ {sorted(set(keys_a) ^ set(keys_b))}")
-    for k in keys_a:
-        fa, fb = a.fields[k], b.fields[k]
-        if fa.types != fb.types or _field_bytes(fa) != _field_bytes(fb):
-            raise LowbitError(f"verification failed: key {k} changed")
-    got = b.get_field(PAD_KEY)
-    if got is None or int(got.contents()) != pid:
-        raise LowbitError(f"verification failed: {PAD_KEY} is not {pid} in {new}")
-    if len(a.tensors) != len(b.tensors):
-        raise LowbitError("verification failed: tensor count changed")
     import numpy as np
 
+    from lowbit.tokens import gguf_layout
+
+    a, b = gguf_layout(original), gguf_layout(new)
+    skip = {PAD_KEY, "GGUF.kv_count"}
+    keys_a = [k for k in a.meta if k not in skip]
+    keys_b = [k for k in b.meta if k not in skip]
+    if sorted(keys_a) != sorted(keys_b):
+        raise LowbitError(f"verification failed: keys differ {sorted(set(keys_a) ^ set(keys_b))}")
+    for k in keys_a:
+        va, vb = a.meta[k], b.meta[k]
+        same = (a.value_offsets.get(k, (0, -1))[1] == b.value_offsets.get(k, (0, -1))[1]) and (
+            np.array_equal(va, vb) if isinstance(va, np.ndarray) else va == vb
+        )
+        if not same:
+            raise LowbitError(f"verification failed: key {k} changed")
+    if b.meta.get(PAD_KEY) != pid:
+        raise LowbitError(f"verification failed: {PAD_KEY} is not {pid} in {new}")
+    if [t[:3] for t in a.tensors] != [t[:3] for t in b.tensors]:
+        raise LowbitError("verification failed: tensor names, shapes or types changed")
     nbytes = 0
-    for ta, tb in zip(a.tensors, b.tensors, strict=True):
-        if (ta.name, ta.tensor_type, list(ta.shape)) != (tb.name, tb.tensor_type, list(tb.shape)):
-            raise LowbitError(f"verification failed: tensor {ta.name} changed its name, type or shape")
-        if not np.array_equal(np.asarray(ta.data).view(np.uint8), np.asarray(tb.data).view(np.uint8)):
-            raise LowbitError(f"verification failed: data of tensor {ta.name} changed")
-        nbytes += int(ta.n_bytes)
+    with open(original, "rb") as fa, open(new, "rb") as fb:
+        with (
+            mmap.mmap(fa.fileno(), 0, access=mmap.ACCESS_READ) as ma,
+            mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb,
+        ):
+            for (name, dims, ttype, off_a), (_, _, _, off_b) in zip(a.tensors, b.tensors, strict=True):
+                n = a.tensor_bytes(ttype, dims)
+                sa, sb = a.data_start + off_a, b.data_start + off_b
+                step = 64 * 2**20
+                for i in range(0, n, step):
+                    if ma[sa + i : sa + min(n, i + step)] != mb[sb + i : sb + min(n, i + step)]:
+                        raise LowbitError(f"verification failed: data of tensor {name} changed")
+                nbytes += n
     return {"keys": len(keys_a), "tensors": len(a.tensors), "tensor_bytes": nbytes}
-
-
-def _field_bytes(f) -> bytes:
-    return (
-        b"".join(bytes(f.parts[i]) for i in range(3, len(f.parts)))
-        if len(f.parts) > 3
-        else b"".join(bytes(p) for p in f.parts)
-    )
 
 
 def fix(path: str | os.PathLike, out: str | os.PathLike | None = None, pad: str | None = None) -> Path:
