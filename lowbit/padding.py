@@ -262,7 +262,7 @@ def fix_gguf(src: str | os.PathLike, out: str | os.PathLike | None = None, pad: 
     m = _SPLIT_RE.search(src.name)
     default = (src.name[: m.start()] + "-padfix" + src.name[m.start() :]) if m else src.stem + "-padfix.gguf"
     out = Path(out) if out else src.with_name(default)
-    if out.is_dir():
+    if out.is_dir() or out.suffix != ".gguf":  # a folder: keep the file name
         out = out / src.name
     if out.resolve() == src.resolve():
         raise LowbitError("the fixed GGUF must be a new file; the original is kept (choose another --out)")
