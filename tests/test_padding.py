@@ -138,7 +138,7 @@ def test_fix_gguf_refuses_to_add_a_token(r1_copy, tmp_path):
     assert not (tmp_path / "tiny-padfix.gguf").exists()
 
 
-def test_fix_replica_gguf(tmp_path):
+def test_fix_replica_gguf(tmp_path, llama_build):
     """The r1 replica, converted with the real R1 tokenizer, carries pad = EOS; the fix makes it 2."""
     from lowbit import replicas
 
@@ -146,6 +146,11 @@ def test_fix_replica_gguf(tmp_path):
     assert load_vocab(src).pad_id == load_vocab(src).eos_id
     out = fix_gguf(src, tmp_path)  # a directory: the set keeps its names
     assert load_vocab(out).pad_id == 2
+    from lowbit.chat import generate
+
+    assert generate(out, "<｜User｜>hi<｜Assistant｜>", n_predict=2)["prompt_ids"], (
+        "llama.cpp loads the fixed set"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in src.parent.glob("*-of-*.gguf")
     )
