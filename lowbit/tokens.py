@@ -112,11 +112,13 @@ def _token_content(value) -> str | None:
 def _load_hf(tokenizer_json: Path, directory: Path | None) -> Vocab:
     try:
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-        vocab: dict[str, int] = dict(data["model"]["vocab"])
+        raw_vocab = data["model"]["vocab"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise LowbitError(f"{tokenizer_json} is not a Hugging Face tokenizer.json ({exc})") from exc
-    if isinstance(vocab, list):  # unigram models store [piece, score] pairs
-        vocab = {piece: i for i, (piece, _score) in enumerate(vocab)}
+    if isinstance(raw_vocab, list):  # unigram models store [piece, score] pairs
+        vocab = {piece: i for i, (piece, _score) in enumerate(raw_vocab)}
+    else:
+        vocab = dict(raw_vocab)
     added = {a["id"]: a["content"] for a in data.get("added_tokens", [])}
     size = max([*vocab.values(), *added, -1]) + 1
     tokens: list[str | None] = [None] * size
