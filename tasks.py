@@ -326,3 +326,44 @@ def notebooks(c):
 def lab(c, port=0, browser=False):
     """Open the lessons in JupyterLab (loopback, token auth, the lowbit kernel); Ctrl-C stops it."""
     _kit(c, "lowbit.lab:lab", port=int(port), browser=browser)
+
+# --- chat templates, special tokens and padding (lowbit/chat.py, tokens.py, padding.py) ------
+
+
+@task(
+    help={
+        "model": "catalog name, GGUF file or HF tokenizer directory",
+        "message": "the user message to render",
+        "system": "an optional system prompt",
+        "no_fix": "leave the rendered text as is (shows a double BOS where there is one)",
+    }
+)
+def template(c, model, message="Hello! What is 1+1?", system=None, no_fix=False):
+    """Render a message with the model's own chat template; print the prompt and its token IDs."""
+    _kit(c, "lowbit.chat:template_command", model=model, message=message, system=system, no_fix=no_fix)
+
+
+@task(
+    iterable=["model", "base"],
+    help={
+        "model": "a tokenizer (catalog name, GGUF, HF dir, tokenizer.json); repeat for the remap table",
+        "base": "MODEL=PATH: the base tokenizer of MODEL, for the 'same ID in base' column (repeatable)",
+        "json": "print role -> ID as JSON",
+    },
+)
+def tokens(c, model=None, base=None, json=False):
+    """Special tokens (BOS/EOS/PAD/UNK, think tags, role tokens) with IDs, across models."""
+    _kit(c, "lowbit.tokens:tokens_command", model=model, base=base, as_json=json)
+
+
+@task(
+    help={
+        "path": "HF tokenizer/model directory or GGUF file (shard 00001 for a split set)",
+        "pad": "pad token to use (default: the family's dedicated pad token)",
+        "out": "where to write the fixed copy (default: NAME-padfix next to the original)",
+        "check": "only audit, write nothing (exit 1 if the padding is wrong)",
+    }
+)
+def fix_padding(c, path, pad=None, out=None, check=False):
+    """Audit the pad token (pad = EOS, missing, out of range) and write a fixed copy."""
+    _kit(c, "lowbit.padding:fix_padding_command", path=path, pad=pad, out=out, check=check)
