@@ -35,6 +35,7 @@ SOURCES = ("sdist", "git", "PATH (a local llama.cpp checkout)")
 TARGETS = (
     "llama-cli", "llama-completion", "llama-server", "llama-gguf-split", "llama-quantize",
     "llama-imatrix", "llama-perplexity", "llama-bench", "ggml-rpc-server",
+    "llama-tokenize",  # vocabulary-only tokenization (no model load) for the template lessons
 )
 STAMP = "lowbit-build.json"
 MIN_FREE_DISK = {"cpu": 3e9, "metal": 3e9, "vulkan": 4e9, "cuda": 8e9}
@@ -482,8 +483,10 @@ def build_llama(backend: str = "auto", source: str = "sdist", cuda_arch: str | N
     final = root / key
     existing = load_build(final)
     if existing is not None and not force:
-        _activate(existing)
-        return existing
+        if all((existing.bin_dir / t).exists() for t in TARGETS):
+            _activate(existing)
+            return existing
+        existing = None  # a kit update added targets: build just those, in place (incremental)
 
     # A first build of this key compiles in place, resuming an interrupted attempt (same key = same
     # flags, so ninja/make pick up where they stopped). A forced rebuild compiles beside the good build.

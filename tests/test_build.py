@@ -168,3 +168,12 @@ def test_git_source_failure_explains_and_leaves_nothing(tmp_path, monkeypatch):
         build.llama_source("git")
     assert "--source sdist" in str(exc.value)
     assert not any((tmp_path / "src").glob("llama.cpp-*")), "no half-cloned tree under the final name"
+
+
+def test_cached_build_missing_a_target_is_topped_up_in_place(llama_build):
+    """A kit update that adds a target rebuilds only that target, in the same build (same key)."""
+    tool = llama_build.bin_dir / "llama-tokenize"
+    tool.unlink(missing_ok=True)
+    again = build.build_llama(backend=llama_build.backend)
+    assert again.key == llama_build.key and again.fresh
+    assert tool.exists() and build.active_build().key == llama_build.key
