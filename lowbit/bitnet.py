@@ -1,4 +1,4 @@
-"""BitNet b1.58 2B4T on llama.cpp: replica checkpoints, conversion to TQ2_0/TQ1_0, reference check, perplexity.
+"""BitNet b1.58 2B4T on llama.cpp: replicas, conversion to TQ2_0/TQ1_0, reference check, perplexity.
 
 2B4T differs from the 1bitLLM BitNet models mainline llama.cpp was written for: a squared-ReLU FFN
 (`hidden_act: relu2`), `attn_sub_norm`/`ffn_sub_norm` tensor names, tied embeddings and the Llama 3 BPE
@@ -49,9 +49,16 @@ MIN_CLANG = 18
 # a 2B4T-layout checkpoint with random weights
 
 
-def make_hf_checkpoint(dest: Path, seed: int = 0, hidden: int = 256, layers: int = 2, heads: int | None = None,
-                       kv_heads: int | None = None, intermediate: int | None = None) -> Path:
-    """Save a BitNet b1.58 2B4T-layout HF checkpoint with random bf16 master weights and the Llama 3 tokenizer.
+def make_hf_checkpoint(
+    dest: Path,
+    seed: int = 0,
+    hidden: int = 256,
+    layers: int = 2,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+) -> Path:
+    """Save a BitNet b1.58 2B4T-layout HF checkpoint: random bf16 master weights, the Llama 3 tokenizer.
 
     Configured like microsoft/bitnet-b1.58-2B-4T-bf16: ReLU^2 FFN, attention/FFN sub-norms, tied
     embeddings, 128256-token Llama 3 vocabulary, GQA 4:1, online BitNet quantization in config.json.
@@ -64,17 +71,30 @@ def make_hf_checkpoint(dest: Path, seed: int = 0, hidden: int = 256, layers: int
     kv_heads = kv_heads or max(1, heads // 4)
     intermediate = intermediate or int(math.ceil(hidden * 2.7 / 256) * 256)
     if hidden % 256 or intermediate % 256:
-        raise LowbitError(f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 256 for TQ types")
+        raise LowbitError(
+            f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 256 for TQ types"
+        )
     dest = Path(dest)
     config = transformers.BitNetConfig(
-        vocab_size=LLAMA3_VOCAB, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act="relu2", max_position_embeddings=4096,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+        vocab_size=LLAMA3_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        hidden_act="relu2",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     )
     torch.manual_seed(seed)
     model = transformers.BitNetForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = transformers.GenerationConfig(bos_token_id=128000, eos_token_id=[128001, 128009])
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=128000, eos_token_id=[128001, 128009]
+    )
     transformers.utils.logging.disable_progress_bar()
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -108,22 +128,37 @@ def _save_llama3_tokenizer(dest: Path) -> None:
         "type": "Sequence",
         "processors": [
             {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-            {"type": "TemplateProcessing",
-             "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                        {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                      {"Sequence": {"id": "A", "type_id": 0}},
-                      {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
-                      {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
-                                                      "tokens": ["<|begin_of_text|>"]}}},
+            {
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [
+                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                ],
+                "special_tokens": {
+                    "<|begin_of_text|>": {
+                        "id": "<|begin_of_text|>",
+                        "ids": [128000],
+                        "tokens": ["<|begin_of_text|>"],
+                    }
+                },
+            },
         ],
     }
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "tokenizer.json"
         source.write_text(json.dumps(data, ensure_ascii=False))
-        fast = PreTrainedTokenizerFast(tokenizer_file=str(source), bos_token="<|begin_of_text|>",
-                                       eos_token="<|eot_id|>", model_max_length=4096)
+        fast = PreTrainedTokenizerFast(
+            tokenizer_file=str(source),
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            model_max_length=4096,
+        )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(dest)
     path = dest / "tokenizer_config.json"
@@ -135,8 +170,10 @@ def _save_llama3_tokenizer(dest: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     (dest / "chat_template.jinja").unlink(missing_ok=True)
     if len(PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"))) != LLAMA3_VOCAB:
-        raise LowbitError(f"the Llama 3 tokenizer made from {models / 'ggml-vocab-llama-bpe.gguf'} does not have "
-                          f"{LLAMA3_VOCAB} tokens")
+        raise LowbitError(
+            f"the Llama 3 tokenizer made from {models / 'ggml-vocab-llama-bpe.gguf'} does not have "
+            f"{LLAMA3_VOCAB} tokens"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,17 +184,23 @@ def check_checkpoint(src: Path) -> dict:
     """config.json of a 2B4T-layout checkpoint, or a LowbitError saying what does not fit."""
     cfg_path = src / "config.json"
     if not cfg_path.exists():
-        raise LowbitError(f"{src} has no config.json: bitnet-convert needs a Hugging Face checkpoint folder "
-                          "(e.g. microsoft/bitnet-b1.58-2B-4T-bf16 after `invoke fetch`)")
+        raise LowbitError(
+            f"{src} has no config.json: bitnet-convert needs a Hugging Face checkpoint folder "
+            "(e.g. microsoft/bitnet-b1.58-2B-4T-bf16 after `invoke fetch`)"
+        )
     cfg = json.loads(cfg_path.read_text())
     archs = cfg.get("architectures") or []
     if cfg.get("model_type") != "bitnet" and not set(archs) & set(ARCHITECTURES):
-        raise LowbitError(f"{src} is not a BitNet checkpoint (model_type {cfg.get('model_type')!r}, architectures "
-                          f"{archs}); bitnet-convert handles BitNet b1.58 2B4T layouts only")
+        raise LowbitError(
+            f"{src} is not a BitNet checkpoint (model_type {cfg.get('model_type')!r}, architectures "
+            f"{archs}); bitnet-convert handles BitNet b1.58 2B4T layouts only"
+        )
     problems = []
     if cfg.get("hidden_act") != "relu2":
-        problems.append(f"hidden_act is {cfg.get('hidden_act')!r}, 2B4T uses 'relu2' (1bitLLM bitnet_b1_58 "
-                        "models convert with llama.cpp's own convert_hf_to_gguf.py)")
+        problems.append(
+            f"hidden_act is {cfg.get('hidden_act')!r}, 2B4T uses 'relu2' (1bitLLM bitnet_b1_58 "
+            "models convert with llama.cpp's own convert_hf_to_gguf.py)"
+        )
     if not (src / "tokenizer.json").exists():
         problems.append("no tokenizer.json (2B4T ships the Llama 3 BPE tokenizer)")
     for key in ("hidden_size", "intermediate_size"):
@@ -167,7 +210,9 @@ def check_checkpoint(src: Path) -> dict:
     if names and not any(n.endswith("mlp.ffn_sub_norm.weight") for n in names):
         problems.append("no mlp.ffn_sub_norm / self_attn.attn_sub_norm tensors (not the 2B4T layout)")
     if problems:
-        raise LowbitError(f"{src} is not a BitNet b1.58 2B4T-layout checkpoint:\n  - " + "\n  - ".join(problems))
+        raise LowbitError(
+            f"{src} is not a BitNet b1.58 2B4T-layout checkpoint:\n  - " + "\n  - ".join(problems)
+        )
     return cfg
 
 
@@ -199,13 +244,15 @@ def require_patched_build(build=None):
     build = build or active_build()
     missing = [p for p in PATCHES if p not in build.patches]
     if missing:
-        raise LowbitError(f"the active llama.cpp build ({build.directory}) lacks {', '.join(missing)}: it would "
-                          "run BitNet 2B4T with a SiLU FFN. Rebuild with `invoke build-llama`.")
+        raise LowbitError(
+            f"the active llama.cpp build ({build.directory}) lacks {', '.join(missing)}: it would "
+            "run BitNet 2B4T with a SiLU FFN. Rebuild with `invoke build-llama`."
+        )
     return build
 
 
 def verify_ternary(gguf_path: Path) -> dict[str, str]:
-    """Check every BitLinear weight of a GGUF is TQ1_0/TQ2_0 with one scale per tensor; return name -> type."""
+    """Check every BitLinear weight is TQ1_0/TQ2_0 with one scale per tensor; return name -> type."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize
@@ -230,7 +277,9 @@ def verify_ternary(gguf_path: Path) -> dict[str, str]:
     if not types:
         raise LowbitError(f"{gguf_path} has no BitLinear weights ({', '.join(TERNARY_KINDS)})")
     if bad:
-        raise LowbitError(f"{gguf_path}: weights are not ternary after quantization:\n  - " + "\n  - ".join(bad[:8]))
+        raise LowbitError(
+            f"{gguf_path}: weights are not ternary after quantization:\n  - " + "\n  - ".join(bad[:8])
+        )
     return types
 
 
@@ -246,7 +295,7 @@ def converter_script() -> Path:
 
 
 def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: int | None = None) -> Path:
-    """Convert a 2B4T-layout HF checkpoint to a TQ2_0/TQ1_0 GGUF; written under a temporary name, verified, renamed."""
+    """Convert a 2B4T-layout HF checkpoint to TQ2_0/TQ1_0: written to a temporary name, verified, renamed."""
     from gguf import GGUFReader
 
     from lowbit.build import active_build
@@ -259,8 +308,10 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
     check_checkpoint(src)
     build = active_build()
     if qtype not in build_quant_types(build):
-        raise LowbitError(f"the llama.cpp build at {build.bin_dir} has no {qtype} quantization; "
-                          "rebuild it with `invoke build-llama --force`")
+        raise LowbitError(
+            f"the llama.cpp build at {build.bin_dir} has no {qtype} quantization; "
+            "rebuild it with `invoke build-llama --force`"
+        )
     out = Path(out) if out else src / f"ggml-model-{quant.lower()}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".bitnet-convert-", dir=out.parent))
@@ -269,22 +320,48 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
         step(f"converting {src.name} (ternarizing BitLinear weights) with the patched convert_hf_to_gguf.py")
         # the converter must use the patched tree's gguf-py (it knows the 2B4T tensor names)
         env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-        _run([sys.executable, str(converter_script()), str(src), "--outtype", "bf16", "--outfile", str(master)],
-             "convert_hf_to_gguf.py", env=env)
+        _run(
+            [
+                sys.executable,
+                str(converter_script()),
+                str(src),
+                "--outtype",
+                "bf16",
+                "--outfile",
+                str(master),
+            ],
+            "convert_hf_to_gguf.py",
+            env=env,
+        )
         step(f"quantizing to {qtype} with llama-quantize")
         tmp = work / out.name
-        log = _run([str(build.tool("llama-quantize")), str(master), str(tmp), qtype,
-                    str(threads or os.cpu_count() or 2)], "llama-quantize")
+        log = _run(
+            [
+                str(build.tool("llama-quantize")),
+                str(master),
+                str(tmp),
+                qtype,
+                str(threads or os.cpu_count() or 2),
+            ],
+            "llama-quantize",
+        )
         if "fallback" in log and re.search(r"(\d+) of \d+ tensor\(s\) required fallback", log):
-            raise LowbitError(f"llama-quantize fell back from {qtype} for some tensors:\n"
-                              + "\n".join(line for line in log.splitlines() if "fallback" in line))
+            raise LowbitError(
+                f"llama-quantize fell back from {qtype} for some tensors:\n"
+                + "\n".join(line for line in log.splitlines() if "fallback" in line)
+            )
         verify_ternary(tmp)
         reader = GGUFReader(tmp)
-        act = bytes(reader.fields["bitnet.hidden_activation"].parts[-1]).decode() \
-            if "bitnet.hidden_activation" in reader.fields else None
+        act = (
+            bytes(reader.fields["bitnet.hidden_activation"].parts[-1]).decode()
+            if "bitnet.hidden_activation" in reader.fields
+            else None
+        )
         if act != "relu2":
-            raise LowbitError(f"the converted GGUF records hidden_activation={act!r}, not 'relu2': the converter "
-                              "lacks the BitNet patch (patches/0001-bitnet-2b4t-convert.patch)")
+            raise LowbitError(
+                f"the converted GGUF records hidden_activation={act!r}, not 'relu2': the converter "
+                "lacks the BitNet patch (patches/0001-bitnet-2b4t-convert.patch)"
+            )
         os.replace(tmp, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -306,8 +383,10 @@ def convert_command(src: str, quant: str = "tq2_0", out: str | None = None) -> i
     resolved = resolve_model(src)
     path = resolved.path
     if path is None or not Path(path).is_dir():
-        raise LowbitError(f"{src!r} is not a local checkpoint folder; download it first "
-                          f"(`invoke fetch --model {resolved.repo_id or src}`) or pass its path")
+        raise LowbitError(
+            f"{src!r} is not a local checkpoint folder; download it first "
+            f"(`invoke fetch --model {resolved.repo_id or src}`) or pass its path"
+        )
     result = convert(Path(path), quant=quant, out=Path(out) if out else None)
     print(f"wrote {result} ({human_bytes(result.stat().st_size)})")
     return 0
@@ -318,9 +397,11 @@ def convert_command(src: str, quant: str = "tq2_0", out: str | None = None) -> i
 
 
 SAMPLE_TEXT = (
-    "BitNet b1.58 stores every weight of its linear layers as minus one, zero or plus one, with one scale per "
+    "BitNet b1.58 stores every weight of its linear layers as minus one, zero or plus one, with one scale "
+    "per "
     "matrix, and quantizes the activations to eight bits per token. The model was trained that way from the "
-    "start on four trillion tokens, so nothing is lost when it runs with ternary weights. On a laptop CPU the "
+    "start on four trillion tokens, so nothing is lost when it runs with ternary weights. On a laptop CPU "
+    "the "
     "matrix products become additions and subtractions, memory traffic drops by a factor of eight compared "
     "with sixteen-bit weights, and decoding speed is limited by how fast the cores can unpack two-bit codes. "
 )
@@ -339,8 +420,11 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return (self.correlation >= MIN_CORRELATION and self.top10_overlap >= MIN_TOP10_OVERLAP
-                and self.rel_error <= MAX_REL_ERROR)
+        return (
+            self.correlation >= MIN_CORRELATION
+            and self.top10_overlap >= MIN_TOP10_OVERLAP
+            and self.rel_error <= MAX_REL_ERROR
+        )
 
     def as_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -358,15 +442,17 @@ def sample_tokens(hf_dir: Path, n: int) -> list[int]:
 
 
 def reference_logits(hf_dir: Path, tokens: list[int]):
-    """Logits of transformers' BitNetForCausalLM with online BitNet quantization (ternary weights, int8 acts)."""
+    """Logits of transformers' BitNetForCausalLM, online BitNet quantization (ternary weights, int8 acts)."""
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # the quantizer's @torch.compile needs no compiler then
     import torch
     from transformers import BitNetForCausalLM
 
     cfg = json.loads((Path(hf_dir) / "config.json").read_text())
     if (cfg.get("quantization_config") or {}).get("quantization_mode") != "online":
-        raise LowbitError(f"{hf_dir}/config.json has no online BitNet quantization_config {ONLINE_QUANT}: the "
-                          "reference would run full-precision weights that nothing ternary can match")
+        raise LowbitError(
+            f"{hf_dir}/config.json has no online BitNet quantization_config {ONLINE_QUANT}: the "
+            "reference would run full-precision weights that nothing ternary can match"
+        )
     model = BitNetForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     model.eval()
     with torch.no_grad():
@@ -382,9 +468,17 @@ def llama_logits(gguf_path: Path, tokens: list[int], activation: str | None = No
 
     llama_cpp = import_llama_cpp()
     overrides = {"bitnet.hidden_activation": activation} if activation else None
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=len(tokens) + 8, n_batch=len(tokens) + 8,
-                          n_ubatch=len(tokens) + 8, logits_all=True, n_threads=threads, kv_overrides=overrides,
-                          verbose=False, seed=0)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path),
+        n_ctx=len(tokens) + 8,
+        n_batch=len(tokens) + 8,
+        n_ubatch=len(tokens) + 8,
+        logits_all=True,
+        n_threads=threads,
+        kv_overrides=overrides,
+        verbose=False,
+        seed=0,
+    )
     try:
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
@@ -413,14 +507,21 @@ def compare_logits(ref, got, activation: str) -> CheckResult:
     corr = (rc * gc).sum(1) / np.sqrt((rc * rc).sum(1) * (gc * gc).sum(1))
     top_ref = np.argsort(-ref, axis=1)[:, :10]
     top_got = np.argsort(-got, axis=1)[:, :10]
-    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got)])
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got, strict=True)])
     rel = np.median(np.abs(ref - got).mean(1) / ref.std(1))
-    return CheckResult(positions=len(ref), correlation=float(corr.mean()), top1=float((top_ref[:, 0] == top_got[:, 0]).mean()),
-                       top10_overlap=float(overlap), rel_error=float(rel), activation=activation)
+    return CheckResult(
+        positions=len(ref),
+        correlation=float(corr.mean()),
+        top1=float((top_ref[:, 0] == top_got[:, 0]).mean()),
+        top10_overlap=float(overlap),
+        rel_error=float(rel),
+        activation=activation,
+    )
 
 
-def reference_check(hf_dir: Path, gguf_path: Path, positions: int = 256, activation: str | None = None,
-                    threads: int = 2) -> CheckResult:
+def reference_check(
+    hf_dir: Path, gguf_path: Path, positions: int = 256, activation: str | None = None, threads: int = 2
+) -> CheckResult:
     """Compare llama.cpp's logits on `gguf_path` with the reference's on `hf_dir` over `positions` tokens."""
     tokens = sample_tokens(hf_dir, positions)
     ref = reference_logits(hf_dir, tokens)
@@ -428,7 +529,9 @@ def reference_check(hf_dir: Path, gguf_path: Path, positions: int = 256, activat
     return compare_logits(ref, got, activation or "from GGUF (relu2)")
 
 
-def check_command(model: str, gguf: str | None = None, positions: int = 256, activation: str | None = None) -> int:
+def check_command(
+    model: str, gguf: str | None = None, positions: int = 256, activation: str | None = None
+) -> int:
     """`invoke bitnet-check`: print the reference check's measures; exit 1 if it fails."""
     from lowbit.catalog import resolve_model
     from lowbit.ui import print_table
@@ -442,12 +545,16 @@ def check_command(model: str, gguf: str | None = None, positions: int = 256, act
     if activation is None:
         require_patched_build()
     r = reference_check(Path(hf), gguf_path, positions=positions, activation=activation)
-    print_table("llama.cpp vs transformers BitNetForCausalLM (online quantization)", ["measure", "value", "needs"], [
-        ["mean per-position correlation", f"{r.correlation:.4f}", f">= {MIN_CORRELATION}"],
-        ["top-10 overlap", f"{r.top10_overlap:.3f}", f">= {MIN_TOP10_OVERLAP}"],
-        ["median mean|Δlogit| / std", f"{r.rel_error:.3f}", f"<= {MAX_REL_ERROR}"],
-        ["top-1 agreement", f"{r.top1:.3f}", "(reported)"],
-    ])
+    print_table(
+        "llama.cpp vs transformers BitNetForCausalLM (online quantization)",
+        ["measure", "value", "needs"],
+        [
+            ["mean per-position correlation", f"{r.correlation:.4f}", f">= {MIN_CORRELATION}"],
+            ["top-10 overlap", f"{r.top10_overlap:.3f}", f">= {MIN_TOP10_OVERLAP}"],
+            ["median mean|Δlogit| / std", f"{r.rel_error:.3f}", f"<= {MAX_REL_ERROR}"],
+            ["top-1 agreement", f"{r.top1:.3f}", "(reported)"],
+        ],
+    )
     print("PASS" if r.passed else "FAIL", f"({r.positions} positions, activation {r.activation})")
     return 0 if r.passed else 1
 
@@ -456,13 +563,25 @@ def check_command(model: str, gguf: str | None = None, positions: int = 256, act
 # perplexity: the gate for a real download
 
 
-def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, chunks: int | None = None,
-               threads: int | None = None) -> float:
-    """Final perplexity estimate of llama-perplexity on `text_file` (real 2B4T on wikitext-2: ≈17 expected)."""
+def perplexity(
+    gguf_path: Path, text_file: Path, ctx: int = 512, chunks: int | None = None, threads: int | None = None
+) -> float:
+    """llama-perplexity's final estimate on `text_file` (real 2B4T on wikitext-2: ≈17 expected)."""
     from lowbit.build import active_build
 
-    cmd = [str(active_build().tool("llama-perplexity")), "-m", str(gguf_path), "-f", str(text_file), "-c", str(ctx),
-           "-t", str(threads or os.cpu_count() or 2), "-b", str(ctx)]
+    cmd = [
+        str(active_build().tool("llama-perplexity")),
+        "-m",
+        str(gguf_path),
+        "-f",
+        str(text_file),
+        "-c",
+        str(ctx),
+        "-t",
+        str(threads or os.cpu_count() or 2),
+        "-b",
+        str(ctx),
+    ]
     if chunks:
         cmd += ["--chunks", str(chunks)]
     log = _run(cmd, "llama-perplexity")
@@ -472,9 +591,10 @@ def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, chunks: int | N
     return float(m.group(1))
 
 
-def perplexity_command(gguf: str, text: str, ctx: int = 512, chunks: int | None = None,
-                       max_ppl: float | None = None) -> int:
-    """`invoke bitnet-perplexity`: print PPL; with --max-ppl, fail above it (the real-model gate: ~17 ± a few)."""
+def perplexity_command(
+    gguf: str, text: str, ctx: int = 512, chunks: int | None = None, max_ppl: float | None = None
+) -> int:
+    """`invoke bitnet-perplexity`: print PPL; with --max-ppl, fail above it (real-model gate: ≈17)."""
     ppl = perplexity(Path(gguf), Path(text), ctx=ctx, chunks=chunks)
     print(f"perplexity {ppl:.3f} on {text} (ctx {ctx})")
     if max_ppl is not None and not ppl <= max_ppl:
@@ -508,14 +628,18 @@ def bitnet_cpp_preflight(timeout: float = 3.0) -> None:
     major = clang_version()
     if major is None or major < MIN_CLANG:
         found = f"clang {major}" if major else "no clang"
-        problems.append(f"bitnet.cpp needs clang >= {MIN_CLANG} ({found} found): e.g. `apt install clang-19` "
-                        "or https://apt.llvm.org")
+        problems.append(
+            f"bitnet.cpp needs clang >= {MIN_CLANG} ({found} found): e.g. `apt install clang-19` "
+            "or https://apt.llvm.org"
+        )
     if not shutil.which("git"):
         problems.append("git is missing (bitnet.cpp and its llama.cpp fork come from GitHub)")
     try:
         socket.create_connection(("github.com", 443), timeout=timeout).close()
     except OSError as exc:
-        problems.append(f"github.com is unreachable ({exc.__class__.__name__}): bitnet.cpp is built from "
-                        f"{BITNET_CPP_GIT} and needs network; the kit's own llama.cpp (TQ2_0) needs none")
+        problems.append(
+            f"github.com is unreachable ({exc.__class__.__name__}): bitnet.cpp is built from "
+            f"{BITNET_CPP_GIT} and needs network; the kit's own llama.cpp (TQ2_0) needs none"
+        )
     if problems:
         raise LowbitError("cannot use --engine bitnet.cpp:\n  - " + "\n  - ".join(problems))
