@@ -114,7 +114,8 @@ def bitnet_convert(c, src, quant="tq2_0", out=None):
 )
 def bitnet_check(c, model, gguf=None, positions=256, activation=None):
     """Compare llama.cpp's logits with transformers' BitNetForCausalLM (online quantization)."""
-    _kit(c, "lowbit.bitnet:check_command", model=model, gguf=gguf, positions=int(positions), activation=activation)
+    _kit(c, "lowbit.bitnet:check_command", model=model, gguf=gguf, positions=int(positions),
+         activation=activation)
 
 
 @task(

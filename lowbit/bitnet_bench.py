@@ -178,7 +178,7 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32) -> dict[str
 
 
 def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
-    """Peak RSS (bytes) of llama-completion generating 16 tokens (batch 64, so the logits buffer stays small)."""
+    """Peak RSS (bytes) of llama-completion making 16 tokens (batch 64: a small logits buffer)."""
     from lowbit.build import active_build
 
     cmd = [
@@ -199,6 +199,10 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
         "1",
         "--temp",
         "0",
+        "-b",
+        "64",
+        "-ub",
+        "64",
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
