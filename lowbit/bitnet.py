@@ -375,10 +375,20 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
     return proc.stdout + proc.stderr
 
 
-def convert_command(src: str, quant: str = "tq2_0", out: str | None = None) -> int:
+def convert_command(src: str, quant: str = "tq2_0", out: str | None = None, engine: str = "llama.cpp") -> int:
     """`invoke bitnet-convert SRC`: a catalog name, Hub repo id (fetched) or a checkpoint folder."""
     from lowbit.catalog import resolve_model
     from lowbit.ui import human_bytes
+
+    if engine == "bitnet.cpp":
+        bitnet_cpp_preflight()
+        raise LowbitError(
+            "clang and github.com are available, but lowbit does not drive bitnet.cpp's build itself yet: "
+            f"clone {BITNET_CPP_GIT} (--recursive) and run its `setup_env.py -md SRC -q i2_s`, then check the "
+            "result with `invoke bitnet-perplexity` (bitnet.cpp's head has a ReLU²->SiLU regression)"
+        )
+    if engine != "llama.cpp":
+        raise LowbitError(f"unknown --engine {engine!r}; choose llama.cpp (default) or bitnet.cpp")
 
     resolved = resolve_model(src)
     path = resolved.path
@@ -643,3 +653,49 @@ def bitnet_cpp_preflight(timeout: float = 3.0) -> None:
         )
     if problems:
         raise LowbitError("cannot use --engine bitnet.cpp:\n  - " + "\n  - ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# for the lesson
+
+
+def checkpoint_for(model: str) -> Path:
+    """The HF checkpoint for `model`: "bitnet" is the replica (built if missing), else a catalog name/path."""
+    if model == "bitnet":
+        try:
+            from lowbit.replicas import ensure_replica, hf_dir
+
+            ensure_replica("bitnet")
+            return hf_dir("bitnet")
+        except ImportError:
+            from lowbit.paths import models_dir
+
+            dest = models_dir() / "bitnet-replica" / "hf"
+            if not (dest / "tokenizer.json").exists():
+                make_hf_checkpoint(dest, seed=0, hidden=256, layers=2)
+            return dest
+    from lowbit.catalog import resolve_model
+
+    path = resolve_model(model).path
+    if path is None or not Path(path).is_dir():
+        raise LowbitError(f"{model!r} has no local checkpoint folder: `invoke fetch --model {model}` first")
+    return Path(path)
+
+
+def gguf_for(model: str, quant: str = "tq2_0") -> Path:
+    """The converted GGUF next to the checkpoint (converted on first use)."""
+    hf = checkpoint_for(model)
+    out = hf / f"ggml-model-{quant.lower()}.gguf"
+    return out if out.exists() else convert(hf, quant, out)
+
+
+def ternary_view(gguf_path: Path, tensor: str = "blk.0.ffn_up.weight", rows: int = 4, cols: int = 12):
+    """(codes in {-1,0,+1}, scale) of the top-left corner of one BitLinear weight."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    t = next(t for t in GGUFReader(gguf_path).tensors if t.name == tensor)
+    values = dequantize(np.asarray(t.data)[:rows], t.tensor_type)[:, :cols]
+    scale = float(np.abs(values[values != 0]).max())
+    return np.rint(values / scale).astype(int), scale
