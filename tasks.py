@@ -97,7 +97,7 @@ def test(c, k=None, no_notebooks=False, lint=True):
         "src": "2B4T-layout checkpoint: folder, catalog name or Hub repo id (fetched first)",
         "quant": "tq2_0 (2.06 bpw, fastest) or tq1_0 (1.69 bpw, smallest)",
         "out": "output GGUF (default: SRC/ggml-model-QUANT.gguf)",
-        "engine": "llama.cpp (default) or bitnet.cpp (checks clang >= 18 and network, explains what is missing)",
+        "engine": "llama.cpp (default) or bitnet.cpp (checks clang >= 18 and network, says what is missing)",
     }
 )
 def bitnet_convert(c, src, quant="tq2_0", out=None, engine="llama.cpp"):

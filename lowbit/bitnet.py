@@ -383,8 +383,8 @@ def convert_command(src: str, quant: str = "tq2_0", out: str | None = None, engi
     if engine == "bitnet.cpp":
         bitnet_cpp_preflight()
         raise LowbitError(
-            "clang and github.com are available, but lowbit does not drive bitnet.cpp's build itself yet: "
-            f"clone {BITNET_CPP_GIT} (--recursive) and run its `setup_env.py -md SRC -q i2_s`, then check the "
+            "clang and github.com are available, but lowbit does not drive bitnet.cpp's build yet: "
+            f"clone {BITNET_CPP_GIT} (--recursive), run its `setup_env.py -md SRC -q i2_s`, then check the "
             "result with `invoke bitnet-perplexity` (bitnet.cpp's head has a ReLU²->SiLU regression)"
         )
     if engine != "llama.cpp":
