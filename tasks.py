@@ -367,3 +367,58 @@ def tokens(c, model=None, base=None, json=False):
 def fix_padding(c, path, pad=None, out=None, check=False):
     """Audit the pad token (pad = EOS, missing, out of range) and write a fixed copy."""
     _kit(c, "lowbit.padding:fix_padding_command", path=path, pad=pad, out=out, check=check)
+
+# --- BitNet b1.58 2B4T (lowbit.bitnet, benchmarks/bitnet.py) ----------------------------------
+
+
+@task(
+    help={
+        "src": "2B4T-layout checkpoint: folder, catalog name or Hub repo id (fetched first)",
+        "quant": "tq2_0 (2.06 bpw, fastest) or tq1_0 (1.69 bpw, smallest)",
+        "out": "output GGUF (default: SRC/ggml-model-QUANT.gguf)",
+        "engine": "llama.cpp (default) or bitnet.cpp (checks clang >= 18 and network, says what is missing)",
+    }
+)
+def bitnet_convert(c, src, quant="tq2_0", out=None, engine="llama.cpp"):
+    """Convert a BitNet b1.58 2B4T checkpoint to a TQ2_0/TQ1_0 GGUF (verified, then renamed into place)."""
+    _kit(c, "lowbit.bitnet:convert_command", src=src, quant=quant, out=out, engine=engine)
+
+
+@task(
+    help={
+        "model": "the HF checkpoint (reference): folder or catalog name",
+        "gguf": "GGUF to check (default: MODEL/ggml-model-tq2_0.gguf, converted if missing)",
+        "positions": "token positions compared",
+        "activation": "override the GGUF's FFN activation (silu shows what mainline's graph gives)",
+    }
+)
+def bitnet_check(c, model, gguf=None, positions=256, activation=None):
+    """Compare llama.cpp's logits with transformers' BitNetForCausalLM (online quantization)."""
+    _kit(c, "lowbit.bitnet:check_command", model=model, gguf=gguf, positions=int(positions),
+         activation=activation)
+
+
+@task(
+    help={
+        "gguf": "the converted GGUF",
+        "text": "a text file (wikitext-2 test set for the published ≈17)",
+        "ctx": "context per chunk",
+        "chunks": "limit the number of chunks",
+        "max_ppl": "fail above this perplexity (the gate for a real download)",
+    }
+)
+def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None):
+    """Perplexity of a BitNet GGUF with llama-perplexity (correctness gate for real downloads)."""
+    _kit(c, "lowbit.bitnet:perplexity_command", gguf=gguf, text=text, ctx=int(ctx),
+         chunks=int(chunks) if chunks else None, max_ppl=float(max_ppl) if max_ppl else None)
+
+
+@task(
+    help={
+        "rounds": "interleaved rounds (medians are reported)",
+        "reduced": "a reduced shape instead of the full 2B4T shape (quick look)",
+    }
+)
+def bitnet_bench(c, rounds=4, reduced=False):
+    """Speed and memory of the 2B4T shape: TQ2_0/TQ1_0 vs Q4_0, 1 and 2 threads, roofline."""
+    _kit(c, "lowbit.bitnet_bench:bench_command", rounds=int(rounds), reduced=reduced)

@@ -1,0 +1,22 @@
+"""BitNet b1.58 2B4T shape on CPU: TQ2_0 / TQ1_0 vs Q4_0 decode and prompt tok/s, memory split, roofline.
+
+Usage: python benchmarks/bitnet.py [--rounds 4] [--reduced]   (same as `invoke bitnet-bench`)
+Everything is measured in one run; ratios are to Q4_0 of the same shape, medians of interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lowbit.bitnet_bench import bench_command  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--reduced", action="store_true", help="a reduced shape (quick look)")
+    args = parser.parse_args()
+    sys.exit(bench_command(rounds=args.rounds, reduced=args.reduced))

@@ -1,0 +1,372 @@
+"""Speed and memory of the BitNet b1.58 2B4T *shape* on CPU: TQ2_0 and TQ1_0 against Q4_0.
+
+Random ternary weights (speed and memory do not depend on the values) are written with gguf-py as a
+TQ2_0 master file; llama-quantize then makes each benchmarked type with its own recipe, so the files are
+what `bitnet-convert` would produce for the real model. llama-bench measures prompt and decode tok/s,
+interleaved over rounds (medians); peak RSS comes from the OS for one llama-completion run per type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit import LowbitError
+
+PAPER_WEIGHTS_GB = 0.4  # arXiv 2504.12285, non-embedding weights
+PAPER_MS_PER_TOKEN = 29.0  # same paper, CPU decode
+TYPES = ("TQ2_0", "TQ1_0", "Q4_0")
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int = 2560
+    layers: int = 30
+    ffn: int = 6912
+    heads: int = 20
+    kv_heads: int = 5
+    vocab: int = 128256
+
+
+FULL = Shape()
+REDUCED = Shape(hidden=1024, layers=6, ffn=2816, heads=8, kv_heads=2)
+
+
+def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
+    """A 2B4T-shape bitnet GGUF: random ternary BitLinear weights (TQ2_0), f16 embeddings, Llama 3 vocab."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
+    from lowbit.build import sdist_tree
+
+    rng = np.random.default_rng(seed)
+    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf")
+    tmp = dest.with_name(dest.name + ".tmp")
+    w = GGUFWriter(tmp, "bitnet")
+    w.add_context_length(4096)
+    w.add_embedding_length(shape.hidden)
+    w.add_block_count(shape.layers)
+    w.add_feed_forward_length(shape.ffn)
+    w.add_head_count(shape.heads)
+    w.add_head_count_kv(shape.kv_heads)
+    w.add_rope_dimension_count(shape.hidden // shape.heads)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(shape.vocab)
+    w.add_string("bitnet.hidden_activation", "relu2")  # what the patched converter writes
+    w.add_file_type(1)
+    for field in vocab.fields.values():
+        if field.name.startswith("tokenizer."):
+            value = field.contents()
+            if field.types[0].name == "ARRAY":
+                w.add_key_value(field.name, value, field.types[0], sub_type=field.types[-1])
+            else:
+                w.add_key_value(field.name, value, field.types[0])
+    # 81 byte values = all 4-tuples of 2-bit codes in {0,1,2} (-1/0/+1): random valid TQ2_0 blocks.
+    codes = np.array(
+        [
+            a | b << 2 | c << 4 | d << 6
+            for a in range(3)
+            for b in range(3)
+            for c in range(3)
+            for d in range(3)
+        ],
+        dtype=np.uint8,
+    )
+    scale = np.array([0.02], dtype=np.float16).view(np.uint8)
+
+    def ternary(rows: int, cols: int) -> np.ndarray:
+        blocks = rows * cols // 256
+        qs = codes[rng.integers(0, 81, size=(blocks, 64), dtype=np.uint8)]
+        return np.concatenate([qs, np.broadcast_to(scale, (blocks, 2))], axis=1).reshape(
+            rows, cols // 256 * 66
+        )
+
+    hd = shape.hidden // shape.heads
+    emb = (rng.standard_normal((shape.vocab, shape.hidden), dtype=np.float32) * 0.02).astype(np.float16)
+    w.add_tensor("token_embd.weight", emb)
+    w.add_tensor("output_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+    for i in range(shape.layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.attn_sub_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_sub_norm.weight", np.ones(shape.ffn, dtype=np.float32))
+        for name, rows, cols in (
+            ("attn_q", shape.hidden, shape.hidden),
+            ("attn_k", shape.kv_heads * hd, shape.hidden),
+            ("attn_v", shape.kv_heads * hd, shape.hidden),
+            ("attn_output", shape.hidden, shape.hidden),
+            ("ffn_gate", shape.ffn, shape.hidden),
+            ("ffn_up", shape.ffn, shape.hidden),
+            ("ffn_down", shape.hidden, shape.ffn),
+        ):
+            w.add_tensor(f"blk.{i}.{name}.weight", ternary(rows, cols), raw_dtype=GGMLQuantizationType.TQ2_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, dest)
+    return dest
+
+
+def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
+    """The master file plus one llama-quantize output per benchmarked type (cached in `folder`)."""
+    from lowbit.bitnet import _run
+    from lowbit.build import active_build
+    from lowbit.ui import step
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
+    master = folder / f"bitnet-shape-{tag}-master.gguf"
+    if not master.exists():
+        step(f"writing the 2B4T-shape master GGUF ({tag}, random ternary weights)")
+        make_shape_gguf(master, shape)
+    files = {}
+    for qtype in TYPES:
+        out = folder / f"bitnet-shape-{tag}-{qtype}.gguf"
+        if not out.exists():
+            step(f"llama-quantize {qtype}")
+            _run(
+                [
+                    str(active_build().tool("llama-quantize")),
+                    "--allow-requantize",
+                    str(master),
+                    str(out.with_suffix(".tmp")),
+                    qtype,
+                    str(os.cpu_count() or 2),
+                ],
+                "llama-quantize",
+            )
+            os.replace(out.with_suffix(".tmp"), out)
+        files[qtype] = out
+    return files
+
+
+def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32) -> dict[str, float]:
+    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds)."""
+    from lowbit.bitnet import _run
+    from lowbit.build import active_build
+
+    out = _run(
+        [
+            str(active_build().tool("llama-bench")),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-p",
+            str(p),
+            "-n",
+            str(n),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ],
+        "llama-bench",
+    )
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    got = {}
+    for row in rows:
+        key = "pp" if row["n_prompt"] else "tg"
+        got[key] = float(row["avg_ts"])
+    return got
+
+
+def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
+    """Peak RSS (bytes) of llama-completion making 16 tokens (batch 64: a small logits buffer)."""
+    from lowbit.build import active_build
+
+    cmd = [
+        str(active_build().tool("llama-completion")),
+        "-m",
+        str(model),
+        "-t",
+        str(threads),
+        "-c",
+        str(ctx),
+        "-n",
+        "16",
+        "-p",
+        "Hello",
+        "-no-cnv",
+        "--no-warmup",
+        "-s",
+        "1",
+        "--temp",
+        "0",
+        "-b",
+        "64",
+        "-ub",
+        "64",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-completion failed on {model} (exit {proc.returncode})")
+    return int(usage.ru_maxrss) * 1024
+
+
+def read_bandwidth(threads: int, mib: int = 256, reps: int = 5) -> float:
+    """Memory read bandwidth (bytes/s) with `threads` numpy readers over separate arrays (best of reps)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    arrays = [np.ones(mib * 2**20 // 8) for _ in range(threads)]
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(reps):
+            t = time.perf_counter()
+            list(pool.map(np.sum, arrays))
+            best = max(best, threads * mib * 2**20 / (time.perf_counter() - t))
+    return best
+
+
+def tensor_bytes(model: Path) -> tuple[int, int]:
+    """(non-embedding weight bytes, embedding bytes) of a GGUF."""
+    from gguf import GGUFReader
+
+    emb = other = 0
+    for t in GGUFReader(model).tensors:
+        if t.name == "token_embd.weight":
+            emb += int(t.n_bytes)
+        else:
+            other += int(t.n_bytes)
+    return other, emb
+
+
+def run_benchmark(
+    shape: Shape = FULL, rounds: int = 4, threads: tuple[int, ...] = (1, 2), folder: Path | None = None
+) -> dict:
+    """Measure everything in one run; return a JSON-serialisable result (also the notebook's input)."""
+    import statistics
+
+    from lowbit.paths import models_dir
+    from lowbit.ui import step
+
+    folder = folder or models_dir() / "bench"
+    files = quantized_files(folder, shape)
+    samples: dict[str, list[float]] = {}
+    for r in range(rounds):
+        step(f"round {r + 1}/{rounds}")
+        for t in threads:
+            for qtype, path in files.items():  # interleaved: every type once per round and thread count
+                for kind, value in llama_bench(path, t).items():
+                    samples.setdefault(f"{qtype}/{kind}/t{t}", []).append(value)
+    speed = {k: statistics.median(v) for k, v in samples.items()}
+    bw = {t: read_bandwidth(t) for t in threads}
+    kv_per_token = 2 * shape.layers * shape.kv_heads * (shape.hidden // shape.heads) * 2  # f16 K and V
+    memory = {}
+    for qtype, path in files.items():
+        weights, emb = tensor_bytes(path)
+        rss = peak_rss(path, ctx=512)
+        kv = kv_per_token * 512
+        memory[qtype] = {
+            "weights": weights,
+            "embeddings": emb,
+            "kv": kv,
+            "buffers": max(0, rss - weights - emb - kv),
+            "peak_rss": rss,
+        }
+    roofline = {}
+    for qtype in files:
+        per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
+        for t in threads:
+            tg = speed.get(f"{qtype}/tg/t{t}")
+            if tg:
+                roofline[f"{qtype}/t{t}"] = tg * per_token / bw[t]
+    return {
+        "shape": shape.__dict__,
+        "rounds": rounds,
+        "threads": list(threads),
+        "speed": speed,
+        "samples": samples,
+        "bandwidth": {str(t): b for t, b in bw.items()},
+        "memory": memory,
+        "roofline": roofline,
+        "cpu": _cpu_name(),
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def report(result: dict) -> None:
+    """Print the speed table (ratios to Q4_0), the memory split and the roofline fractions."""
+    from lowbit.ui import human_bytes, print_table
+
+    s = result["speed"]
+    rows = []
+    for qtype in TYPES:
+        row = [qtype]
+        for kind in ("pp", "tg"):
+            for t in result["threads"]:
+                v, ref = s.get(f"{qtype}/{kind}/t{t}"), s.get(f"Q4_0/{kind}/t{t}")
+                row.append(f"{v:.1f} ({v / ref:.2f}x)" if v and ref else "-")
+        rows.append(row)
+    cols = ["type"] + [f"{k}{64 if k == 'pp' else 32} t={t}" for k in ("pp", "tg") for t in result["threads"]]
+    print_table("tok/s, medians of interleaved rounds (ratio to Q4_0)", cols, rows)
+    mem_rows = []
+    for qtype, m in result["memory"].items():
+        ms = (
+            1000 / s[f"{qtype}/tg/t{max(result['threads'])}"]
+            if s.get(f"{qtype}/tg/t{max(result['threads'])}")
+            else 0
+        )
+        mem_rows.append(
+            [
+                qtype,
+                human_bytes(m["weights"]),
+                human_bytes(m["embeddings"]),
+                human_bytes(m["kv"]),
+                human_bytes(m["buffers"]),
+                human_bytes(m["peak_rss"]),
+                f"{ms:.0f}",
+            ]
+        )
+    mem_rows.append(
+        ["paper (2B4T)", f"{PAPER_WEIGHTS_GB} GB", "not counted", "-", "-", "-", f"{PAPER_MS_PER_TOKEN:.0f}"]
+    )
+    print_table(
+        "peak RSS split (ctx 512) and decode latency",
+        ["type", "non-emb weights", "embeddings", "KV", "buffers", "peak RSS", "ms/token"],
+        mem_rows,
+    )
+    print_table(
+        "decode vs memory-bandwidth roofline",
+        ["type/threads", "fraction"],
+        [[k, f"{v:.2f}"] for k, v in result["roofline"].items()],
+    )
+
+
+def results_file() -> Path:
+    from lowbit.paths import runs_dir
+
+    return runs_dir() / "bench" / "bitnet.json"
+
+
+def bench_command(rounds: int = 4, reduced: bool = False) -> int:
+    """`invoke bitnet-bench`: measure, print, store results for the lesson."""
+    result = run_benchmark(REDUCED if reduced else FULL, rounds=rounds)
+    report(result)
+    out = results_file() if not reduced else results_file().with_name("bitnet-reduced.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"results: {out}")
+    return 0
