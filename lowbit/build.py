@@ -616,7 +616,6 @@ def build_llama_command(backend: str = "auto", source: str = "sdist", cuda_arch:
                         force: bool = False) -> int:
     """`invoke build-llama`: build, then print what was built."""
     build = build_llama(backend=backend, source=source, cuda_arch=cuda_arch, force=force)
-    print(f"llama.cpp {build.commit[:12]} ({build.backend}) ready in {build.bin_dir}")
-    if build.seconds:
-        print(f"build time: {build.seconds:.0f} s")
+    state = f"built in {build.seconds:.0f} s" if build.fresh else "cached"
+    print(f"llama.cpp {build.commit[:12]} ({build.backend}, {state}) ready in {build.bin_dir}")
     return 0
