@@ -97,6 +97,7 @@ def _fake_tree(root: Path, cmake_body: str) -> Path:
 
 def test_failed_build_keeps_previous_build_active_and_names_log(llama_build, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "patch_files", lambda: [])  # the kit's patches target real llama.cpp
     cmake = 'cmake_minimum_required(VERSION 3.14)\nproject(x)\nmessage(FATAL_ERROR "boom")\n'
     src = _fake_tree(tmp_path / "src", cmake)
     with pytest.raises(LowbitError) as exc:
