@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -98,25 +99,35 @@ class HeaderTensor:
     info_offset: int  # where its tensor-info record starts
 
 
+ALL_ARRAYS = "all"  # read_header(path, arrays=ALL_ARRAYS): read every array
+
+
 @dataclass
 class GGUFHeader:
-    """What shard checks need from a GGUF header: key/values (raw byte ranges + scalar values), tensors.
+    """A GGUF header: key/values (raw byte ranges, values, where each value sits), tensor infos.
 
     Why not gguf-py's GGUFReader: it builds numpy views for every element of every array, so a DeepSeek
     vocabulary (~130k tokens + merges) takes 5-15 s per file on a small machine, and a verified merge reads
     several headers. This walks the same format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
-    with `struct`, skipping array contents, in milliseconds; gguf-py still supplies the type tables.
+    with `struct`, skipping array contents unless asked for, in milliseconds; gguf-py still supplies the
+    type tables, and tests check that both readers agree.
     """
 
     path: Path
-    kv: dict[str, tuple[int, int, object]]  # key -> (start, end, scalar value or None for arrays)
+    kv: dict[str, tuple[int, int, object]]  # key -> (start, end, value; None for a skipped array)
     tensors: list[HeaderTensor]
     alignment: int
     data_offset: int
+    value_at: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (value offset, GGUF value type)
+    version: int = 3
 
     def value(self, key: str):
         item = self.kv.get(key)
         return None if item is None else item[2]
+
+    def values(self) -> dict[str, object]:
+        """key -> value for every key (skipped arrays as None)."""
+        return {key: value for key, (_start, _end, value) in self.kv.items()}
 
     def raw(self, key: str) -> bytes:
         start, end, _ = self.kv[key]
@@ -125,6 +136,7 @@ class GGUFHeader:
             return f.read(end - start)
 
 
+# GGUF value types (gguf-py's GGUFValueType) of fixed size: struct format, also a numpy dtype.
 _SCALARS = {
     0: "<B",
     1: "<b",
@@ -138,70 +150,93 @@ _SCALARS = {
     11: "<q",
     12: "<d",
 }
+_STRING, _ARRAY = 8, 9
 
 
-def read_header(path: Path | str, arrays: tuple[str, ...] = ()) -> GGUFHeader:
-    """Parse a GGUF file's header (little-endian GGUF v2/v3); string arrays named in `arrays`
-    (e.g. tokenizer.ggml.tokens) are read as lists, other arrays are skipped (value None)."""
+def read_header(path: Path | str, arrays: Collection[str] | str = ()) -> GGUFHeader:
+    """Parse a GGUF file's header (little-endian GGUF v2/v3).
+
+    Arrays named in `arrays` (e.g. tokenizer.ggml.tokens), or all of them with `arrays="all"`, are read:
+    string arrays as lists, numeric arrays as numpy arrays, arrays of arrays as lists; other arrays are
+    skipped (value None) without decoding them. Unreadable files raise LowbitError."""
     import struct
 
     path = Path(path)
+    keep = ALL_ARRAYS if arrays == ALL_ARRAYS else frozenset([arrays] if isinstance(arrays, str) else arrays)
     try:
-        return _parse_header(path, arrays)
+        return _parse_header(path, keep)
     except (struct.error, ValueError, OverflowError, UnicodeError, IndexError) as exc:
         raise LowbitError(f"{path} is not a readable GGUF file ({exc}); is it truncated or something else?") from exc
 
 
-def _parse_header(path: Path, arrays: tuple[str, ...]) -> GGUFHeader:
+def _parse_header(path: Path, keep: frozenset[str] | str) -> GGUFHeader:
     import mmap
     import struct
 
+    import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    length = struct.Struct("<Q").unpack_from
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm[:4] != b"GGUF":
-            raise LowbitError(f"{path} is not a GGUF file (bad magic)")
+            raise ValueError("bad magic: not a GGUF file")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
         if version < 2:
             raise ValueError(f"GGUF version {version} is not supported")
+        file_size = len(mm)
         pos = 24
 
         def string() -> str:
             nonlocal pos
-            (n,) = struct.unpack_from("<Q", mm, pos)
-            text = mm[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
-            pos += 8 + n
+            (n,) = length(mm, pos)
+            end = pos + 8 + n
+            if end > file_size:
+                raise ValueError("truncated string")
+            text = mm[pos + 8 : end].decode("utf-8", "replace")
+            pos = end
             return text
 
-        def skip_value(vtype: int, keep: bool = False):
+        def read_value(vtype: int, read_arrays: bool):
             nonlocal pos
             if vtype in _SCALARS:
                 fmt = _SCALARS[vtype]
                 (v,) = struct.unpack_from(fmt, mm, pos)
                 pos += struct.calcsize(fmt)
                 return v
-            if vtype == 8:
+            if vtype == _STRING:
                 return string()
-            if vtype == 9:
+            if vtype == _ARRAY:
                 etype, count = struct.unpack_from("<IQ", mm, pos)
                 pos += 12
-                if etype == 8 and keep:
-                    return [string() for _ in range(count)]
                 if etype in _SCALARS:
-                    pos += struct.calcsize(_SCALARS[etype]) * count
+                    end = pos + struct.calcsize(_SCALARS[etype]) * count
+                    if end > file_size:
+                        raise ValueError("truncated array")
+                    arr = np.frombuffer(mm, _SCALARS[etype], count, pos).copy() if read_arrays else None
+                    pos = end
+                    return arr
+                if read_arrays:
+                    return [read_value(etype, True) for _ in range(count)]
+                if etype == _STRING:  # skipped: follow the length prefixes, decode nothing
+                    for _ in range(count):
+                        pos += 8 + length(mm, pos)[0]
+                    if pos > file_size:
+                        raise ValueError("truncated array")
                 else:
                     for _ in range(count):
-                        skip_value(etype)
+                        read_value(etype, False)
                 return None
             raise ValueError(f"unknown GGUF value type {vtype}")
 
         kv: dict[str, tuple[int, int, object]] = {}
+        value_at: dict[str, tuple[int, int]] = {}
         for _ in range(n_kv):
             start = pos
             key = string()
             (vtype,) = struct.unpack_from("<I", mm, pos)
             pos += 4
-            value = skip_value(vtype, keep=key in arrays)
+            value_at[key] = (pos, vtype)
+            value = read_value(vtype, keep == ALL_ARRAYS or key in keep)
             kv[key] = (start, pos, value)
         alignment = int(kv["general.alignment"][2]) if "general.alignment" in kv else 32
         infos = []
@@ -223,7 +258,7 @@ def _parse_header(path: Path, arrays: tuple[str, ...]) -> GGUFHeader:
             n_elements *= int(d)
         tensors.append(HeaderTensor(name, qtype, tuple(int(d) for d in dims), n_elements // block * size,
                                     data_offset + offset, info_offset))  # fmt: skip
-    return GGUFHeader(path, kv, tensors, alignment, data_offset)
+    return GGUFHeader(path, kv, tensors, alignment, data_offset, value_at, version)
 
 
 def shard_paths(path: str | os.PathLike) -> list[Path]:

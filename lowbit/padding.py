@@ -310,13 +310,13 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
     (gguf_new_metadata's copy_with_new_metadata)."""
     import struct
 
-    from lowbit.tokens import gguf_layout
+    from lowbit.gguf_meta import read_header
 
-    layout = gguf_layout(src, tensors=False)
-    if PAD_KEY in layout.value_offsets and layout.value_offsets[PAD_KEY][1] in (4, 5):  # uint32 / int32
+    header = read_header(src)
+    if PAD_KEY in header.value_at and header.value_at[PAD_KEY][1] in (4, 5):  # uint32 / int32
         shutil.copyfile(src, dst)
         with open(dst, "r+b") as f:
-            f.seek(layout.value_offsets[PAD_KEY][0])
+            f.seek(header.value_at[PAD_KEY][0])
             f.write(struct.pack("<I", pid))
         return
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
@@ -338,24 +338,25 @@ def verify_only_pad_changed(original: str | os.PathLike, new: str | os.PathLike,
 
     import numpy as np
 
-    from lowbit.tokens import gguf_layout
+    from lowbit.gguf_meta import ALL_ARRAYS, read_header
 
-    a, b = gguf_layout(original), gguf_layout(new)
-    skip = {PAD_KEY, "GGUF.kv_count"}
-    keys_a = [k for k in a.meta if k not in skip]
-    keys_b = [k for k in b.meta if k not in skip]
+    a, b = read_header(original, arrays=ALL_ARRAYS), read_header(new, arrays=ALL_ARRAYS)
+    if a.version != b.version:
+        raise LowbitError("verification failed: key GGUF.version changed")
+    keys_a = [k for k in a.kv if k != PAD_KEY]
+    keys_b = [k for k in b.kv if k != PAD_KEY]
     if sorted(keys_a) != sorted(keys_b):
         raise LowbitError(f"verification failed: keys differ {sorted(set(keys_a) ^ set(keys_b))}")
     for k in keys_a:
-        va, vb = a.meta[k], b.meta[k]
-        same = (a.value_offsets.get(k, (0, -1))[1] == b.value_offsets.get(k, (0, -1))[1]) and (
+        va, vb = a.value(k), b.value(k)
+        same = (a.value_at[k][1] == b.value_at[k][1]) and (
             np.array_equal(va, vb) if isinstance(va, np.ndarray) else va == vb
         )
         if not same:
             raise LowbitError(f"verification failed: key {k} changed")
-    if b.meta.get(PAD_KEY) != pid:
+    if b.value(PAD_KEY) != pid:
         raise LowbitError(f"verification failed: {PAD_KEY} is not {pid} in {new}")
-    if [t[:3] for t in a.tensors] != [t[:3] for t in b.tensors]:
+    if [(t.name, t.shape, t.tensor_type) for t in a.tensors] != [(t.name, t.shape, t.tensor_type) for t in b.tensors]:
         raise LowbitError("verification failed: tensor names, shapes or types changed")
     nbytes = 0
     with open(original, "rb") as fa, open(new, "rb") as fb:
@@ -363,13 +364,12 @@ def verify_only_pad_changed(original: str | os.PathLike, new: str | os.PathLike,
             mmap.mmap(fa.fileno(), 0, access=mmap.ACCESS_READ) as ma,
             mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb,
         ):
-            for (name, dims, ttype, off_a), (_, _, _, off_b) in zip(a.tensors, b.tensors, strict=True):
-                n = a.tensor_bytes(ttype, dims)
-                sa, sb = a.data_start + off_a, b.data_start + off_b
+            for ta, tb in zip(a.tensors, b.tensors, strict=True):
+                n, sa, sb = ta.n_bytes, ta.data_offset, tb.data_offset
                 step = 64 * 2**20
                 for i in range(0, n, step):
                     if ma[sa + i : sa + min(n, i + step)] != mb[sb + i : sb + min(n, i + step)]:
-                        raise LowbitError(f"verification failed: data of tensor {name} changed")
+                        raise LowbitError(f"verification failed: data of tensor {ta.name} changed")
                 nbytes += n
     return {"keys": len(keys_a), "tensors": len(a.tensors), "tensor_bytes": nbytes}
 

@@ -3,7 +3,7 @@
 Nothing here knows an ID in advance: BOS/EOS/PAD/UNK come from the tokenizer's own configuration
 (tokenizer_config.json / special_tokens_map.json or GGUF `tokenizer.ggml.*_token_id`), the think tags
 are looked up by name, and the role markers are found by rendering the model's own chat template.
-GGUF files are read with gguf-py's reader (metadata and tensor index only; tensor data is never read).
+GGUF files are read with lowbit.gguf_meta's header reader (metadata and tensor index; never tensor data).
 """
 
 from __future__ import annotations
@@ -190,128 +190,13 @@ def _pick_template(tpl) -> str | None:
     return tpl
 
 
-# GGUF value types (gguf-py's GGUFValueType): numpy dtypes of the fixed-size ones.
-_GGUF_NUMERIC = {
-    0: "u1",
-    1: "i1",
-    2: "<u2",
-    3: "<i2",
-    4: "<u4",
-    5: "<i4",
-    6: "<f4",
-    7: "?",
-    10: "<u8",
-    11: "<i8",
-    12: "<f8",
-}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-@dataclass
-class GGUFLayout:
-    """A GGUF file's metadata, where each value sits, its tensor index and where tensor data starts."""
-
-    meta: dict
-    value_offsets: dict[str, tuple[int, int]]  # key -> (byte offset of the value, GGUF value type)
-    tensors: list[tuple[str, tuple[int, ...], int, int]]  # (name, dims, ggml type, offset in data)
-    data_start: int
-
-    def tensor_bytes(self, ggml_type: int, dims: tuple[int, ...]) -> int:
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-        n = 1
-        for d in dims:
-            n *= d
-        return n // block * size
-
-
 def gguf_metadata(path: str | os.PathLike) -> dict:
-    """All key/value metadata of a GGUF file (arrays as lists / numpy arrays), plus `GGUF.tensor_count`."""
-    return gguf_layout(path, tensors=False).meta
+    """All key/value metadata of a GGUF file (arrays as lists / numpy arrays), plus `GGUF.version` and
+    `GGUF.tensor_count`; read by lowbit.gguf_meta's header reader (tensor data is never read)."""
+    from lowbit.gguf_meta import ALL_ARRAYS, read_header
 
-
-def gguf_layout(path: str | os.PathLike, tensors: bool = True) -> GGUFLayout:
-    """Parse a GGUF header: key/values with their offsets and (optionally) the tensor index.
-
-    Hand-rolled on purpose: gguf-py's GGUFReader builds one numpy view per vocabulary entry and per
-    tensor, which takes 8-35 s for a 150k-token vocabulary on a 2-core machine; reading the header
-    sequentially from a mapped file takes about a second. gguf-py still writes files (lowbit.padding)
-    and supplies the quant block sizes; tests check that both readers agree.
-    """
-    import mmap
-    import struct
-
-    import numpy as np
-
-    path = Path(path)
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            buf = memoryview(mm)  # mapped, so only the header pages are ever read
-            try:
-                if bytes(buf[:4]) != b"GGUF":
-                    raise ValueError("GGUF magic invalid")
-                version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-                if version not in (2, 3):
-                    raise ValueError(f"GGUF version {version} is not supported")
-                meta: dict = {"GGUF.version": version, "GGUF.tensor_count": n_tensors}
-                where: dict[str, tuple[int, int]] = {}
-                off = 24
-                for _ in range(n_kv):
-                    key, off = _gguf_str(buf, off)
-                    (vtype,) = struct.unpack_from("<I", buf, off)
-                    where[key] = (off + 4, vtype)
-                    meta[key], off = _gguf_value(buf, off + 4, vtype, np)
-                index = []
-                if tensors:
-                    for _ in range(n_tensors):
-                        name, off = _gguf_str(buf, off)
-                        (n_dims,) = struct.unpack_from("<I", buf, off)
-                        dims = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
-                        ttype, toff = struct.unpack_from("<IQ", buf, off + 4 + 8 * n_dims)
-                        off += 4 + 8 * n_dims + 12
-                        index.append((name, tuple(dims), ttype, toff))
-                align = int(meta.get("general.alignment", 32))
-                data_start = off + (-off % align)
-            finally:
-                buf.release()
-    except (ValueError, OSError, UnicodeDecodeError, KeyError, struct.error, IndexError) as exc:
-        raise LowbitError(f"{path} is not a readable GGUF file ({exc})") from exc
-    return GGUFLayout(meta, where, index, data_start if tensors else -1)
-
-
-def _gguf_str(buf: memoryview, off: int) -> tuple[str, int]:
-    import struct
-
-    (n,) = struct.unpack_from("<Q", buf, off)
-    end = off + 8 + n
-    if end > len(buf):
-        raise ValueError("truncated string")
-    return str(buf[off + 8 : end], "utf-8", errors="replace"), end
-
-
-def _gguf_value(buf: memoryview, off: int, vtype: int, np):
-    import struct
-
-    if vtype == _GGUF_STRING:
-        return _gguf_str(buf, off)
-    if vtype in _GGUF_NUMERIC:
-        dt = np.dtype(_GGUF_NUMERIC[vtype])
-        return np.frombuffer(buf, dt, 1, off)[0].item(), off + dt.itemsize
-    if vtype == _GGUF_ARRAY:
-        itype, n = struct.unpack_from("<IQ", buf, off)
-        off += 12
-        if itype in _GGUF_NUMERIC:
-            dt = np.dtype(_GGUF_NUMERIC[itype])
-            if off + dt.itemsize * n > len(buf):
-                raise ValueError("truncated array")
-            return np.frombuffer(buf, dt, n, off).copy(), off + dt.itemsize * n
-        items = []
-        for _ in range(n):
-            item, off = _gguf_value(buf, off, itype, np)
-            items.append(item)
-        return items, off
-    raise KeyError(f"unknown GGUF value type {vtype}")
+    header = read_header(path, arrays=ALL_ARRAYS)
+    return {"GGUF.version": header.version, "GGUF.tensor_count": len(header.tensors), **header.values()}
 
 
 def _load_gguf(path: Path) -> Vocab:
