@@ -317,6 +317,38 @@ def _hf_tokenize(v: Vocab, text: str, add_special: bool) -> list[int]:
     return ids
 
 
+# colours of `prompt_html`, one per token kind
+TOKEN_COLOURS = {
+    "bos": "#d62728",
+    "eos": "#9467bd",
+    "pad": "#8c564b",
+    "role": "#1f77b4",
+    "think": "#2ca02c",
+    "special": "#ff7f0e",
+    "unk": "#7f7f7f",
+    "text": "#444",
+}
+
+
+def prompt_html(v: Vocab, text: str, name: str) -> str:
+    """HTML of `text` rendered as a user turn with `v`'s template: the BOS facts, the prompt handed
+    over, and its tokens (piece and ID) coloured by kind (`TOKEN_COLOURS`)."""
+    import html
+
+    prompt = build_prompt(v, [{"role": "user", "content": text}])
+    spans = "".join(
+        f'<span title="{t.kind} {t.id}" style="border:1px solid {TOKEN_COLOURS[t.kind]};'
+        f'color:{TOKEN_COLOURS[t.kind]};'
+        f'margin:1px;padding:0 2px;font-family:monospace">{html.escape(t.piece)}<sub>{t.id}</sub></span>'
+        for t in tokenize(v, prompt.text)
+    )
+    head = (
+        f"<b>{name}</b>: template writes BOS: {prompt.template_bos}; consumer adds BOS: "
+        f"{prompt.consumer_adds_bos}; {prompt.change}<br><code>{html.escape(prompt.text)}</code><br>"
+    )
+    return head + spans
+
+
 _VERBOSE_TOKEN = re.compile(r"(?:^|\s)(\d+) -> '")
 
 

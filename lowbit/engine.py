@@ -58,6 +58,20 @@ class RunResult:
         return d
 
 
+def greedy_completion(model_file: str | Path, prompt: str = "Hello", n_predict: int = 16) -> str:
+    """The text `llama-completion` writes for `prompt` with greedy sampling on 2 threads: deterministic,
+    so two files holding the same model (shards and their merge) must give the same text."""
+    from lowbit.build import active_build
+
+    cmd = [str(active_build().tool("llama-completion")), "-m", str(model_file), "-p", prompt,
+           "-n", str(n_predict), *GREEDY_SAMPLING, "-no-cnv", "-t", "2", "--no-warmup"]
+    for _ in range(10):  # at this build llama-completion sometimes exits 0 mid-run: retry until it ran to the end
+        proc = subprocess.run(cmd, capture_output=True, timeout=300, check=True)
+        if b"total time =" in proc.stderr:
+            break
+    return proc.stdout.decode("utf-8", "replace")
+
+
 def parse_timings(log: str) -> dict[str, float]:
     """Prompt and generation token counts and tokens/s from llama.cpp's perf lines."""
     out: dict[str, float] = {}

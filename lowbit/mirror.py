@@ -455,6 +455,29 @@ class MirrorServer:
         self.close()
 
 
+def serve_replica_shards(model: str, directory: Path | str) -> tuple[MirrorServer, str, str]:
+    """Serve the replica `model`'s shard set as the repo `lowbit/<model>-GGUF` from a mirror folder made
+    under `directory` (hard links, copies where the filesystem refuses): returns the running mirror, the
+    repo id and the download pattern selecting the set."""
+    import shutil
+
+    from lowbit import shards
+    from lowbit.replicas import replica_path
+
+    local_set = shards.shard_set(replica_path(model))
+    if local_set is None:
+        raise LowbitError(f"replica {model!r} is not a shard set; serve a split replica such as 'r1'")
+    repo_id = f"lowbit/{model}-GGUF"
+    repo_dir = Path(directory) / repo_id
+    repo_dir.mkdir(parents=True)
+    for part in local_set.parts:
+        try:
+            os.link(part, repo_dir / part.name)
+        except OSError:
+            shutil.copyfile(part, repo_dir / part.name)
+    return MirrorServer(directory), repo_id, f"{local_set.prefix}-*-of-*.gguf"
+
+
 def mirror_command(dir: str, host: str = "127.0.0.1", port: int = 8088, verbose: bool = False) -> int:  # noqa: A002
     """`invoke mirror`: serve DIR's repos until Ctrl-C."""
     from lowbit.ui import print_table, step, warn

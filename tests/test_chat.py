@@ -138,3 +138,14 @@ def test_llamacpp_receives_one_bos_after_the_fix(llama_build):
     run = generate(gguf, raw.text, n_predict=2)
     assert run["prompt_ids"][:2] == [v.bos_id, v.bos_id]
     assert run["warnings"], "llama.cpp warns about the double BOS"
+
+
+def test_prompt_html_colours_each_token_by_kind(r1_dir):
+    from lowbit.chat import TOKEN_COLOURS, prompt_html
+
+    v = load_vocab(r1_dir)
+    page = prompt_html(v, "Hi <b>", "r1")
+    toks = tokenize(v, build_prompt(v, [{"role": "user", "content": "Hi <b>"}]).text)
+    assert page.startswith("<b>r1</b>: template writes BOS: True") and "&lt;b&gt;" in page
+    assert page.count("<span ") == len(toks)
+    assert f'title="bos {v.bos_id}" style="border:1px solid {TOKEN_COLOURS["bos"]}' in page

@@ -158,3 +158,9 @@ def test_planned_layers_are_offloaded_on_a_gpu(model):
         str(model), "Hi", plan="ngl=3", vram=[8], n_predict=2, greedy=True, echo=False, timeout=300
     )
     assert "offloaded 3/5 layers to GPU" in r.log
+
+
+def test_greedy_completion_repeats_itself(model):
+    first = engine.greedy_completion(model, "Hello", n_predict=4)
+    assert first.startswith("Hello") and len(first) > len("Hello")
+    assert engine.greedy_completion(model, "Hello", n_predict=4) == first

@@ -137,3 +137,23 @@ def test_no_path_outside_dir_is_served(served, path):
     resp, body = _get(server.url, path)
     assert resp.status in (400, 404)
     assert SECRET not in body and b"root:" not in body
+
+
+def test_serve_replica_shards_serves_the_whole_set(tmp_path):
+    from fnmatch import fnmatch
+
+    from lowbit import shards
+    from lowbit.mirror import serve_replica_shards
+    from lowbit.replicas import replica_path
+
+    path = replica_path("r1")
+    if path is None or not path.exists():
+        pytest.skip("the r1 replica is not built here (`invoke setup` builds it)")
+    parts = shards.shard_set(path).parts
+    server, repo_id, pattern = serve_replica_shards("r1", tmp_path / "mirror")
+    with server:
+        resp, body = _get(server.url, f"/api/models/{repo_id}/tree/main?recursive=true")
+    assert resp.status == 200
+    served = {e["path"]: e["size"] for e in json.loads(body) if e["type"] == "file"}
+    assert served == {p.name: p.stat().st_size for p in parts}
+    assert all(fnmatch(name, pattern) for name in served)
