@@ -103,10 +103,27 @@ def make_hf_checkpoint(
     cfg = json.loads(cfg_path.read_text())
     cfg["quantization_config"] = dict(ONLINE_QUANT)
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    _save_llama3_tokenizer(tmp)
+    _copy_llama3_tokenizer(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
+
+
+def _copy_llama3_tokenizer(dest: Path) -> None:
+    """Copy the 2B4T tokenizer files, cached per llama.cpp commit (the vocab is slow to parse)."""
+    from lowbit.build import LLAMA_CPP_COMMIT
+    from lowbit.paths import cache_dir
+
+    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}"
+    if not (cached / "tokenizer_config.json").exists():
+        tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_llama3_tokenizer(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)
+    for f in cached.iterdir():
+        shutil.copy(f, dest / f.name)
 
 
 def _save_llama3_tokenizer(dest: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -204,14 +205,23 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
         "-ub",
         "64",
     ]
+    # VmHWM of the child itself: rusage's ru_maxrss would include this (large) Python process, which the
+    # child's peak inherits from fork before exec.
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    status = Path(f"/proc/{proc.pid}/status")
+    peak = 0
+    while proc.poll() is None:
+        try:
+            m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+            peak = max(peak, int(m.group(1)) * 1024) if m else peak
+        except OSError:
+            pass
+        time.sleep(0.02)
     if proc.returncode != 0:
         raise LowbitError(f"llama-completion failed on {model} (exit {proc.returncode})")
-    return int(usage.ru_maxrss) * 1024
+    return peak
 
 
 def read_bandwidth(threads: int, mib: int = 256, reps: int = 5) -> float:
@@ -243,6 +253,23 @@ def tensor_bytes(model: Path) -> tuple[int, int]:
     return other, emb
 
 
+def measure_memory(files: dict[str, Path], shape: Shape, ctx: int = 512) -> dict[str, dict[str, int]]:
+    """Peak RSS per type split into non-embedding weights, embeddings, KV cache (f16), buffers (rest)."""
+    kv = 2 * shape.layers * shape.kv_heads * (shape.hidden // shape.heads) * 2 * ctx
+    memory = {}
+    for qtype, path in files.items():
+        weights, emb = tensor_bytes(path)
+        rss = peak_rss(path, ctx=ctx)
+        memory[qtype] = {
+            "weights": weights,
+            "embeddings": emb,
+            "kv": kv,
+            "buffers": max(0, rss - weights - emb - kv),
+            "peak_rss": rss,
+        }
+    return memory
+
+
 def run_benchmark(
     shape: Shape = FULL, rounds: int = 4, threads: tuple[int, ...] = (1, 2), folder: Path | None = None
 ) -> dict:
@@ -263,19 +290,7 @@ def run_benchmark(
                     samples.setdefault(f"{qtype}/{kind}/t{t}", []).append(value)
     speed = {k: statistics.median(v) for k, v in samples.items()}
     bw = {t: read_bandwidth(t) for t in threads}
-    kv_per_token = 2 * shape.layers * shape.kv_heads * (shape.hidden // shape.heads) * 2  # f16 K and V
-    memory = {}
-    for qtype, path in files.items():
-        weights, emb = tensor_bytes(path)
-        rss = peak_rss(path, ctx=512)
-        kv = kv_per_token * 512
-        memory[qtype] = {
-            "weights": weights,
-            "embeddings": emb,
-            "kv": kv,
-            "buffers": max(0, rss - weights - emb - kv),
-            "peak_rss": rss,
-        }
+    memory = measure_memory(files, shape)
     roofline = {}
     for qtype in files:
         per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
@@ -294,6 +309,7 @@ def run_benchmark(
         "roofline": roofline,
         "cpu": _cpu_name(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
+        "loadavg_1min": os.getloadavg()[0],  # other work on the machine skews everything
     }
 
 
