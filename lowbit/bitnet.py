@@ -114,7 +114,7 @@ def _copy_llama3_tokenizer(dest: Path) -> None:
     from lowbit.build import LLAMA_CPP_COMMIT
     from lowbit.paths import cache_dir
 
-    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}"
+    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}-v2"
     if not (cached / "tokenizer_config.json").exists():
         tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,55 +127,19 @@ def _copy_llama3_tokenizer(dest: Path) -> None:
 
 
 def _save_llama3_tokenizer(dest: Path) -> None:
-    """The Llama 3 tokenizer, made by transformers from llama.cpp's models/ggml-vocab-llama-bpe.gguf.
+    """The 2B4T tokenizer: the kit's Llama 3 tokenizer (made from llama.cpp's ggml-vocab-llama-bpe.gguf,
+    see `lowbit.replicas.llama3_tokenizer_dir`) with 2B4T's end-of-turn EOS, context and chat template."""
+    from transformers import PreTrainedTokenizerFast
 
-    transformers adds an `<|endoftext|>` at 128256 that Llama 3 does not have (convert_hf_to_gguf.py
-    then fails for a 128256-token model), so it is dropped; BOS comes from a TemplateProcessing
-    post-processor as in Meta's tokenizer.json.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from lowbit.replicas import llama3_tokenizer_dir
 
-    from lowbit.build import sdist_tree
-
-    models = sdist_tree() / "vendor" / "llama.cpp" / "models"
-    tok = AutoTokenizer.from_pretrained(str(models), gguf_file="ggml-vocab-llama-bpe.gguf")
-    data = json.loads(tok.backend_tokenizer.to_str())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < LLAMA3_VOCAB]
-    data["post_processor"] = {
-        "type": "Sequence",
-        "processors": [
-            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-            {
-                "type": "TemplateProcessing",
-                "single": [
-                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                    {"Sequence": {"id": "A", "type_id": 0}},
-                ],
-                "pair": [
-                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                    {"Sequence": {"id": "A", "type_id": 0}},
-                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
-                    {"Sequence": {"id": "B", "type_id": 1}},
-                ],
-                "special_tokens": {
-                    "<|begin_of_text|>": {
-                        "id": "<|begin_of_text|>",
-                        "ids": [128000],
-                        "tokens": ["<|begin_of_text|>"],
-                    }
-                },
-            },
-        ],
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        source = Path(scratch) / "tokenizer.json"
-        source.write_text(json.dumps(data, ensure_ascii=False))
-        fast = PreTrainedTokenizerFast(
-            tokenizer_file=str(source),
-            bos_token="<|begin_of_text|>",
-            eos_token="<|eot_id|>",
-            model_max_length=4096,
-        )
+    source = llama3_tokenizer_dir() / "tokenizer.json"
+    fast = PreTrainedTokenizerFast(
+        tokenizer_file=str(source),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=4096,
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(dest)
     path = dest / "tokenizer_config.json"
@@ -188,8 +152,7 @@ def _save_llama3_tokenizer(dest: Path) -> None:
     (dest / "chat_template.jinja").unlink(missing_ok=True)
     if len(PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"))) != LLAMA3_VOCAB:
         raise LowbitError(
-            f"the Llama 3 tokenizer made from {models / 'ggml-vocab-llama-bpe.gguf'} does not have "
-            f"{LLAMA3_VOCAB} tokens"
+            f"the Llama 3 tokenizer in {source.parent} does not have {LLAMA3_VOCAB} tokens"
         )
 
 
