@@ -14,7 +14,7 @@ from lowbit.paths import models_dir
 def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
            replicas: bool = True, started: float | None = None, environment: str = "") -> int:
     from lowbit import bindings
-    from lowbit.build import build_llama
+    from lowbit.build import STAMP, build_llama
     from lowbit.ui import print_table
 
     started = started or time.time()
@@ -31,6 +31,9 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
 
     build = timed("llama.cpp build", lambda: build_llama(backend=backend, source=source, cuda_arch=cuda_arch,
                                                         force=force), lambda b: done_or_cached(b.fresh))
+    # The bootstrap compiles while pip installs; a build stamped since this setup began was built now.
+    if (Path(build.directory) / STAMP).stat().st_mtime >= started:
+        steps[-1] = ("llama.cpp build", "built alongside pip", f"{build.seconds:.1f} s")
     timed("python bindings", lambda: bindings.install_bindings(build), done_or_cached)
     from lowbit.kernel import KERNEL_NAME, kernel_registered, register_kernel
 
