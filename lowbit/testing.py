@@ -33,7 +33,7 @@ def run_tests(k: str | None = None, notebooks: bool = True, lint: bool = True) -
         print("> ruff check", flush=True)
         if subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=root).returncode:
             return 1
-    args = [sys.executable, "-m", "pytest", "tests", "-ra"]
+    args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
     if k:
         args += ["-k", k]
     if notebooks and not k:
