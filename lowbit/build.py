@@ -276,7 +276,10 @@ def cmake_flags(backend: str, cuda_arch: str | None, cuda_root: Path | None) -> 
     elif backend == "cuda":
         flags += ["-DGGML_CUDA=ON", "-DGGML_NATIVE=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
         if cuda_root is not None:
-            flags += [f"-DCUDAToolkit_ROOT={cuda_root}", f"-DCMAKE_CUDA_COMPILER={cuda_root / 'bin' / 'nvcc'}"]
+            flags += [f"-DCUDAToolkit_ROOT={cuda_root}", f"-DCMAKE_CUDA_COMPILER={cuda_root / 'bin' / 'nvcc'}",
+                      # libggml-cuda needs libcublas.so.N, which may live only in the toolkit root of links:
+                      # the RPATH lets the linker (for the tools) and the loader (at run time) find it.
+                      f"-DCMAKE_INSTALL_RPATH=$ORIGIN;{cuda_root / 'lib64'}"]
         if not _has_libcuda():
             # No driver library (a machine with nvcc but no GPU driver): VMM needs libcuda at link time.
             flags += ["-DGGML_CUDA_NO_VMM=ON"]

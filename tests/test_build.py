@@ -41,6 +41,9 @@ def test_flags_are_right_for_current_llama_cpp():
     cuda = build.cmake_flags("cuda", "90", Path("/opt/tk"))
     assert "-DGGML_CUDA=ON" in cuda and "-DCMAKE_CUDA_ARCHITECTURES=90" in cuda
     assert "-DCUDAToolkit_ROOT=/opt/tk" in cuda
+    # the last RPATH wins: it must let tools and the loader find cuBLAS inside the toolkit root
+    rpath = [f for f in cuda if f.startswith("-DCMAKE_INSTALL_RPATH=")][-1]
+    assert rpath == "-DCMAKE_INSTALL_RPATH=$ORIGIN;/opt/tk/lib64"
 
 
 def test_preflight_names_missing_cmake_and_compiler(monkeypatch, tmp_path):
