@@ -367,55 +367,20 @@ def _prompt_ids(log: str) -> list[int] | None:
 
 
 def llamacpp_tokenize(gguf: str | os.PathLike, text: str, *, add_special: bool = True) -> list[int]:
-    """Token IDs llama.cpp itself produces for `text` (special tokens parsed).
+    """Token IDs llama.cpp itself produces for `text` (special tokens parsed), from the vocabulary alone:
+    `llama-tokenize` is one of the kit's build targets, so no model weights are loaded."""
+    import ast
 
-    Uses `llama-tokenize` (vocabulary only) when the build has it, otherwise `llama-completion
-    --verbose-prompt -n 0`, which loads the model and prints the prompt tokens it evaluates.
-    """
     from lowbit.build import active_build
 
-    build = active_build()
     gguf = str(gguf)
-    env = {**os.environ, "LLAMA_LOG_COLORS": "0"}
-    tok = build.bin_dir / "llama-tokenize"
-    if tok.exists():
-        cmd = [str(tok), "-m", gguf, "-p", text, "--ids", "--log-disable"]
-        if not add_special:
-            cmd.append("--no-bos")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise LowbitError(f"llama-tokenize failed on {gguf}:\n{proc.stderr[-1500:]}")
-        import ast
-
-        return list(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+    cmd = [str(active_build().tool("llama-tokenize")), "-m", gguf, "-p", text, "--ids", "--log-disable"]
     if not add_special:
-        raise LowbitError("tokenizing without BOS needs llama-tokenize in the llama.cpp build")
-    cmd = [
-        str(build.tool("llama-completion")),
-        "-m",
-        gguf,
-        "-p",
-        text,
-        "-n",
-        "0",
-        "--verbose-prompt",
-        "-no-cnv",
-        "--no-warmup",
-        "-c",
-        "512",
-        "-t",
-        "1",
-        "--temp",
-        "0",
-        "--seed",
-        "1",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-    out = proc.stdout + proc.stderr
-    ids = _prompt_ids(out)
-    if proc.returncode != 0 or ids is None:
-        raise LowbitError(f"llama-completion could not tokenize with {gguf}:\n{out[-1500:]}")
-    return ids
+        cmd.append("--no-bos")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_COLORS": "0"})
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-tokenize failed on {gguf}:\n{proc.stderr[-1500:]}")
+    return list(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
 
 
 def llamacpp_warnings(log: str) -> list[str]:
