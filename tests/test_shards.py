@@ -75,6 +75,41 @@ def test_verification_catches_one_flipped_byte(shard_dir, tmp_path):
     assert len(good) == 9 and "blk.1.ffn_down.weight" not in good
 
 
+def test_comparison_across_chunk_boundaries_finds_a_late_flipped_byte(shard_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "_BUF", 1000)  # tensors span many chunks, the last one partial
+    parts = shards.shard_set(shard_dir / "m-00001-of-00003.gguf").parts
+    merged, report = shards.merge(parts[0], out=tmp_path / "merged.gguf")
+    assert report.ok
+    from gguf import GGUFReader
+
+    t = next(t for t in GGUFReader(merged).tensors if t.name == "blk.0.attn_q.weight")
+    assert int(t.n_bytes) > 4 * 1000 and int(t.n_bytes) % 1000
+    data = bytearray(merged.read_bytes())
+    data[int(t.data_offset) + int(t.n_bytes) - 1] ^= 0x80  # last byte of the tensor: the final, partial chunk
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    assert shards.verify_tensors(parts, bad).problems == ["tensor blk.0.attn_q.weight: data differs"]
+
+
+def test_merged_data_reaches_the_disk_before_it_gets_its_name(shard_dir, monkeypatch):
+    synced: set[int] = set()
+    real_fsync, real_link = shards.os.fsync, shards.os.link
+
+    def fsync(fd: int) -> None:
+        synced.add(shards.os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def link(src, dst) -> None:
+        assert Path(src).stat().st_ino in synced, "final name given before the data was flushed"
+        real_link(src, dst)
+
+    monkeypatch.setattr(shards.os, "fsync", fsync)
+    monkeypatch.setattr(shards.os, "link", link)
+    merged, report = shards.merge(shard_dir / "m-00001-of-00003.gguf")
+    assert report.ok and merged.exists()
+    assert shard_dir.stat().st_ino in synced  # and the new name itself is flushed
+
+
 def test_merge_checks_disk_first(shard_dir, monkeypatch):
     monkeypatch.setattr(shards, "_free", lambda path: 1000)
     with pytest.raises(LowbitError, match="not enough disk space"):
