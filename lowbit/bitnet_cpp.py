@@ -412,10 +412,10 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
         shutil.rmtree(final, ignore_errors=True)
         raise LowbitError(f"the built llama-cli does not run after moving it into the cache (exit {proc.returncode}):"
                           f"\n{(proc.stdout + proc.stderr)[-1500:]}\nbuild log: {log_path}")
+    version = next(iter((proc.stdout + proc.stderr).strip().splitlines()), "")
     engine = Engine(key=key, commit=BITNET_CPP_COMMIT, llama_fork=LLAMA_FORK_COMMIT, compiler=clang.banner,
-                    flags=flags, cpu=cpu_fingerprint(), directory=str(final),
-                    version=(proc.stdout + proc.stderr).strip().splitlines()[0] if (proc.stdout + proc.stderr).strip()
-                    else "", seconds=round(time.monotonic() - started, 1))
+                    flags=flags, cpu=cpu_fingerprint(), directory=str(final), version=version,
+                    seconds=round(time.monotonic() - started, 1))
     shutil.copy(log_path, final / "build.log")
     (final / STAMP).write_text(json.dumps(asdict(engine), indent=1))  # written last: marks the build complete
     engine.fresh = True
@@ -515,9 +515,16 @@ def convert(src: Path, out: Path | None = None, threads: int | None = None) -> P
     if not weights.is_file():
         raise LowbitError(f"{src} has no single model.safetensors: bitnet.cpp's converter (convert-helper-bitnet.py) "
                           "reads exactly that file (microsoft/bitnet-b1.58-2B-4T-bf16 ships one)")
+    out = Path(out) if out else src / "ggml-model-i2_s.gguf"
+    # preprocess writes the weights back as f32 (2x bf16), the f32 GGUF is as large again, I2_S ~1/4 of bf16
+    need = 4.5 * weights.stat().st_size
+    free = shutil.disk_usage(_existing_parent(out.parent)).free
+    if free < need:
+        raise LowbitError(f"converting {src.name} with bitnet.cpp's tools needs about {need / 1e9:.1f} GB free beside "
+                          f"{out} (f32 intermediates), only {free / 1e9:.1f} GB are: free space or pass --out elsewhere"
+                          )
     engine = build_engine()
     tree = source_dir()
-    out = Path(out) if out else src / "ggml-model-i2_s.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".bitnet-cpp-convert-", dir=out.parent))
     try:

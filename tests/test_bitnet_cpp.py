@@ -23,6 +23,7 @@ import pytest
 from lowbit import LowbitError, bitnet, bitnet_cpp
 
 ALL_TOOLS = ["git", "cmake", "clang-19", "clang++-19"]
+REAL_GIT = shutil.which("git")
 
 
 @pytest.fixture
@@ -184,6 +185,63 @@ def test_build_clones_pinned_commit_builds_with_clang_and_caches(kit):
     assert len(kit.calls()) == n_calls
 
 
+def _git(*args: str, cwd: Path) -> str:
+    assert REAL_GIT
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    proc = subprocess.run([REAL_GIT, *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(REAL_GIT is None, reason="needs git")
+def test_clone_with_real_git_at_non_tip_commits(kit, tmp_path, monkeypatch):
+    """The clone's git command lines against a local BitNet-shaped repo whose pinned commits are not branch tips."""
+    fork, main = tmp_path / "fork", tmp_path / "main"
+    fork.mkdir()
+    _git("init", "-q", cwd=fork)
+    (fork / "CMakeLists.txt").write_text("project(llama.cpp)\n")
+    (fork / "gguf-py" / "gguf").mkdir(parents=True)
+    (fork / "gguf-py" / "gguf" / "__init__.py").write_text("FORK = True\n")
+    _git("add", ".", cwd=fork)
+    _git("commit", "-qm", "pinned fork commit", cwd=fork)
+    fork_pin = _git("rev-parse", "HEAD", cwd=fork)
+    (fork / "later.txt").write_text("later\n")
+    _git("add", ".", cwd=fork)
+    _git("commit", "-qm", "later fork commit", cwd=fork)
+
+    main.mkdir()
+    _git("init", "-q", cwd=main)
+    for rel, text in {"src/ggml-bitnet-mad.cpp": fake.MAD_CPP, "utils/codegen_tl2.py": fake.CODEGEN,
+                      "utils/codegen_tl1.py": fake.CODEGEN, "CMakeLists.txt": "project(bitnet.cpp)\n"}.items():
+        (main / rel).parent.mkdir(parents=True, exist_ok=True)
+        (main / rel).write_text(text)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # local file:// submodules are refused by default since git 2.38
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    monkeypatch.setenv("PATH", f"{kit.bin}{os.pathsep}{Path(REAL_GIT).parent}")
+    _git("submodule", "add", "-q", fork.as_uri(), "3rdparty/llama.cpp", cwd=main)
+    _git("checkout", "-q", fork_pin, cwd=main / "3rdparty" / "llama.cpp")
+    _git("add", ".", cwd=main)
+    _git("commit", "-qm", "pinned commit", cwd=main)
+    pin = _git("rev-parse", "HEAD", cwd=main)
+    (main / "later.txt").write_text("later\n")
+    _git("add", "later.txt", cwd=main)
+    _git("commit", "-qm", "later commit (the regression)", cwd=main)
+
+    monkeypatch.setattr(bitnet_cpp, "BITNET_CPP_GIT", main.as_uri())
+    monkeypatch.setattr(bitnet_cpp, "BITNET_CPP_COMMIT", pin)
+    monkeypatch.setattr(bitnet_cpp, "LLAMA_FORK_COMMIT", fork_pin)
+    kit.tools("cmake", "clang-19", "clang++-19")
+    engine = bitnet_cpp.build_engine()
+    src = bitnet_cpp.source_dir()
+    assert engine.commit == pin and _git("rev-parse", "HEAD", cwd=src) == pin
+    assert _git("rev-parse", "HEAD", cwd=src / "3rdparty" / "llama.cpp") == fork_pin
+    assert not (src / "later.txt").exists() and not (src / "3rdparty" / "llama.cpp" / "later.txt").exists()
+    assert "const int8_t * y_col = y + col * by;" in (src / "src" / "ggml-bitnet-mad.cpp").read_text()
+    clone_log = next((kit.cache / "logs").glob("bitnet-cpp-clone-*.log")).read_text()
+    assert "Receiving objects: 100%" in clone_log or "Unpacking objects: 100%" in clone_log
+
+
 def test_forced_rebuild_reuses_the_cached_source(kit):
     kit.tools(*ALL_TOOLS)
     first = bitnet_cpp.build_engine()
@@ -292,6 +350,16 @@ def test_failed_quantization_leaves_no_output(kit, tmp_path, monkeypatch):
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
 
 
+def test_conversion_checks_disk_space_first(kit, tmp_path, monkeypatch):
+    kit.tools(*ALL_TOOLS)
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    monkeypatch.setattr(bitnet_cpp.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    with pytest.raises(LowbitError, match="GB free beside"):
+        bitnet_cpp.convert(ckpt)
+    assert not kit.cache.exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
 def test_not_a_2b4t_checkpoint_is_refused_before_any_build(kit, tmp_path):
     kit.tools(*ALL_TOOLS)
     ckpt = _checkpoint(tmp_path / "ckpt")
@@ -314,6 +382,32 @@ def test_gguf_repo_file_is_used_as_is_and_runs(kit, tmp_path):
     (ppl,) = kit.calls("llama-perplexity")
     assert ppl[ppl.index("-f") + 1] == str(text) and ppl[ppl.index("-c") + 1] == "128"
     assert "Paris." in bitnet_cpp.generate(repo / "ggml-model-i2_s.gguf", "The capital of France is", n=4)
+
+
+def test_convert_command_resolves_catalog_entries(kit, tmp_path, monkeypatch, capsys):
+    """`invoke bitnet-convert bitnet-2b4t --engine bitnet.cpp` after `invoke fetch`: the -gguf repo's file."""
+    kit.tools(*ALL_TOOLS)
+    models = tmp_path / "models"
+    monkeypatch.setenv("LOWBIT_MODELS", str(models))
+    gguf_repo = models / "microsoft" / "bitnet-b1.58-2B-4T-gguf"
+    gguf_repo.mkdir(parents=True)
+    (gguf_repo / "ggml-model-i2_s.gguf").write_bytes(b"GGUF-i2s")
+    assert bitnet.convert_command("bitnet-2b4t", engine="bitnet.cpp") == 0
+    assert f"ready for bitnet.cpp: {gguf_repo / 'ggml-model-i2_s.gguf'}" in capsys.readouterr().out
+    # an HF-format entry resolves to its folder once fetched
+    bf16 = _checkpoint(models / "microsoft" / "bitnet-b1.58-2B-4T-bf16")
+    assert bitnet.checkpoint_path("bitnet-2b4t-bf16") == bf16
+    assert bitnet.convert_command("bitnet-2b4t-bf16", engine="bitnet.cpp", quant="i2_s") == 0
+    assert (bf16 / "ggml-model-i2_s.gguf").exists()
+
+
+def test_convert_command_preflights_before_touching_models(kit, tmp_path, monkeypatch):
+    kit.tools(*ALL_TOOLS)
+    monkeypatch.setenv("FAKE_GIT_OFFLINE", "1")
+    monkeypatch.setenv("LOWBIT_MODELS", str(tmp_path / "models"))
+    with pytest.raises(LowbitError, match="GitHub is unreachable"):
+        bitnet.convert_command("bitnet", engine="bitnet.cpp")  # the replica would be built first otherwise
+    assert not (tmp_path / "models").exists() and not kit.cache.exists()
 
 
 # ---------------------------------------------------------------------------------------------
