@@ -381,7 +381,7 @@ def fix_padding(c, path, pad=None, out=None, check=False):
     }
 )
 def bitnet_convert(c, src, quant=None, out=None, engine="llama.cpp"):
-    """Convert a BitNet b1.58 2B4T checkpoint to a TQ2_0/TQ1_0 GGUF (verified, then renamed into place)."""
+    """Convert a BitNet b1.58 2B4T checkpoint to TQ2_0/TQ1_0 (or I2_S with --engine bitnet.cpp), verified, renamed."""
     _kit(c, "lowbit.bitnet:convert_command", src=src, quant=quant, out=out, engine=engine)
 
 

@@ -110,7 +110,10 @@ def find_clangs() -> list[Clang]:
 
 
 def find_clang() -> Clang | None:
-    """The newest clang >= 18 with its clang++ on PATH, or None."""
+    """CC/CXX if they name clang >= 18, else the newest clang >= 18 with its clang++ on PATH, or None."""
+    cc, cxx = (shutil.which(os.environ.get(v, "")) for v in ("CC", "CXX"))
+    if cc and cxx and (ver := clang_version(cc)) and ver[0] >= MIN_CLANG:
+        return Clang(cc=cc, cxx=cxx, version=ver[0], banner=ver[1])
     return next((c for c in find_clangs() if c.version >= MIN_CLANG and c.cxx), None)
 
 

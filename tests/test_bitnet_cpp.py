@@ -123,6 +123,16 @@ def test_preflight_picks_the_newest_clang(kit):
     assert not kit.cache.exists()
 
 
+def test_cc_and_cxx_naming_a_new_clang_win(kit, monkeypatch):
+    kit.tools("git", "cmake", "clang-18", "clang++-18", "clang-19", "clang++-19", "gcc", "g++")
+    monkeypatch.setenv("CC", "clang-18")
+    monkeypatch.setenv("CXX", "clang++-18")
+    assert bitnet_cpp.preflight().cc == f"{kit.bin}/clang-18"
+    monkeypatch.setenv("CC", "gcc")  # not clang: the newest clang on PATH is used instead
+    monkeypatch.setenv("CXX", "g++")
+    assert bitnet_cpp.preflight().cc == f"{kit.bin}/clang-19"
+
+
 def test_convert_command_refuses_llama_cpp_quant_types(kit):
     with pytest.raises(LowbitError, match="I2_S only"):
         bitnet.convert_command("anything", quant="tq2_0", engine="bitnet.cpp")
