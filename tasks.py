@@ -374,13 +374,14 @@ def fix_padding(c, path, pad=None, out=None, check=False):
 @task(
     help={
         "src": "2B4T-layout checkpoint: folder, catalog name or Hub repo id (fetched first)",
-        "quant": "tq2_0 (2.06 bpw, fastest) or tq1_0 (1.69 bpw, smallest)",
+        "quant": "llama.cpp engine: tq2_0 (default, 2.06 bpw, fastest) or tq1_0 (1.69 bpw); bitnet.cpp: i2_s",
         "out": "output GGUF (default: SRC/ggml-model-QUANT.gguf)",
-        "engine": "llama.cpp (default) or bitnet.cpp (checks clang >= 18 and network, says what is missing)",
+        "engine": "llama.cpp (default) or bitnet.cpp (optional: clones and builds Microsoft's engine at a pinned "
+                  "commit with clang >= 18; says what is missing)",
     }
 )
-def bitnet_convert(c, src, quant="tq2_0", out=None, engine="llama.cpp"):
-    """Convert a BitNet b1.58 2B4T checkpoint to a TQ2_0/TQ1_0 GGUF (verified, then renamed into place)."""
+def bitnet_convert(c, src, quant=None, out=None, engine="llama.cpp"):
+    """Convert a BitNet b1.58 2B4T checkpoint to TQ2_0/TQ1_0 (or I2_S with --engine bitnet.cpp), verified, renamed."""
     _kit(c, "lowbit.bitnet:convert_command", src=src, quant=quant, out=out, engine=engine)
 
 
@@ -405,12 +406,13 @@ def bitnet_check(c, model, gguf=None, positions=256, activation=None):
         "ctx": "context per chunk",
         "chunks": "limit the number of chunks",
         "max_ppl": "fail above this perplexity (the gate for a real download)",
+        "engine": "llama.cpp (default, TQ1_0/TQ2_0 GGUFs) or bitnet.cpp (I2_S GGUFs; built on first use)",
     }
 )
-def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None):
+def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None, engine="llama.cpp"):
     """Perplexity of a BitNet GGUF with llama-perplexity (correctness gate for real downloads)."""
     _kit(c, "lowbit.bitnet:perplexity_command", gguf=gguf, text=text, ctx=int(ctx),
-         chunks=int(chunks) if chunks else None, max_ppl=float(max_ppl) if max_ppl else None)
+         chunks=int(chunks) if chunks else None, max_ppl=float(max_ppl) if max_ppl else None, engine=engine)
 
 
 @task(
@@ -422,3 +424,25 @@ def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None):
 def bitnet_bench(c, rounds=4, reduced=False):
     """Speed and memory of the 2B4T shape: TQ2_0/TQ1_0 vs Q4_0, 1 and 2 threads, roofline."""
     _kit(c, "lowbit.bitnet_bench:bench_command", rounds=int(rounds), reduced=reduced)
+
+
+# --- bitnet.cpp, the optional BitNet engine (lowbit.bitnet_cpp) --------------------------------
+
+
+@task(help={"force": "rebuild even if a build of the pinned commit is cached"})
+def bitnet_cpp_build(c, force=False):
+    """Clone Microsoft's bitnet.cpp at the pinned commit and build it with clang >= 18 (cached)."""
+    _kit(c, "lowbit.bitnet_cpp:build_command", force=force)
+
+
+@task(
+    help={
+        "gguf": "a BitNet GGUF (I2_S for bitnet.cpp, TQ1_0/TQ2_0 for llama.cpp)",
+        "prompt": "text to complete",
+        "n": "tokens to generate",
+        "engine": "llama.cpp (default) or bitnet.cpp",
+    }
+)
+def bitnet_generate(c, gguf, prompt="The capital of France is", n=32, engine="llama.cpp"):
+    """Greedy completion of a prompt with a BitNet GGUF (llama-completion, or bitnet.cpp's llama-cli)."""
+    _kit(c, "lowbit.bitnet:generate_command", gguf=gguf, prompt=prompt, n=int(n), engine=engine)

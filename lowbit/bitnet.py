@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,7 @@ CHAT_TEMPLATE = (
 MIN_CORRELATION = 0.95
 MIN_TOP10_OVERLAP = 0.6
 MAX_REL_ERROR = 0.35
-
-# bitnet.cpp (optional engine): the upstream repo and the compiler it needs.
-BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
-MIN_CLANG = 18
+ENGINES = ("llama.cpp", "bitnet.cpp")  # bitnet.cpp: optional, see lowbit.bitnet_cpp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,29 +351,48 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
     return proc.stdout + proc.stderr
 
 
-def convert_command(src: str, quant: str = "tq2_0", out: str | None = None, engine: str = "llama.cpp") -> int:
-    """`invoke bitnet-convert SRC`: a catalog name, Hub repo id (fetched) or a checkpoint folder."""
-    from lowbit.catalog import resolve_model
-    from lowbit.ui import human_bytes
-
-    if engine == "bitnet.cpp":
-        bitnet_cpp_preflight()
-        raise LowbitError(
-            "clang and github.com are available, but lowbit does not drive bitnet.cpp's build yet: "
-            f"clone {BITNET_CPP_GIT} (--recursive), run its `setup_env.py -md SRC -q i2_s`, then check the "
-            "result with `invoke bitnet-perplexity` (bitnet.cpp's head has a ReLU²->SiLU regression)"
-        )
-    if engine != "llama.cpp":
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
         raise LowbitError(f"unknown --engine {engine!r}; choose llama.cpp (default) or bitnet.cpp")
+    return engine
+
+
+def checkpoint_path(src: str) -> Path:
+    """`src` (catalog name, Hub repo id or path) on disk: a checkpoint folder or a GGUF file."""
+    from lowbit.catalog import resolve_model
+    from lowbit.paths import models_dir
 
     resolved = resolve_model(src)
     path = resolved.path
-    if path is None or not Path(path).is_dir():
+    if path is None and resolved.repo_id and (models_dir() / resolved.repo_id / "config.json").exists():
+        path = models_dir() / resolved.repo_id  # an HF-format entry after `invoke fetch`
+    entry = resolved.entry or {}
+    if path is None and entry.get("kind") == "replica" and entry.get("format") == "hf":
+        from lowbit.replicas import hf_dir
+
+        path = hf_dir(resolved.name)  # the offline stand-in, built on first use
+    if path is None or not Path(path).exists():
         raise LowbitError(
-            f"{src!r} is not a local checkpoint folder; download it first "
+            f"{src!r} is not on disk; download it first "
             f"(`invoke fetch --model {resolved.repo_id or src}`) or pass its path"
         )
-    result = convert(Path(path), quant=quant, out=Path(out) if out else None)
+    return Path(path)
+
+
+def convert_command(
+    src: str, quant: str | None = None, out: str | None = None, engine: str = "llama.cpp"
+) -> int:
+    """`invoke bitnet-convert SRC`: a catalog name, Hub repo id (fetched) or a checkpoint folder."""
+    from lowbit.ui import human_bytes
+
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit import bitnet_cpp
+
+        return bitnet_cpp.convert_command(src, out=out, quant=quant)
+    path = checkpoint_path(src)
+    if not path.is_dir():
+        raise LowbitError(f"{src!r} is not a checkpoint folder ({path}); bitnet-convert reads HF checkpoints")
+    result = convert(path, quant=quant or "tq2_0", out=Path(out) if out else None)
     print(f"wrote {result} ({human_bytes(result.stat().st_size)})")
     return 0
 
@@ -554,13 +569,30 @@ def check_command(
 
 
 def perplexity(
-    gguf_path: Path, text_file: Path, ctx: int = 512, chunks: int | None = None, threads: int | None = None
+    gguf_path: Path,
+    text_file: Path,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    engine: str = "llama.cpp",
 ) -> float:
-    """llama-perplexity's final estimate on `text_file` (real 2B4T on wikitext-2: ≈17 expected)."""
-    from lowbit.build import active_build
+    """llama-perplexity's final estimate on `text_file` (real 2B4T on wikitext-2: ≈17 expected).
 
+    `engine="bitnet.cpp"` runs bitnet.cpp's own llama-perplexity (built on first use) on an I2_S GGUF.
+    """
+    if not Path(gguf_path).is_file() or not Path(text_file).is_file():
+        missing = gguf_path if not Path(gguf_path).is_file() else text_file
+        raise LowbitError(f"{missing} does not exist")
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit.bitnet_cpp import perplexity_tool
+
+        tool = perplexity_tool()
+    else:
+        from lowbit.build import active_build
+
+        tool = active_build().tool("llama-perplexity")
     cmd = [
-        str(active_build().tool("llama-perplexity")),
+        str(tool),
         "-m",
         str(gguf_path),
         "-f",
@@ -582,57 +614,41 @@ def perplexity(
 
 
 def perplexity_command(
-    gguf: str, text: str, ctx: int = 512, chunks: int | None = None, max_ppl: float | None = None
+    gguf: str,
+    text: str,
+    ctx: int = 512,
+    chunks: int | None = None,
+    max_ppl: float | None = None,
+    engine: str = "llama.cpp",
 ) -> int:
     """`invoke bitnet-perplexity`: print PPL; with --max-ppl, fail above it (real-model gate: ≈17)."""
-    ppl = perplexity(Path(gguf), Path(text), ctx=ctx, chunks=chunks)
-    print(f"perplexity {ppl:.3f} on {text} (ctx {ctx})")
+    ppl = perplexity(Path(gguf), Path(text), ctx=ctx, chunks=chunks, engine=engine)
+    print(f"perplexity {ppl:.3f} on {text} (ctx {ctx}, {engine})")
     if max_ppl is not None and not ppl <= max_ppl:
         print(f"FAIL: above {max_ppl} — a SiLU graph or a broken conversion gives ~100 on wikitext-2")
         return 1
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# optional engine: Microsoft's bitnet.cpp
+def generate_command(
+    gguf: str, prompt: str = "The capital of France is", n: int = 32, engine: str = "llama.cpp"
+) -> int:
+    """`invoke bitnet-generate`: greedy completion of `prompt` with the chosen engine's CLI."""
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit.bitnet_cpp import generate
 
+        print(generate(Path(gguf), prompt, n=n))
+        return 0
+    from lowbit.build import active_build
 
-def clang_version() -> int | None:
-    """Major version of the newest clang on PATH (clang, clang-NN), or None."""
-    best = None
-    names = ["clang"] + [f"clang-{v}" for v in range(30, MIN_CLANG - 4, -1)]
-    for name in names:
-        exe = shutil.which(name)
-        if not exe:
-            continue
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-        m = re.search(r"clang version (\d+)", out)
-        if m:
-            best = max(best or 0, int(m.group(1)))
-    return best
-
-
-def bitnet_cpp_preflight(timeout: float = 3.0) -> None:
-    """Raise a LowbitError explaining what is missing to build bitnet.cpp (clang ≥ 18, git, GitHub)."""
-    problems = []
-    major = clang_version()
-    if major is None or major < MIN_CLANG:
-        found = f"clang {major}" if major else "no clang"
-        problems.append(
-            f"bitnet.cpp needs clang >= {MIN_CLANG} ({found} found): e.g. `apt install clang-19` "
-            "or https://apt.llvm.org"
-        )
-    if not shutil.which("git"):
-        problems.append("git is missing (bitnet.cpp and its llama.cpp fork come from GitHub)")
-    try:
-        socket.create_connection(("github.com", 443), timeout=timeout).close()
-    except OSError as exc:
-        problems.append(
-            f"github.com is unreachable ({exc.__class__.__name__}): bitnet.cpp is built from "
-            f"{BITNET_CPP_GIT} and needs network; the kit's own llama.cpp (TQ2_0) needs none"
-        )
-    if problems:
-        raise LowbitError("cannot use --engine bitnet.cpp:\n  - " + "\n  - ".join(problems))
+    tool = active_build().tool("llama-completion")
+    cmd = [str(tool), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-no-cnv",
+           "-t", str(os.cpu_count() or 2)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-completion failed (exit {proc.returncode}):\n{proc.stderr[-2500:]}")
+    print(proc.stdout)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
