@@ -360,12 +360,9 @@ def check_engine(engine: str) -> str:
 def checkpoint_path(src: str) -> Path:
     """`src` (catalog name, Hub repo id or path) on disk: a checkpoint folder or a GGUF file."""
     from lowbit.catalog import resolve_model
-    from lowbit.paths import models_dir
 
     resolved = resolve_model(src)
     path = resolved.path
-    if path is None and resolved.repo_id and (models_dir() / resolved.repo_id / "config.json").exists():
-        path = models_dir() / resolved.repo_id  # an HF-format entry after `invoke fetch`
     entry = resolved.entry or {}
     if path is None and entry.get("kind") == "replica" and entry.get("format") == "hf":
         from lowbit.replicas import hf_dir
@@ -656,26 +653,11 @@ def generate_command(
 
 
 def checkpoint_for(model: str) -> Path:
-    """The HF checkpoint for `model`: "bitnet" is the replica (built if missing), else a catalog name/path."""
-    if model == "bitnet":
-        try:
-            from lowbit.replicas import ensure_replica, hf_dir
-
-            ensure_replica("bitnet")
-            return hf_dir("bitnet")
-        except ImportError:
-            from lowbit.paths import models_dir
-
-            dest = models_dir() / "bitnet-replica" / "hf"
-            if not (dest / "tokenizer.json").exists():
-                make_hf_checkpoint(dest, seed=0, hidden=256, layers=2)
-            return dest
-    from lowbit.catalog import resolve_model
-
-    path = resolve_model(model).path
-    if path is None or not Path(path).is_dir():
-        raise LowbitError(f"{model!r} has no local checkpoint folder: `invoke fetch --model {model}` first")
-    return Path(path)
+    """The HF checkpoint folder for `model` (catalog name, repo id or path; the replica is built if missing)."""
+    path = checkpoint_path(model)
+    if not path.is_dir():
+        raise LowbitError(f"{model!r} is a single file ({path.name}), not an HF checkpoint folder")
+    return path
 
 
 def gguf_for(model: str, quant: str = "tq2_0") -> Path:

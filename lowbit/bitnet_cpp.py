@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.build import cpu_fingerprint, run_logged
 from lowbit.paths import cache_dir
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
@@ -338,7 +339,6 @@ def cmake_flags(clang: Clang, arch: str) -> list[str]:
 
 
 def build_key(flags: list[str], clang: Clang) -> str:
-    from lowbit.build import cpu_fingerprint
 
     h = hashlib.sha256()
     for part in (BITNET_CPP_COMMIT, LLAMA_FORK_COMMIT, clang.banner, *flags, *TARGETS, cpu_fingerprint()):
@@ -348,7 +348,6 @@ def build_key(flags: list[str], clang: Clang) -> str:
 
 def cached_engine() -> Engine | None:
     """The newest complete bitnet.cpp build of the pinned commit for this CPU, if any."""
-    from lowbit.build import cpu_fingerprint
 
     root = builds_root()
     if not root.is_dir():
@@ -366,7 +365,6 @@ def cached_engine() -> Engine | None:
 
 def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     """Clone (if needed) and build bitnet.cpp at the pinned commit; reuse a cached build unless `force`."""
-    from lowbit.build import cpu_fingerprint
 
     if not force:
         cached = cached_engine()
@@ -423,52 +421,6 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     (final / STAMP).write_text(json.dumps(asdict(engine), indent=1))  # written last: marks the build complete
     engine.fresh = True
     return engine
-
-
-# ---------------------------------------------------------------------------------------------
-# running tools with a log and a progress line
-
-
-_GIT = re.compile(r"^(?:remote: )?([A-Z][\w ]+?):\s+(\d+)% \((\d+)/(\d+)\)")
-
-
-def run_logged(cmd: list[str], log, title: str, cwd: Path | None = None, env: dict | None = None) -> None:
-    """Run `cmd`, copy all output to `log`, show progress (git's percentages, ninja/make steps)."""
-    from lowbit.build import _MAKE, _NINJA, _Progress  # the kit's one build-progress display
-
-    log.write("$ " + " ".join(cmd) + "\n")
-    log.flush()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL)
-    progress = _Progress(title)
-    pending = b""
-    try:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(65536):
-            pending += chunk
-            *lines, pending = re.split(rb"[\r\n]", pending)
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                if not line:
-                    continue
-                log.write(line + "\n")
-                if m := _GIT.match(line):
-                    progress.update(int(m.group(3)), max(int(m.group(4)), 1), m.group(1))
-                elif m := _NINJA.match(line):
-                    progress.update(int(m.group(1)), int(m.group(2)), m.group(3))
-                elif m := _MAKE.match(line):
-                    progress.update(int(m.group(1)), 100, m.group(2))
-        if pending:
-            log.write(pending.decode(errors="replace") + "\n")
-    except BaseException:
-        proc.terminate()
-        proc.wait()
-        raise
-    finally:
-        progress.close()
-        log.flush()
-    if proc.wait() != 0:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:

@@ -508,8 +508,8 @@ def build_llama(backend: str = "auto", source: str = "sdist", cuda_arch: str | N
     try:
         with open(log_path, "w") as log:
             log.write(f"# llama.cpp {commit} backend={backend} source={source}\n")
-            _logged(configure, log, f"configuring llama.cpp ({backend})")
-            _logged(compile_, log, f"compiling llama.cpp ({backend}, {len(TARGETS)} tools)")
+            run_logged(configure, log, f"configuring llama.cpp ({backend})")
+            run_logged(compile_, log, f"compiling llama.cpp ({backend}, {len(TARGETS)} tools)")
     except (subprocess.CalledProcessError, KeyboardInterrupt) as exc:
         if work != final:
             shutil.rmtree(work, ignore_errors=True)
@@ -553,27 +553,42 @@ _NINJA = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)")
 _MAKE = re.compile(r"^\[\s*(\d+)%\]\s*(.*)")
 
 
-def _logged(cmd: list[str], log, title: str) -> None:
-    """Run `cmd`, write everything to `log`, and show a condensed live progress line."""
+_GIT = re.compile(r"^(?:remote: )?([A-Z][\w ]+?):\s+(\d+)% \((\d+)/(\d+)\)")
+
+
+def run_logged(cmd: list[str], log, title: str, cwd: Path | None = None, env: dict | None = None) -> None:
+    """Run `cmd`, copy all output to `log`, show progress (git's percentages, ninja/make steps)."""
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL)
     progress = _Progress(title)
+    pending = b""
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            m = _NINJA.match(line) or _MAKE.match(line)
-            if m and len(m.groups()) == 3:
-                progress.update(int(m.group(1)), int(m.group(2)), m.group(3))
-            elif m:
-                progress.update(int(m.group(1)), 100, m.group(2))
-    except KeyboardInterrupt:
+        while chunk := proc.stdout.read1(65536):
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if not line:
+                    continue
+                log.write(line + "\n")
+                if m := _GIT.match(line):
+                    progress.update(int(m.group(3)), max(int(m.group(4)), 1), m.group(1))
+                elif m := _NINJA.match(line):
+                    progress.update(int(m.group(1)), int(m.group(2)), m.group(3))
+                elif m := _MAKE.match(line):
+                    progress.update(int(m.group(1)), 100, m.group(2))
+        if pending:
+            log.write(pending.decode(errors="replace") + "\n")
+    except BaseException:
         proc.terminate()
         proc.wait()
         raise
     finally:
         progress.close()
+        log.flush()
     if proc.wait() != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
 

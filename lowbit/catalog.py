@@ -111,8 +111,8 @@ def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
         firsts = [f for f in hits if "-00001-of-" in f] or [f for f in hits if "-of-" not in f]
         if firsts:
             return folder / firsts[0]
-    if not quants and (folder / "config.json").exists():
-        return folder
+    if (entry.get("format") == "hf" or not quants) and (folder / "config.json").exists():
+        return folder  # an HF checkpoint: the folder is the model
     return None
 
 
