@@ -164,3 +164,21 @@ def test_greedy_completion_repeats_itself(model):
     first = engine.greedy_completion(model, "Hello", n_predict=4)
     assert first.startswith("Hello") and len(first) > len("Hello")
     assert engine.greedy_completion(model, "Hello", n_predict=4) == first
+
+
+def test_llama_cpp_tools_never_lose_the_end_of_their_output(tmp_path, llama_build):
+    """At the pinned commit nothing drained llama.cpp's log queue at exit, so a run could exit 0 with its text
+    and perf report cut short (about 1 run in 20 on a busy 2-core machine); patch 0004 drains it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gguf_factory import write_llama_model
+
+    model = write_llama_model(tmp_path / "tiny.gguf")
+    cmd = [str(llama_build.tool("llama-completion")), "-m", str(model), "-p", "hello", "-n", "12",
+           *engine.GREEDY_SAMPLING, "-no-cnv", "-t", "1", "--no-warmup"]  # fmt: skip
+    with ThreadPoolExecutor(4) as pool:  # runs side by side: the lost tail shows under load
+        runs = list(pool.map(lambda _: subprocess.run(cmd, capture_output=True, timeout=120), range(80)))
+    assert [r.returncode for r in runs] == [0] * len(runs)
+    cut = [r.stderr[-120:] for r in runs if b"total time =" not in r.stderr]
+    assert not cut, f"{len(cut)} of {len(runs)} runs lost the end of their log, e.g. {cut[0]!r}"
+    assert len({r.stdout for r in runs}) == 1  # and every run printed the whole (greedy, identical) text
