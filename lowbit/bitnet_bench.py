@@ -255,10 +255,10 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
 def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
     """Memory read bandwidth (bytes/s): `threads` readers, each OR-reducing its own uint64 array (best of reps).
 
-    An integer OR-reduction is a plain streaming read (numpy vectorizes it and releases the GIL); `np.sum` over
-    float64 is slower per byte, and its one-thread pairwise summation under-reads (it gave 33.6 GB/s for 2 threads
-    here, while a 2-thread AVX-512 load loop reaches ≈57 GB/s when the machine is otherwise idle). The best of
-    many repetitions is the ceiling the roofline needs; a busy machine still lowers it, see `others`.
+    An integer OR-reduction is a plain streaming read (numpy vectorizes it and releases the GIL), faster per
+    byte than `np.sum` over float64. On a shared VM the 2-thread figure swings widely from second to second
+    (≈25 to ≈60 GB/s here, with an AVX-512 load loop agreeing), so `run_benchmark` samples it every round and
+    uses the best sample as the ceiling.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -334,6 +334,7 @@ def run_benchmark(
         tools["base:"] = tool
     samples: dict[str, list[float]] = {}
     others: dict[str, list[float]] = {}
+    bw_samples: dict[int, list[float]] = {}
     for r in range(rounds):
         step(f"round {r + 1}/{rounds}")
         for t in threads:
@@ -344,6 +345,8 @@ def run_benchmark(
                     for kind, value in got.items():
                         samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
+        for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
+            bw_samples.setdefault(t, []).append(read_bandwidth(t))
     speed, quiet = {}, {}
     for key, values in samples.items():
         calm = [v for v, o in zip(values, others[key], strict=True) if o < QUIET]
@@ -351,7 +354,7 @@ def run_benchmark(
         speed[key] = statistics.median(calm or values)
     main = {k: v for k, v in speed.items() if not k.startswith("base:")}
     vs_baseline = {k: v / speed["base:" + k] for k, v in main.items() if speed.get("base:" + k)}
-    bw = {t: read_bandwidth(t) for t in threads}
+    bw = {t: max(v) for t, v in bw_samples.items()}
     memory = measure_memory(files, shape)
     roofline = {}
     for qtype in files:
@@ -368,10 +371,12 @@ def run_benchmark(
         "samples": samples,
         "others": others,  # CPUs used by other processes during each sample
         "quiet_samples": quiet,  # how many samples per median were undisturbed (the median uses those)
-        "baseline": str(baseline) if baseline else None,
+        "baseline": Path(baseline).name if baseline else None,  # the build key, not a machine path
+        "baseline_patches": _build_patches(Path(baseline)) if baseline else None,
         "baseline_speed": {k[5:]: v for k, v in speed.items() if k.startswith("base:")},
         "vs_baseline": vs_baseline,
         "bandwidth": {str(t): b for t, b in bw.items()},
+        "bandwidth_samples": {str(t): v for t, v in bw_samples.items()},
         "kernels": kernel_rates(),
         "memory": memory,
         "roofline": roofline,
@@ -401,6 +406,13 @@ def _active_patches() -> list[str]:
     from lowbit.build import active_build
 
     return list(active_build().patches)
+
+
+def _build_patches(directory: Path) -> list[str] | None:
+    from lowbit.build import load_build
+
+    build = load_build(directory)
+    return list(build.patches) if build else None
 
 
 def _cpu_name() -> str:
