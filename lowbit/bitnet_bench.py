@@ -147,14 +147,21 @@ def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
     return files
 
 
-def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32) -> dict[str, float]:
-    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds)."""
+def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path | None = None) -> dict[str, float]:
+    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds).
+
+    Also returns `others`: the CPUs' worth of time other processes used meanwhile (from /proc/stat minus this
+    run's own CPU time). On a small shared machine a 2-thread run that competes with other work loses most of
+    its speed (its threads wait for each other), so such samples are told apart, not averaged in.
+    """
     from lowbit.bitnet import _run
     from lowbit.build import active_build
 
+    tool = tool or active_build().tool("llama-bench")
+    busy0, own0, wall0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
     out = _run(
         [
-            str(active_build().tool("llama-bench")),
+            str(tool),
             "-m",
             str(model),
             "-t",
@@ -175,7 +182,28 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32) -> dict[str
     for row in rows:
         key = "pp" if row["n_prompt"] else "tg"
         got[key] = float(row["avg_ts"])
+    if busy0 is not None:
+        busy1 = _busy_cpu_seconds() or busy0
+        other = (busy1 - busy0) - (_children_cpu_seconds() - own0)
+        got["others"] = max(0.0, other / max(time.monotonic() - wall0, 1e-9))
     return got
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU-seconds all processes have run (user, nice, system, irq, softirq, steal), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
@@ -224,18 +252,24 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
     return peak
 
 
-def read_bandwidth(threads: int, mib: int = 256, reps: int = 5) -> float:
-    """Memory read bandwidth (bytes/s) with `threads` numpy readers over separate arrays (best of reps)."""
+def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
+    """Memory read bandwidth (bytes/s): `threads` readers, each OR-reducing its own uint64 array (best of reps).
+
+    An integer OR-reduction is a plain streaming read (numpy vectorizes it and releases the GIL), faster per
+    byte than `np.sum` over float64. On a shared VM the 2-thread figure swings widely from second to second
+    (≈25 to ≈60 GB/s here, with an AVX-512 load loop agreeing), so `run_benchmark` samples it every round and
+    uses the best sample as the ceiling.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    arrays = [np.ones(mib * 2**20 // 8) for _ in range(threads)]
+    arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
     best = 0.0
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(reps):
             t = time.perf_counter()
-            list(pool.map(np.sum, arrays))
+            list(pool.map(np.bitwise_or.reduce, arrays))
             best = max(best, threads * mib * 2**20 / (time.perf_counter() - t))
     return best
 
@@ -270,10 +304,21 @@ def measure_memory(files: dict[str, Path], shape: Shape, ctx: int = 512) -> dict
     return memory
 
 
+QUIET = 0.25  # a sample counts as undisturbed when other processes used less than this many CPUs meanwhile
+
+
 def run_benchmark(
-    shape: Shape = FULL, rounds: int = 4, threads: tuple[int, ...] = (1, 2), folder: Path | None = None
+    shape: Shape = FULL,
+    rounds: int = 4,
+    threads: tuple[int, ...] = (1, 2),
+    folder: Path | None = None,
+    baseline: Path | None = None,
 ) -> dict:
-    """Measure everything in one run; return a JSON-serialisable result (also the notebook's input)."""
+    """Measure everything in one run; return a JSON-serialisable result (also the notebook's input).
+
+    `baseline`: another build's folder (e.g. one without the kernel patch); its llama-bench runs every type in
+    the same interleaved rounds, so `vs_baseline` shows what the build difference is worth (Q4_0 is the control).
+    """
     import statistics
 
     from lowbit.paths import models_dir
@@ -281,36 +326,93 @@ def run_benchmark(
 
     folder = folder or models_dir() / "bench"
     files = quantized_files(folder, shape)
+    tools = {"": None}
+    if baseline is not None:
+        tool = Path(baseline) / "bin" / "llama-bench"
+        if not tool.exists():
+            raise LowbitError(f"--baseline {baseline}: no bin/llama-bench there; give a build folder")
+        tools["base:"] = tool
     samples: dict[str, list[float]] = {}
+    others: dict[str, list[float]] = {}
+    bw_samples: dict[int, list[float]] = {}
     for r in range(rounds):
         step(f"round {r + 1}/{rounds}")
         for t in threads:
-            for qtype, path in files.items():  # interleaved: every type once per round and thread count
-                for kind, value in llama_bench(path, t).items():
-                    samples.setdefault(f"{qtype}/{kind}/t{t}", []).append(value)
-    speed = {k: statistics.median(v) for k, v in samples.items()}
-    bw = {t: read_bandwidth(t) for t in threads}
+            for qtype, path in files.items():  # interleaved: every type (and build) once per round and thread count
+                for prefix, tool in tools.items():
+                    got = llama_bench(path, t, tool=tool)
+                    other = got.pop("others", 0.0)
+                    for kind, value in got.items():
+                        samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
+                        others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
+        for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
+            bw_samples.setdefault(t, []).append(read_bandwidth(t))
+    speed, quiet = {}, {}
+    for key, values in samples.items():
+        calm = [v for v, o in zip(values, others[key], strict=True) if o < QUIET]
+        quiet[key] = len(calm)
+        speed[key] = statistics.median(calm or values)
+    main = {k: v for k, v in speed.items() if not k.startswith("base:")}
+    vs_baseline = {k: v / speed["base:" + k] for k, v in main.items() if speed.get("base:" + k)}
+    bw = {t: max(v) for t, v in bw_samples.items()}
     memory = measure_memory(files, shape)
     roofline = {}
     for qtype in files:
         per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
         for t in threads:
-            tg = speed.get(f"{qtype}/tg/t{t}")
+            tg = main.get(f"{qtype}/tg/t{t}")
             if tg:
                 roofline[f"{qtype}/t{t}"] = tg * per_token / bw[t]
     return {
         "shape": shape.__dict__,
         "rounds": rounds,
         "threads": list(threads),
-        "speed": speed,
+        "speed": main,
         "samples": samples,
+        "others": others,  # CPUs used by other processes during each sample
+        "quiet_samples": quiet,  # how many samples per median were undisturbed (the median uses those)
+        "baseline": Path(baseline).name if baseline else None,  # the build key, not a machine path
+        "baseline_patches": _build_patches(Path(baseline)) if baseline else None,
+        "baseline_speed": {k[5:]: v for k, v in speed.items() if k.startswith("base:")},
+        "vs_baseline": vs_baseline,
         "bandwidth": {str(t): b for t, b in bw.items()},
+        "bandwidth_samples": {str(t): v for t, v in bw_samples.items()},
+        "kernels": kernel_rates(),
         "memory": memory,
         "roofline": roofline,
+        "patches": _active_patches(),
         "cpu": _cpu_name(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
         "loadavg_1min": os.getloadavg()[0],  # other work on the machine skews everything
     }
+
+
+def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) -> dict[str, float]:
+    """Weight bytes/s one thread's CPU dot product consumes from cache, per type (its compute ceiling).
+
+    Q4_0 here is the plain `vec_dot`; llama.cpp runs Q4_0 matmuls through its repacked (8-row interleaved)
+    kernels instead. Q6_K is the tied output matrix every type shares. Empty when the libraries cannot be loaded.
+    """
+    from lowbit.ggml_kernels import Kernels
+
+    try:
+        kernels = Kernels()
+    except (LowbitError, OSError):
+        return {}
+    return {qtype: kernels.dot_rate(qtype) for qtype in types}
+
+
+def _active_patches() -> list[str]:
+    from lowbit.build import active_build
+
+    return list(active_build().patches)
+
+
+def _build_patches(directory: Path) -> list[str] | None:
+    from lowbit.build import load_build
+
+    build = load_build(directory)
+    return list(build.patches) if build else None
 
 
 def _cpu_name() -> str:
@@ -324,20 +426,33 @@ def _cpu_name() -> str:
 
 
 def report(result: dict) -> None:
-    """Print the speed table (ratios to Q4_0), the memory split and the roofline fractions."""
-    from lowbit.ui import human_bytes, print_table
+    """Print the speed table (ratios to Q4_0, and to the baseline build if any), memory split and roofline."""
+    from lowbit.ui import human_bytes, print_table, warn
 
     s = result["speed"]
+    vs = result.get("vs_baseline") or {}
     rows = []
     for qtype in TYPES:
         row = [qtype]
         for kind in ("pp", "tg"):
             for t in result["threads"]:
-                v, ref = s.get(f"{qtype}/{kind}/t{t}"), s.get(f"Q4_0/{kind}/t{t}")
-                row.append(f"{v:.1f} ({v / ref:.2f}x)" if v and ref else "-")
+                key = f"{qtype}/{kind}/t{t}"
+                v, ref = s.get(key), s.get(f"Q4_0/{kind}/t{t}")
+                cell = f"{v:.1f} ({v / ref:.2f}x)" if v and ref else "-"
+                if key in vs:
+                    cell += f" [{vs[key]:.2f}x base]"
+                row.append(cell)
         rows.append(row)
     cols = ["type"] + [f"{k}{64 if k == 'pp' else 32} t={t}" for k in ("pp", "tg") for t in result["threads"]]
-    print_table("tok/s, medians of interleaved rounds (ratio to Q4_0)", cols, rows)
+    title = "tok/s, medians of interleaved rounds (ratio to Q4_0)"
+    if vs:
+        title += f" [ratio to the baseline build {result.get('baseline')}]"
+    print_table(title, cols, rows)
+    quiet = result.get("quiet_samples") or {}
+    disturbed = sorted(k for k, n in quiet.items() if n == 0)
+    if disturbed:
+        warn(f"other processes used >= {QUIET} CPU during every sample of {', '.join(disturbed)}: "
+             "those medians are of disturbed runs")
     mem_rows = []
     for qtype, m in result["memory"].items():
         ms = (
@@ -364,11 +479,20 @@ def report(result: dict) -> None:
         ["type", "non-emb weights", "embeddings", "KV", "buffers", "peak RSS", "ms/token"],
         mem_rows,
     )
+    bw = result["bandwidth"]
     print_table(
-        "decode vs memory-bandwidth roofline",
+        "decode vs memory-bandwidth roofline (read bandwidth: "
+        + ", ".join(f"{b / 1e9:.1f} GB/s at t={t}" for t, b in bw.items()) + ")",
         ["type/threads", "fraction"],
         [[k, f"{v:.2f}"] for k, v in result["roofline"].items()],
     )
+    if result.get("kernels"):
+        print_table(
+            "CPU dot product, 1 thread, cache-resident weights (compute ceiling; read bandwidth 1 thread "
+            f"{bw.get('1', 0) / 1e9:.1f} GB/s)",
+            ["type", "weights GB/s"],
+            [[q, f"{r / 1e9:.1f}"] for q, r in result["kernels"].items()],
+        )
 
 
 def results_file() -> Path:
@@ -377,9 +501,10 @@ def results_file() -> Path:
     return runs_dir() / "bench" / "bitnet.json"
 
 
-def bench_command(rounds: int = 4, reduced: bool = False) -> int:
+def bench_command(rounds: int = 4, reduced: bool = False, baseline: str | None = None) -> int:
     """`invoke bitnet-bench`: measure, print, store results for the lesson."""
-    result = run_benchmark(REDUCED if reduced else FULL, rounds=rounds)
+    result = run_benchmark(REDUCED if reduced else FULL, rounds=rounds,
+                           baseline=Path(baseline).expanduser() if baseline else None)
     report(result)
     out = results_file() if not reduced else results_file().with_name("bitnet-reduced.json")
     out.parent.mkdir(parents=True, exist_ok=True)
