@@ -120,8 +120,12 @@ def contenders(parts: list[Path], out: Path) -> dict[str, object]:
 def measure(parts: list[Path], out: Path, rounds: int, cache: str) -> dict[str, list[float]]:
     runs = contenders(parts, out)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    names = list(runs)
+    for r in range(rounds):
+        # each round starts with a different contender: whoever follows another's 2 GB delete and writeback
+        # (ext4 discards, journal commits) must not always be the same one
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run = runs[name]
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             os.sync()  # nothing of the previous contender is still being written back
@@ -144,12 +148,13 @@ def report(times: dict[str, list[float]], total: int, title: str) -> None:
         return statistics.median(r / t for r, t in zip(times[ref], times[name], strict=True))
 
     print(f"\n{title}")
-    print(f"{'what':32} {'median s':>9} {'MB/s':>8} {'vs cp':>7} {'vs llama-gguf-split':>20}")
+    print(f"{'what':32} {'median s':>9} {'MB/s':>8} {'vs cp':>7} {'(min-max)':>11} {'vs llama-gguf-split':>20}")
     for name, ts in times.items():
         m = statistics.median(ts)
+        per_round = [r / t for r, t in zip(times["cp"], ts, strict=True)]
         print(
             f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} {paired('cp', name):7.2f} "
-            f"{paired('llama-gguf-split --merge', name):20.2f}"
+            f"{f'{min(per_round):.2f}-{max(per_round):.2f}':>11} {paired('llama-gguf-split --merge', name):20.2f}"
         )
 
 
