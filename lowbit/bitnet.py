@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.procs import run_checked
 
 ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM")
 LLAMA3_VOCAB = 128256
@@ -296,7 +297,7 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
         step(f"converting {src.name} (ternarizing BitLinear weights) with the patched convert_hf_to_gguf.py")
         # the converter must use the patched tree's gguf-py (it knows the 2B4T tensor names)
         env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-        _run(
+        run_checked(
             [
                 sys.executable,
                 str(converter_script()),
@@ -311,7 +312,7 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
         )
         step(f"quantizing to {qtype} with llama-quantize")
         tmp = work / out.name
-        log = _run(
+        log = run_checked(
             [
                 str(build.tool("llama-quantize")),
                 str(master),
@@ -342,13 +343,6 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
-    return proc.stdout + proc.stderr
 
 
 def check_engine(engine: str) -> str:
@@ -603,7 +597,7 @@ def perplexity(
     ]
     if chunks:
         cmd += ["--chunks", str(chunks)]
-    log = _run(cmd, "llama-perplexity")
+    log = run_checked(cmd, "llama-perplexity")
     m = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)", log)
     if not m:
         raise LowbitError(f"llama-perplexity printed no final estimate:\n{log[-1500:]}")

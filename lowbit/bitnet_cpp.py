@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
-from lowbit.build import cpu_fingerprint, run_logged
+from lowbit.build import builds_root, cpu_fingerprint, run_logged
+from lowbit.hub import free_disk
 from lowbit.paths import cache_dir
+from lowbit.procs import run_checked
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
 # The pinned commit: microsoft/BitNet 01eb415 (2026-03-10), whose 3rdparty/llama.cpp submodule is
@@ -143,12 +145,6 @@ def machine_arch() -> str | None:
     return ARCH_ALIAS.get(platform.machine())
 
 
-def _existing_parent(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def preflight(need_source: bool = True, need_build: bool = True, timeout: float = 15.0) -> Clang | None:
     """Check everything building bitnet.cpp needs, before creating anything; one LowbitError lists all gaps.
 
@@ -179,8 +175,8 @@ def preflight(need_source: bool = True, need_build: bool = True, timeout: float 
             problems.append(f"GitHub is unreachable — {why}. bitnet.cpp is built from {BITNET_CPP_GIT} (with "
                             "submodules) and needs network once; the kit's own llama.cpp engine (TQ2_0) needs none")
     if need_source or need_build:
-        where = _existing_parent(cache_dir())
-        free = shutil.disk_usage(where).free
+        where = cache_dir()
+        free = free_disk(where)
         if free < MIN_FREE_DISK:
             problems.append(f"only {free / 1e9:.1f} GB free under {where}; bitnet.cpp's clone and build need "
                             f"{MIN_FREE_DISK / 1e9:.0f} GB (free space or set LOWBIT_CACHE)")
@@ -320,10 +316,6 @@ class Engine:
         return path
 
 
-def builds_root() -> Path:
-    return cache_dir() / "builds"
-
-
 def cmake_flags(clang: Clang, arch: str) -> list[str]:
     """setup_env.py's configure flags for 2B4T (i2_s) with the found clang, plus Release and static linking."""
     return [
@@ -423,13 +415,6 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     return engine
 
 
-def _run(cmd: list[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
-    return proc.stdout + proc.stderr
-
-
 # ---------------------------------------------------------------------------------------------
 # conversion and running
 
@@ -473,7 +458,7 @@ def convert(src: Path, out: Path | None = None, threads: int | None = None) -> P
     out = Path(out) if out else src / "ggml-model-i2_s.gguf"
     # preprocess writes the weights back as f32 (2x bf16), the f32 GGUF is as large again, I2_S ~1/4 of bf16
     need = 4.5 * weights.stat().st_size
-    free = shutil.disk_usage(_existing_parent(out.parent)).free
+    free = free_disk(out.parent)
     if free < need:
         raise LowbitError(f"converting {src.name} with bitnet.cpp's tools needs about {need / 1e9:.1f} GB free beside "
                           f"{out} (f32 intermediates), only {free / 1e9:.1f} GB are: free space or pass --out elsewhere"
@@ -487,16 +472,17 @@ def convert(src: Path, out: Path | None = None, threads: int | None = None) -> P
             if f.is_file() and f.suffix in (".json", ".model", ".txt", ".jinja"):
                 (work / f.name).symlink_to(f.resolve())
         step("ternarizing the BitLinear weights (bitnet.cpp's utils/preprocess-huggingface-bitnet.py)")
-        _run([sys.executable, str(tree / "utils" / "preprocess-huggingface-bitnet.py"), "--input", str(weights),
-              "--output", str(work / "model.safetensors")], "preprocess-huggingface-bitnet.py")
+        run_checked([sys.executable, str(tree / "utils" / "preprocess-huggingface-bitnet.py"), "--input", str(weights),
+                     "--output", str(work / "model.safetensors")], "preprocess-huggingface-bitnet.py")
         f32 = work / "ggml-model-f32.gguf"
         step("converting to an f32 GGUF (bitnet.cpp's utils/convert-ms-to-gguf-bitnet.py)")
-        _run([sys.executable, str(tree / "utils" / "convert-ms-to-gguf-bitnet.py"), str(work), "--vocab-type", "bpe",
-              "--outtype", "f32", "--concurrency", "1", "--outfile", str(f32)], "convert-ms-to-gguf-bitnet.py",
-             env=converter_env(tree))
+        run_checked([sys.executable, str(tree / "utils" / "convert-ms-to-gguf-bitnet.py"), str(work),
+                     "--vocab-type", "bpe", "--outtype", "f32", "--concurrency", "1", "--outfile", str(f32)],
+                    "convert-ms-to-gguf-bitnet.py", env=converter_env(tree))
         tmp = work / out.name
         step("quantizing to I2_S with bitnet.cpp's llama-quantize (one thread, as upstream)")
-        log = _run([str(engine.tool("llama-quantize")), str(f32), str(tmp), "I2_S", "1"], "llama-quantize (I2_S)")
+        log = run_checked([str(engine.tool("llama-quantize")), str(f32), str(tmp), "I2_S", "1"],
+                          "llama-quantize (I2_S)")
         if not re.search(r"converting to i2_s", log, flags=re.I):
             raise LowbitError(f"llama-quantize wrote no I2_S tensors:\n{log[-1500:]}")
         step("checking that bitnet.cpp loads the result")

@@ -135,3 +135,12 @@ def wait_until(predicate, timeout: float, proc: subprocess.Popen, what: str, log
 def env_without(prefixes: Sequence[str]) -> dict[str, str]:
     """This environment minus variables starting with any of `prefixes` (e.g. LLAMA_ARG_ overrides)."""
     return {k: v for k, v in os.environ.items() if not k.startswith(tuple(prefixes))}
+
+
+def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:
+    """Run `cmd` to completion (no stdin) and return its stdout + stderr; a failure raises a LowbitError
+    naming `what`, its exit status and the output's tail."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
+    return proc.stdout + proc.stderr
