@@ -271,6 +271,13 @@ def converter_script() -> Path:
     return patched_source(*llama_source("sdist")) / "convert_hf_to_gguf.py"
 
 
+def quant_type(quant: str) -> str:
+    """The GGML type a `--quant` name (tq2_0, tq1_0) stands for; anything else is refused."""
+    if quant.lower() not in QUANTS:
+        raise LowbitError(f"unknown --quant {quant!r}; choose one of: {', '.join(QUANTS)}")
+    return QUANTS[quant.lower()]
+
+
 def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: int | None = None) -> Path:
     """Convert a 2B4T-layout HF checkpoint to TQ2_0/TQ1_0: written to a temporary name, verified, renamed."""
     from gguf import GGUFReader
@@ -278,9 +285,7 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
     from lowbit.build import active_build
     from lowbit.ui import step
 
-    if quant.lower() not in QUANTS:
-        raise LowbitError(f"unknown --quant {quant!r}; choose one of: {', '.join(QUANTS)}")
-    qtype = QUANTS[quant.lower()]
+    qtype = quant_type(quant)
     src = Path(src)
     check_checkpoint(src)
     build = active_build()
@@ -380,6 +385,7 @@ def convert_command(
         from lowbit import bitnet_cpp
 
         return bitnet_cpp.convert_command(src, out=out, quant=quant)
+    quant_type(quant or "tq2_0")  # refused before the checkpoint is looked up (or a replica built)
     path = checkpoint_path(src)
     if not path.is_dir():
         raise LowbitError(f"{src!r} is not a checkpoint folder ({path}); bitnet-convert reads HF checkpoints")

@@ -115,6 +115,12 @@ def test_not_a_2b4t_checkpoint(hf, tmp_path):
     assert not out.exists()
 
 
+def test_command_refuses_a_bad_quant_before_looking_up_the_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(bitnet, "checkpoint_path", lambda src: pytest.fail("looked up (or built) the model first"))
+    with pytest.raises(LowbitError, match="unknown --quant 'q9_9'"):
+        bitnet.convert_command("bitnet", quant="q9_9")
+
+
 def test_quant_type_the_build_lacks(hf, tmp_path, monkeypatch):
     assert {"TQ1_0", "TQ2_0"} <= bitnet.build_quant_types()
     monkeypatch.setattr(bitnet, "build_quant_types", lambda build=None: {"Q4_0"})
