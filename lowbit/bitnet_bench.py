@@ -116,8 +116,8 @@ def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
 
 def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
     """The master file plus one llama-quantize output per benchmarked type (cached in `folder`)."""
-    from lowbit.bitnet import _run
     from lowbit.build import active_build
+    from lowbit.procs import run_checked
     from lowbit.ui import step
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
         out = folder / f"bitnet-shape-{tag}-{qtype}.gguf"
         if not out.exists():
             step(f"llama-quantize {qtype}")
-            _run(
+            run_checked(
                 [
                     str(active_build().tool("llama-quantize")),
                     "--allow-requantize",
@@ -154,12 +154,12 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     run's own CPU time). On a small shared machine a 2-thread run that competes with other work loses most of
     its speed (its threads wait for each other), so such samples are told apart, not averaged in.
     """
-    from lowbit.bitnet import _run
     from lowbit.build import active_build
+    from lowbit.procs import run_checked
 
     tool = tool or active_build().tool("llama-bench")
     busy0, own0, wall0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
-    out = _run(
+    out = run_checked(
         [
             str(tool),
             "-m",
