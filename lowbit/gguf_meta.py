@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -100,6 +101,7 @@ class HeaderTensor:
 
 
 ALL_ARRAYS = "all"  # read_header(path, arrays=ALL_ARRAYS): read every array
+NUMERIC_ARRAYS = "numeric"  # read_header(path, arrays=NUMERIC_ARRAYS): numeric arrays only (cheap: one copy each)
 
 
 @dataclass
@@ -107,10 +109,11 @@ class GGUFHeader:
     """A GGUF header: key/values (raw byte ranges, values, where each value sits), tensor infos.
 
     Why not gguf-py's GGUFReader: it builds numpy views for every element of every array, so a DeepSeek
-    vocabulary (~130k tokens + merges) takes 5-15 s per file on a small machine, and a verified merge reads
-    several headers. This walks the same format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
-    with `struct`, skipping array contents unless asked for, in milliseconds; gguf-py still supplies the
-    type tables, and tests check that both readers agree.
+    vocabulary (~130k tokens + merges) takes 5-15 s per file on a small machine, and it trusts every count
+    in the file (an array declaring 2^60 items makes it allocate until memory runs out). This walks the same
+    format (docs/gguf.md in ggml) with `struct`, checking every count and length against the bytes left in
+    the file before anything is allocated, skipping array contents unless asked for; gguf-py still supplies
+    the type tables, and tests check that both readers agree on well-formed files.
     """
 
     path: Path
@@ -120,6 +123,7 @@ class GGUFHeader:
     data_offset: int
     value_at: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (value offset, GGUF value type)
     version: int = 3
+    lengths: dict[str, int] = field(default_factory=dict)  # array key -> number of items (read or skipped)
 
     def value(self, key: str):
         item = self.kv.get(key)
@@ -151,114 +155,199 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+# The smallest encoding of one value of each type: a count is checked against `count * minimum` bytes left
+# before anything is read or allocated.
+_MIN_SIZE = {**{t: struct.calcsize(f) for t, f in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+MAX_DEPTH = 8  # arrays of arrays nested deeper than this are refused (real files nest at most twice)
+MAX_ITEMS = 2_000_000  # strings and inner arrays materialised per header (real vocabularies: < 600k)
+MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses tensors with more dimensions
+_I64_MAX = 2**63 - 1
+
+
+class GGUFFormatError(ValueError):
+    """A header that breaks the format, at a byte offset."""
+
+    def __init__(self, offset: int, message: str):
+        super().__init__(message)
+        self.offset = offset
+
+
+class _Cursor:
+    """Reads a header from a buffer, refusing any read past its end."""
+
+    def __init__(self, buf, size: int):
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise GGUFFormatError(
+                self.pos, f"{what} needs {n} bytes but only {self.size - self.pos} are left (truncated or corrupt)"
+            )
+
+    def unpack(self, fmt: struct.Struct, what: str) -> tuple:
+        self.need(fmt.size, what)
+        values = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
+        return values
+
+    def string(self, what: str) -> str:
+        (n,) = self.unpack(_U64, f"{what} length")
+        self.need(n, what)
+        text = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", "replace")
+        self.pos += n
+        return text
+
+
+_U32, _U64, _TYPE_COUNT = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<IQ")
 
 
 def read_header(path: Path | str, arrays: Collection[str] | str = ()) -> GGUFHeader:
-    """Parse a GGUF file's header (little-endian GGUF v2/v3).
+    """Parse a GGUF file's header (little-endian GGUF v2/v3), bounded by the file.
 
-    Arrays named in `arrays` (e.g. tokenizer.ggml.tokens), or all of them with `arrays="all"`, are read:
-    string arrays as lists, numeric arrays as numpy arrays, arrays of arrays as lists; other arrays are
-    skipped (value None) without decoding them. Unreadable files raise LowbitError."""
-    import struct
-
+    Arrays named in `arrays` (e.g. tokenizer.ggml.tokens), all of them with `arrays="all"`, or every numeric
+    one with `arrays="numeric"` are read: string arrays as lists, numeric arrays as numpy arrays, arrays of
+    arrays as lists; other arrays are skipped (value None) without decoding them. Every count and length is
+    checked against the bytes left in the file before anything is allocated, nesting is capped, tensor data
+    must lie inside the file. Any violation is a LowbitError naming the file and the byte offset."""
     path = Path(path)
-    keep = ALL_ARRAYS if arrays == ALL_ARRAYS else frozenset([arrays] if isinstance(arrays, str) else arrays)
+    if arrays in (ALL_ARRAYS, NUMERIC_ARRAYS):
+        keep: frozenset[str] | str = arrays
+    else:
+        keep = frozenset([arrays] if isinstance(arrays, str) else arrays)
     try:
         return _parse_header(path, keep)
-    except (struct.error, ValueError, OverflowError, UnicodeError, IndexError) as exc:
-        raise LowbitError(f"{path} is not a readable GGUF file ({exc}); is it truncated or something else?") from exc
+    except GGUFFormatError as exc:
+        raise LowbitError(
+            f"{path} is not a readable GGUF file: {exc} at byte offset {exc.offset}; "
+            "is it truncated, or something else than a GGUF model?"
+        ) from None
+    except (OSError, ValueError) as exc:  # mmap of an empty file, a folder, a permission problem
+        raise LowbitError(f"{path} is not a readable GGUF file ({exc})") from None
 
 
 def _parse_header(path: Path, keep: frozenset[str] | str) -> GGUFHeader:
     import mmap
-    import struct
 
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    length = struct.Struct("<Q").unpack_from
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != b"GGUF":
-            raise ValueError("bad magic: not a GGUF file")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is not supported")
-        file_size = len(mm)
-        pos = 24
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            raise GGUFFormatError(0, f"the file has {size} bytes, fewer than a GGUF header's 24 (truncated)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            cur = _Cursor(mm, size)
+            if mm[:4] != b"GGUF":
+                raise GGUFFormatError(0, f"bad magic {bytes(mm[:4])!r}: not a GGUF file")
+            cur.pos = 4
+            version, n_tensors, n_kv = cur.unpack(struct.Struct("<IQQ"), "header")
+            if version not in (2, 3):
+                raise GGUFFormatError(4, f"GGUF version {version} is not supported (2 and 3 are; a big-endian "
+                                         "file shows a huge version)")  # fmt: skip
+            items = 0
 
-        def string() -> str:
-            nonlocal pos
-            (n,) = length(mm, pos)
-            end = pos + 8 + n
-            if end > file_size:
-                raise ValueError("truncated string")
-            text = mm[pos + 8 : end].decode("utf-8", "replace")
-            pos = end
-            return text
-
-        def read_value(vtype: int, read_arrays: bool):
-            nonlocal pos
-            if vtype in _SCALARS:
-                fmt = _SCALARS[vtype]
-                (v,) = struct.unpack_from(fmt, mm, pos)
-                pos += struct.calcsize(fmt)
-                return v
-            if vtype == _STRING:
-                return string()
-            if vtype == _ARRAY:
-                etype, count = struct.unpack_from("<IQ", mm, pos)
-                pos += 12
+            def read_value(vtype: int, read: bool, numeric_only: bool, depth: int, what: str):
+                nonlocal items
+                if vtype in _SCALARS:
+                    return cur.unpack(struct.Struct(_SCALARS[vtype]), what)[0]
+                if vtype == _STRING:
+                    return cur.string(what)
+                if vtype != _ARRAY:
+                    raise GGUFFormatError(cur.pos - 4, f"{what}: unknown GGUF value type {vtype}")
+                if depth >= MAX_DEPTH:
+                    raise GGUFFormatError(cur.pos, f"{what}: arrays nested deeper than {MAX_DEPTH}")
+                at = cur.pos
+                etype, count = cur.unpack(_TYPE_COUNT, f"{what} array header")
+                if etype not in _MIN_SIZE:
+                    raise GGUFFormatError(at, f"{what}: unknown GGUF array item type {etype}")
+                if count > (cur.size - cur.pos) // _MIN_SIZE[etype]:
+                    raise GGUFFormatError(
+                        at, f"{what}: array declares {count} items, more than the {cur.size - cur.pos} bytes left "
+                        "can hold (truncated or corrupt)")  # fmt: skip
                 if etype in _SCALARS:
-                    end = pos + struct.calcsize(_SCALARS[etype]) * count
-                    if end > file_size:
-                        raise ValueError("truncated array")
-                    arr = np.frombuffer(mm, _SCALARS[etype], count, pos).copy() if read_arrays else None
-                    pos = end
+                    n_bytes = _MIN_SIZE[etype] * count
+                    arr = np.frombuffer(mm, _SCALARS[etype], count, cur.pos).copy() if read else None
+                    cur.pos += n_bytes
                     return arr
-                if read_arrays:
-                    return [read_value(etype, True) for _ in range(count)]
+                if read and not (numeric_only and etype == _STRING):
+                    items += count * (1 if etype == _STRING else 3)
+                    if items > MAX_ITEMS:
+                        raise GGUFFormatError(at, f"{what}: more than {MAX_ITEMS} strings/arrays in one header")
+                    return [read_value(etype, True, numeric_only, depth + 1, what) for _ in range(count)]
                 if etype == _STRING:  # skipped: follow the length prefixes, decode nothing
                     for _ in range(count):
-                        pos += 8 + length(mm, pos)[0]
-                    if pos > file_size:
-                        raise ValueError("truncated array")
+                        (n,) = cur.unpack(_U64, f"{what} string length")
+                        cur.need(n, what)
+                        cur.pos += n
                 else:
                     for _ in range(count):
-                        read_value(etype, False)
+                        read_value(etype, False, numeric_only, depth + 1, what)
                 return None
-            raise ValueError(f"unknown GGUF value type {vtype}")
 
-        kv: dict[str, tuple[int, int, object]] = {}
-        value_at: dict[str, tuple[int, int]] = {}
-        for _ in range(n_kv):
-            start = pos
-            key = string()
-            (vtype,) = struct.unpack_from("<I", mm, pos)
-            pos += 4
-            value_at[key] = (pos, vtype)
-            value = read_value(vtype, keep == ALL_ARRAYS or key in keep)
-            kv[key] = (start, pos, value)
-        alignment = int(kv["general.alignment"][2]) if "general.alignment" in kv else 32
-        infos = []
-        for _ in range(n_tensors):
-            info_offset = pos
-            name = string()
-            (n_dims,) = struct.unpack_from("<I", mm, pos)
-            dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
-            ttype, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
-            pos += 4 + 8 * n_dims + 12
-            infos.append((name, dims, ttype, offset, info_offset))
-        data_offset = (pos + alignment - 1) // alignment * alignment
+            kv: dict[str, tuple[int, int, object]] = {}
+            value_at: dict[str, tuple[int, int]] = {}
+            lengths: dict[str, int] = {}
+            if n_kv > (size - cur.pos) // 13:  # key length 8 + type 4 + the smallest value 1
+                raise GGUFFormatError(16, f"the header declares {n_kv} keys, more than the file can hold")
+            for i in range(n_kv):
+                start = cur.pos
+                key = cur.string(f"key #{i}")
+                if key in kv:
+                    raise GGUFFormatError(start, f"duplicate key {key!r}")
+                (vtype,) = cur.unpack(_U32, f"type of {key}")
+                value_at[key] = (cur.pos, vtype)
+                if vtype == _ARRAY:
+                    lengths[key] = _TYPE_COUNT.unpack_from(mm, cur.pos)[1] if cur.pos + 12 <= size else 0
+                read = keep in (ALL_ARRAYS, NUMERIC_ARRAYS) or key in keep
+                value = read_value(vtype, read, keep == NUMERIC_ARRAYS, 0, key)
+                kv[key] = (start, cur.pos, value)
+            alignment = kv["general.alignment"][2] if "general.alignment" in kv else 32
+            if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or (
+                    alignment & (alignment - 1)):  # fmt: skip
+                raise GGUFFormatError(value_at["general.alignment"][0],
+                                      f"general.alignment = {alignment!r} is not a power of two")  # fmt: skip
+            if n_tensors > (size - cur.pos) // 24:  # name length 8 + n_dims 4 + type 4 + offset 8
+                raise GGUFFormatError(8, f"the header declares {n_tensors} tensors, more than the file can hold")
+            infos = []
+            names: set[str] = set()
+            for i in range(n_tensors):
+                info_offset = cur.pos
+                name = cur.string(f"tensor #{i} name")
+                if name in names:
+                    raise GGUFFormatError(info_offset, f"duplicate tensor name {name!r}")
+                names.add(name)
+                (n_dims,) = cur.unpack(_U32, f"tensor {name} dimension count")
+                if n_dims > MAX_DIMS:
+                    raise GGUFFormatError(cur.pos - 4, f"tensor {name} has {n_dims} dimensions (at most {MAX_DIMS})")
+                dims = cur.unpack(struct.Struct(f"<{n_dims}Q"), f"tensor {name} shape")
+                ttype, offset = cur.unpack(_TYPE_COUNT, f"tensor {name} type and offset")
+                infos.append((name, dims, ttype, offset, info_offset))
+            data_offset = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, dims, ttype, offset, info_offset in infos:
-        qtype = GGMLQuantizationType(ttype)
-        block, size = GGML_QUANT_SIZES[qtype]
+        try:
+            qtype = GGMLQuantizationType(ttype)
+            block, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise GGUFFormatError(info_offset, f"tensor {name} has unknown type {ttype}") from None
         n_elements = 1
         for d in dims:
             n_elements *= int(d)
-        tensors.append(HeaderTensor(name, qtype, tuple(int(d) for d in dims), n_elements // block * size,
-                                    data_offset + offset, info_offset))  # fmt: skip
-    return GGUFHeader(path, kv, tensors, alignment, data_offset, value_at, version)
+            if n_elements > _I64_MAX:
+                raise GGUFFormatError(info_offset, f"tensor {name}: shape {list(dims)} overflows")
+        if dims and dims[0] % block:
+            raise GGUFFormatError(info_offset, f"tensor {name}: row of {dims[0]} is not a whole number of "
+                                               f"{qtype.name} blocks of {block}")  # fmt: skip
+        n_bytes = n_elements // block * type_size
+        if offset % alignment:
+            raise GGUFFormatError(info_offset, f"tensor {name}: data offset {offset} is not aligned to {alignment}")
+        if data_offset + offset + n_bytes > size:
+            raise GGUFFormatError(
+                info_offset, f"tensor {name}: its data ends at byte {data_offset + offset + n_bytes}, past the end "
+                f"of the file ({size} bytes): truncated")  # fmt: skip
+        tensors.append(HeaderTensor(name, qtype, tuple(int(d) for d in dims), n_bytes, data_offset + offset,
+                                    info_offset))  # fmt: skip
+    return GGUFHeader(path, kv, tensors, alignment, data_offset, value_at, version, lengths)
 
 
 def shard_paths(path: str | os.PathLike) -> list[Path]:
@@ -294,66 +383,6 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
     return shards
 
 
-def _field(reader, key: str, default=None):
-    f = reader.get_field(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
-
-
-LONG_ARRAY = 4096  # arrays longer than this (tokenizer vocab, merges, scores) are skimmed, not itemised
-
-
-def _reader_class():
-    """gguf-py's GGUFReader, minus its per-item parsing of long metadata arrays.
-
-    GGUFReader builds numpy views for every element of every array; R1's tokenizer (129k tokens, 127k
-    merges, scores, types) then takes ~14 s on a busy 2-core machine, for metadata the planner never
-    reads. This subclass keeps GGUFReader's parsing for everything else and reads a long numeric array
-    as one view, and a long string array by walking its length prefixes (its size is all we need).
-    """
-    import struct
-
-    import numpy as np
-    from gguf import GGUFReader, GGUFValueType
-
-    class HeaderReader(GGUFReader):
-        def _get_field_parts(self, orig_offs, raw_type):
-            if GGUFValueType(raw_type) != GGUFValueType.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            raw_itype = self._get(orig_offs, np.uint32)
-            alen = self._get(orig_offs + 4, np.uint64)
-            n, itype, offs = int(alen[0]), GGUFValueType(raw_itype[0]), orig_offs + 12
-            if n <= LONG_ARRAY or itype == GGUFValueType.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            types = [GGUFValueType.ARRAY, itype]
-            if itype == GGUFValueType.STRING:
-                mv, fmt, end = memoryview(self.data), ("<Q" if self.byte_order == "I" else ">Q"), offs
-                for _ in range(n):
-                    end += 8 + struct.unpack_from(fmt, mv, end)[0]
-                return end - orig_offs, [raw_itype, alen, self._get(offs, np.uint8, end - offs)], [], types
-            arr = self._get(offs, self.gguf_scalar_to_np[itype], n)
-            return 12 + int(arr.nbytes), [raw_itype, alen, arr], [2], types
-
-    return HeaderReader
-
-
-def array_length(reader, key: str) -> int:
-    """Number of items of a metadata array (also for arrays the header reader skimmed)."""
-    f = reader.get_field(key)
-    return int(f.parts[4][0]) if f is not None and len(f.parts) > 4 else 0
-
-
-def _reader(path: Path):
-    try:
-        return _reader_class()(path, "r")
-    except (ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # gguf-py raises these on cut files
-        raise LowbitError(
-            f"{path} is not a readable GGUF ({exc}); it may be truncated — fetch it again"
-        ) from exc
-
-
 def classify(rest: str) -> str:
     """The group of a block tensor from its name after `blk.N.` (llama.cpp's naming)."""
     if rest.startswith("nextn.") or ".nextn." in rest:
@@ -384,39 +413,51 @@ def read_model(path: str | os.PathLike) -> ModelMeta:
 
 
 def _read(shards: tuple[str, ...]) -> ModelMeta:
-    first = _reader(Path(shards[0]))
-    arch = str(_field(first, "general.architecture", "")) or "unknown"
-    split_count = _field(first, "split.count")
-    if split_count is not None and int(split_count) != len(shards):
+    headers = [read_header(p, arrays=NUMERIC_ARRAYS) for p in shards]
+    first = headers[0]
+    arch = first.value("general.architecture")
+    arch = arch if isinstance(arch, str) and arch else "unknown"
+    split_count = first.value("split.count")
+    if split_count is not None and split_count != len(shards):
         raise LowbitError(
             f"{shards[0]} says the split set has {split_count} shards, the file names say "
             f"{len(shards)}; fetch the set again"
         )
 
-    def hp(key: str, default=0):
-        v = _field(first, f"{arch}.{key}", default)
-        if isinstance(v, list):  # per-layer arrays (e.g. head_count_kv): the planner uses the max
-            v = max(v) if v else default
-        return v
+    def hp(key: str, default=0) -> int:
+        v = first.value(f"{arch}.{key}")
+        if v is None:
+            return default
+        if hasattr(v, "__len__"):  # per-layer arrays (e.g. head_count_kv): the planner uses the max
+            v = max(v) if len(v) else default
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            raise LowbitError(f"{shards[0]}: metadata {arch}.{key} = {v!r} is not a number") from None
 
     block_count = int(hp("block_count"))
     nextn = int(hp("nextn_predict_layers", 0))
     n_layers = block_count - nextn
+    n_tensors = sum(len(h.tensors) for h in headers)
+    if not 0 < n_layers <= n_tensors:  # every block has tensors: a larger count is a corrupt header
+        raise LowbitError(
+            f"{shards[0]}: `{arch}.block_count` = {block_count} (minus {nextn} MTP blocks) does not fit the "
+            f"{n_tensors} tensors in the file; is this a model GGUF?"
+        )
     n_embd = int(hp("embedding_length"))
     n_head = int(hp("attention.head_count"))
     n_head_kv = int(hp("attention.head_count_kv", n_head) or n_head)
     head_dim = n_embd // n_head if n_head else 0
     key_length = int(hp("attention.key_length", head_dim))
     value_length = int(hp("attention.value_length", head_dim))
-    is_mla = arch.startswith("deepseek") and _field(first, f"{arch}.attention.key_length_mla") is not None
-    n_vocab = int(hp("vocab_size", 0)) or array_length(first, "tokenizer.ggml.tokens")
+    is_mla = arch.startswith("deepseek") and first.value(f"{arch}.attention.key_length_mla") is not None
+    n_vocab = int(hp("vocab_size", 0)) or first.lengths.get("tokenizer.ggml.tokens", 0)
 
     layers = {i: LayerBytes(i) for i in range(n_layers)}
     embeddings = output = unused = 0
     types: dict[str, int] = {}
-    readers = [first] + [_reader(Path(p)) for p in shards[1:]]
-    for reader in readers:
-        for t in reader.tensors:  # ReaderTensor: name, type, n_bytes from the header; .data is never touched
+    for header in headers:
+        for t in header.tensors:  # name, type, n_bytes from the header; tensor data is never touched
             n = int(t.n_bytes)
             types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + n
             m = BLOCK_RE.match(t.name)
@@ -434,8 +475,6 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
                 output += n
             else:
                 unused += n
-    if n_layers <= 0:
-        raise LowbitError(f"{shards[0]}: no `{arch}.block_count` in the metadata; is this a model GGUF?")
     return ModelMeta(
         name=Path(shards[0]).name,
         shards=list(shards),

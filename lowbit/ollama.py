@@ -28,19 +28,18 @@ TEMPLATE = """{{- if .System }}{{ .System }}{{ end }}
 
 def special_tokens(gguf_path: Path) -> dict[str, str]:
     """BOS/EOS/User/Assistant token texts from the GGUF's vocabulary (LowbitError if not R1-family)."""
-    from gguf import GGUFReader
+    from lowbit.gguf_meta import read_header
 
-    r = GGUFReader(gguf_path)
-    split = r.fields.get("split.count")
-    if split is not None and int(split.contents()) > 1:
+    r = read_header(gguf_path, arrays=("tokenizer.ggml.tokens",))
+    split = r.value("split.count")
+    if isinstance(split, int) and split > 1:
         raise LowbitError(
-            f"{gguf_path.name} is one shard of {split.contents()}: Ollama refuses sharded GGUF. "
+            f"{gguf_path.name} is one shard of {split}: Ollama refuses sharded GGUF. "
             f"Merge first: `invoke merge {gguf_path}`, then run this on the merged file."
         )
-    field = r.fields.get("tokenizer.ggml.tokens")
-    if field is None:
-        raise LowbitError(f"{gguf_path.name} has no tokenizer.ggml.tokens: not a model GGUF")
-    tokens: list[str] = field.contents()
+    tokens = r.value("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise LowbitError(f"{gguf_path.name} has no tokenizer.ggml.tokens string array: not a model GGUF")
     vocab = set(tokens)
     missing = [t for t in (USER, ASSISTANT) if t not in vocab]
     if missing:
@@ -50,10 +49,10 @@ def special_tokens(gguf_path: Path) -> dict[str, str]:
         )
     out = {"user": USER, "assistant": ASSISTANT}
     for role in ("bos", "eos"):
-        f = r.fields.get(f"tokenizer.ggml.{role}_token_id")
-        if f is None:
-            raise LowbitError(f"{gguf_path.name} declares no {role.upper()} token")
-        out[role] = tokens[int(f.contents())]
+        token_id = r.value(f"tokenizer.ggml.{role}_token_id")
+        if not isinstance(token_id, int) or not 0 <= token_id < len(tokens):
+            raise LowbitError(f"{gguf_path.name} declares no valid {role.upper()} token ({token_id!r})")
+        out[role] = tokens[token_id]
     return out
 
 

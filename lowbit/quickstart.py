@@ -59,16 +59,13 @@ def offline_note(resolved) -> str | None:
 
 def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
     """Catalog entry and GGUF header facts (metadata only, no tensor data read)."""
-    from gguf import GGUFReader
+    from lowbit.gguf_meta import read_header
 
     entry = resolved.entry or {}
-    reader = GGUFReader(str(path))
+    header = read_header(path)
 
     def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        if f is None:
-            return None
-        value = f.contents()
+        value = header.value(key)
         return value if not isinstance(value, str) or len(value) < 60 else f"<{len(value)} characters>"
 
     arch = field("general.architecture")
@@ -90,7 +87,7 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         ("experts", field(f"{arch}.expert_count")),
         ("experts per token", field(f"{arch}.expert_used_count")),
         ("context length", field(f"{arch}.context_length")),
-        ("chat template", "yes" if reader.fields.get("tokenizer.chat_template") else "no"),
+        ("chat template", "yes" if header.value("tokenizer.chat_template") else "no"),
     ]
     return [(k, v) for k, v in facts if v is not None]
 

@@ -12,7 +12,6 @@ random weights: the text is meaningless; tokens, templates, speed paths and file
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import json
@@ -707,19 +706,6 @@ def quantizable(name: str, n_dims: int) -> bool:
     """llama-quantize's rule (tensor_allows_quantization): 2-D/3-D weights except norms and routers."""
     return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
             and "ffn_gate_inp.weight" not in name)
-
-
-def gguf_reader(path: Path):
-    """gguf-py's GGUFReader, cached per file version: parsing a 130k-token vocabulary takes seconds."""
-    st = Path(path).stat()
-    return _cached_reader(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_reader(path: str, mtime_ns: int, size: int):
-    from gguf import GGUFReader
-
-    return GGUFReader(path)
 
 
 def gguf_header(path: Path, arrays: tuple[str, ...] = ()) -> tuple[dict[str, object],

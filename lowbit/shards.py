@@ -625,8 +625,6 @@ def split(
     out: Path | str | None = None,
 ) -> ShardSet:
     """Split one GGUF into a verified shard set (`out` = path prefix, default next to the file)."""
-    from gguf import GGUFReader
-
     from lowbit.ui import human_bytes, step
 
     src = Path(file)
@@ -661,7 +659,7 @@ def split(
         )
         if proc.returncode != 0:
             if "0 tensors" in proc.stdout and max_size:
-                largest = max(GGUFReader(src).tensors, key=lambda t: int(t.n_bytes))
+                largest = max(read_header(src).tensors, key=lambda t: int(t.n_bytes))
                 limit = _parse_size(max_size)[1]
                 need_mb = max(1, -(-int(largest.n_bytes) // 1000**2))
                 raise LowbitError(
