@@ -22,12 +22,14 @@ Built on huggingface_hub 2.x, filling the gaps DESIGN.md §3 lists:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,7 +38,9 @@ from lowbit import LowbitError
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
-MIN_MARGIN = 256 * 1000 * 1000  # free-disk margin: at least this, or 2 % of the download
+MIN_MARGIN = 256 * 1000 * 1000  # free-disk margin: up to this (never more than the download itself), or 2 %
+OFFICIAL_HUB = "https://huggingface.co"  # the only endpoint a saved login or HF_TOKEN is ever sent to
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 # Quant names as they appear in GGUF file and folder names (Unsloth's UD- dynamic ones included).
 QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8]_[A-Z0-9]+(?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|Q8_0))"
@@ -95,7 +99,7 @@ class FetchPlan:
 
     @property
     def needed_bytes(self) -> int:
-        return self.download_bytes + max(MIN_MARGIN, int(0.02 * self.download_bytes))
+        return self.download_bytes + disk_margin(self.download_bytes)
 
 
 @dataclass
@@ -104,6 +108,92 @@ class FetchResult:
     skipped: list[str]
     bad: list[str]
     bytes_downloaded: int
+    lfs_pointers: list[str] = field(default_factory=list)
+
+
+def disk_margin(n_bytes: int) -> int:
+    """Free space to keep beyond a write of `n_bytes`: 2 %, at least min(256 MB, the write itself)."""
+    return max(int(0.02 * n_bytes), min(MIN_MARGIN, n_bytes))
+
+
+# --- what a server may name and who gets credentials ----------------------------------------------
+
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_RESERVED_TOP = {".cache"}  # where lowbit and huggingface_hub keep their own state inside a destination
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a file path named by a server must not be joined to a local folder (None: it is safe).
+
+    Relative, '/'-separated, no empty, '.' or '..' segment, no backslash, drive letter, NUL or control
+    character, and not inside the destination's own `.cache/` state."""
+    if not isinstance(path, str) or not path:
+        return "empty path"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "control character or NUL in the name"
+    if "\\" in path:
+        return "backslash in the name"
+    if path.startswith("/") or _DRIVE_RE.match(path):
+        return "absolute path"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "empty, '.' or '..' segment"
+    if parts[0] in _RESERVED_TOP:
+        return f"inside the destination's own {parts[0]}/ state folder"
+    return None
+
+
+def contained_path(dest: Path, path: str, endpoint: str) -> Path:
+    """`dest / path` for a repo path a server listed, refused unless it stays inside `dest`."""
+    reason = unsafe_path_reason(path)
+    target = dest / path if reason is None else None
+    if target is not None:
+        root = dest.resolve()
+        resolved = target.resolve()  # follows any link already inside dest
+        if resolved != root and root not in resolved.parents:
+            reason = f"resolves to {resolved}, outside the destination"
+    if reason is not None:
+        raise LowbitError(
+            f"{endpoint} lists the file {path!r}, which would be written outside {dest} ({reason}); "
+            "nothing was downloaded. The server is broken or hostile: check --endpoint/HF_ENDPOINT."
+        )
+    return target  # type: ignore[return-value]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def credentials_for(endpoint: str, token: str | None) -> str | bool | None:
+    """The `token` argument for huggingface_hub calls to `endpoint`.
+
+    A saved login or HF_TOKEN goes only to the official Hub (None lets huggingface_hub pick it up); any other
+    endpoint — a workshop mirror, a LAN server — gets nothing (False) unless the user passed --token for it,
+    and an explicit token is never sent in cleartext (plain http://) to another machine."""
+    parts = urlsplit(endpoint)
+    if token:
+        if parts.scheme != "https" and not _is_loopback(parts.hostname):
+            raise LowbitError(
+                f"refusing to send --token over plain {parts.scheme}:// to {parts.hostname}: anyone on the network "
+                "could read it. Use an https:// endpoint, or drop --token (a mirror needs none)."
+            )
+        return token
+    return None if endpoint.rstrip("/") == OFFICIAL_HUB else False
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises for network and HTTP failures (httpx's errors are not OSErrors)."""
+    from huggingface_hub.errors import HTTPError, XetDownloadError
+
+    return (HTTPError, XetDownloadError, OSError)
 
 
 # --- environment -----------------------------------------------------------------------------------
@@ -259,7 +349,7 @@ def plan_fetch(
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     dest = Path(dest) if dest else _default_dest(repo_id)
-    api = HfApi(endpoint=endpoint, token=token)
+    api = HfApi(endpoint=endpoint, token=credentials_for(endpoint, token if isinstance(token, str) else None))
     try:
         info = api.model_info(repo_id, revision=revision)
         tree = [
@@ -274,8 +364,16 @@ def plan_fetch(
         ) from exc
     except RevisionNotFoundError as exc:
         raise LowbitError(f"revision {revision} not found in {repo_id} at {endpoint}") from exc
-    except OSError as exc:  # httpx errors are OSErrors too
-        raise LowbitError(f"cannot reach {endpoint}: {exc}; check the network or --endpoint") from exc
+    except _hub_errors() as exc:
+        raise LowbitError(
+            f"cannot reach {endpoint} ({type(exc).__name__}: {exc}); nothing was downloaded. "
+            "Check the network, --endpoint / HF_ENDPOINT, and that the server is running."
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON that is not a Hub's answer
+        raise LowbitError(
+            f"{endpoint} does not answer like a Hugging Face Hub ({type(exc).__name__}: {exc}); "
+            "nothing was downloaded. Check --endpoint / HF_ENDPOINT."
+        ) from None
     selected = list(filter_repo_objects(tree, allow_patterns=list(patterns) or None, key=lambda e: e.path))
     if not selected:
         sizes = {e.path: e.size for e in tree}
@@ -293,6 +391,8 @@ def plan_fetch(
                 else f"The repo has {len(tree)} files: {', '.join(sorted(sizes)[:20])}."
             )
         )
+    for e in selected:  # before any byte is written: every name the server gave stays inside dest
+        contained_path(dest, e.path, endpoint)
     records = load_records(dest)
     files = []
     for e in selected:
@@ -435,7 +535,7 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
         raise LowbitError(
             f"{f.path}: got {part.stat().st_size} bytes, the repo says {f.size}; run fetch again"
         )
-    target = plan.dest / f.path
+    target = contained_path(plan.dest, f.path, plan.endpoint)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, target)
 
@@ -443,6 +543,7 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
 def _xet_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
     from huggingface_hub import hf_hub_download
 
+    contained_path(plan.dest, f.path, plan.endpoint)
     hf_hub_download(
         plan.repo_id,
         f.path,
@@ -453,6 +554,14 @@ def _xet_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_
         tqdm_class=bar_cls,
         force_download=(plan.dest / f.path).exists(),
     )
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    """A git-LFS pointer text (what a clone without `git lfs pull` holds) instead of the real file."""
+    if path.stat().st_size > 1024:
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(len(LFS_POINTER)) == LFS_POINTER
 
 
 def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
@@ -470,8 +579,44 @@ def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
     return True
 
 
+@contextmanager
+def destination_lock(dest: Path):
+    """Hold `dest` for one fetch: a second fetch into the same folder is refused at once, clearly."""
+    lock_path = dest / ".cache" / "lowbit" / "fetch.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; fetches are not guarded there
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise LowbitError(
+                    f"another lowbit fetch (pid {holder}) is writing into {dest}; wait for it to finish, "
+                    "or fetch into another --dest"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bool = True) -> FetchResult:
-    """Download what the plan says, one file at a time, verifying each; bad files are removed."""
+    """Download what the plan says, one file at a time, verifying each; bad files are removed.
+
+    Holds the destination's lock for the whole run (see `destination_lock`)."""
+    plan.dest.mkdir(parents=True, exist_ok=True)
+    with destination_lock(plan.dest):
+        return _download(plan, credentials_for(plan.endpoint, token if isinstance(token, str) else None),
+                         show_progress)  # fmt: skip
+
+
+def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) -> FetchResult:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -486,7 +631,6 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
     _import_hub()
     from huggingface_hub.utils._runtime import is_xet_available
 
-    plan.dest.mkdir(parents=True, exist_ok=True)
     for p in remove_orphans(plan.dest):
         warn(f"removed leftover of an interrupted download: {p.name}")
     records = load_records(plan.dest)
@@ -524,17 +668,28 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
                     _xet_download(plan, f, token, bar_cls)
                 else:
                     _http_download(plan, f, token, bar_cls)
-            except OSError as exc:
+            except _hub_errors() as exc:
                 kept = partial_path(plan.dest, f)
+                if kept.exists() and kept.stat().st_size == 0:
+                    kept.unlink()  # nothing arrived: leave no empty partial file behind
                 kept_note = (
-                    f"; {kept.stat().st_size} bytes are kept and the same command resumes them"
+                    f"; {kept.stat().st_size} of {f.size} bytes are kept and the same command resumes them"
                     if kept.exists()
-                    else ""
+                    else "; nothing of it was kept"
                 )
-                raise LowbitError(f"download of {f.path} failed: {exc}{kept_note}") from exc
+                finished = len(result.downloaded) + len(result.skipped)
+                done_note = f" ({finished} file(s) finished before it are kept)" if finished else ""
+                raise LowbitError(
+                    f"download of {f.path} from {plan.endpoint} failed ({type(exc).__name__}: {exc}){kept_note}"
+                    f"{done_note}. Check the network and the server, then run the same command again."
+                ) from None
             result.bytes_downloaded += int(progress.tasks[0].completed - before)
             progress.update(task_id, description=f"verifying {name}")
-            if verify_file(plan.dest, f, records):
+            if is_lfs_pointer(plan.dest / f.path) and not f.path.endswith((".md", ".txt", ".gitattributes")):
+                (plan.dest / f.path).unlink(missing_ok=True)
+                records.pop(f.path, None)
+                result.lfs_pointers.append(f.path)
+            elif verify_file(plan.dest, f, records):
                 result.downloaded.append(f.path)
                 save_records(plan.dest, records)
             else:
@@ -593,6 +748,12 @@ def fetch(
         step(f"dry run: {human_bytes(plan.download_bytes)} would be downloaded to {plan.dest}")
         return None
     result = download(plan, token=token, show_progress=show_progress)
+    if result.lfs_pointers:
+        raise LowbitError(
+            f"{plan.endpoint} served git-LFS pointer text instead of the file for: {', '.join(result.lfs_pointers)} "
+            "(a ~130-byte 'version https://git-lfs...' stub; removed). The mirror's folder is a git clone "
+            "without its LFS objects: run `git lfs pull` there, then fetch again."
+        )
     if result.bad:
         raise LowbitError(
             f"verification failed (size or sha256 differs from the repo) and the file was removed: "

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from gguf_factory import write_llama_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lowbit import LowbitError
 from lowbit.gguf_meta import read_header, read_model
-from gguf_factory import write_llama_model
 
 ROOT = Path(__file__).resolve().parent.parent
 U32, U64, ARRAY, STRING = "<I", "<Q", 9, 8

@@ -317,3 +317,258 @@ def test_quants_are_read_from_unsloth_style_names():
     ]
     assert set(hub.quants_in(paths)) == {"UD-IQ1_S", "Q4_K_M", "BF16"}
     assert hub.quants_in(paths)["UD-IQ1_S"][0] == 2
+
+
+# --- hostile and broken servers -----------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import http.server  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+
+
+class HostileHub(http.server.BaseHTTPRequestHandler):
+    """A Hub stand-in that lists whatever paths it is given and serves `body` for each."""
+
+    paths: list[str] = []
+    body = b"x" * 100
+    log: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _json(self, obj) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.log.append((self.command, self.path, self.headers.get("Authorization")))
+        sha = "a" * 40
+        if self.path.startswith("/api/") and "/tree/" not in self.path:
+            return self._json({"id": REPO, "sha": sha, "siblings": [{"rfilename": p} for p in self.paths]})
+        if self.path.startswith("/api/"):
+            oid = hashlib.sha1(b"blob %d\0" % len(self.body) + self.body).hexdigest()
+            return self._json([{"type": "file", "path": p, "size": len(self.body), "oid": oid} for p in self.paths])
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("X-Repo-Commit", sha)
+        self.send_header("ETag", '"e"')
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_HEAD = do_GET  # noqa: N815
+
+
+@pytest.fixture
+def hostile_hub():
+    servers = []
+
+    def start(paths: list[str]) -> tuple[str, list]:
+        handler = type("H", (HostileHub,), {"paths": paths, "log": []})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", handler.log
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "/etc/cron.d/UD-IQ1_S",
+        "../../../home/u/.config/autostart/UD-IQ1_S.desktop",
+        "UD-IQ1_S/../../../escape-UD-IQ1_S.gguf",
+        "UD-IQ1_S\\..\\..\\escape-UD-IQ1_S.gguf",
+        "C:/Windows/UD-IQ1_S.gguf",
+        "UD-IQ1_S/\x00.gguf",
+        "UD-IQ1_S//x.gguf",
+        ".cache/lowbit/verified-UD-IQ1_S.json",
+    ],
+)
+def test_server_paths_never_escape_the_destination(hostile_hub, tmp_path, evil):
+    """A tree naming absolute, `..`, backslash, drive, NUL or state-folder paths is refused before any byte."""
+    url, log = hostile_hub(["UD-IQ1_S/good-UD-IQ1_S.gguf", evil])
+    dest = tmp_path / "a" / "b" / "c" / "dest"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(LowbitError) as err:
+        hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=url, show_progress=False)
+    assert repr(evil)[1:-1] in str(err.value) or evil in str(err.value)
+    assert url in str(err.value) and "outside" in str(err.value)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written anywhere, not even dest
+    assert not [e for e in log if "/resolve/" in e[1]]
+
+
+def test_a_link_inside_the_destination_cannot_lead_out(hostile_hub, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "UD-IQ1_S").symlink_to(outside)
+    url, _ = hostile_hub(["UD-IQ1_S/x-UD-IQ1_S.gguf"])
+    with pytest.raises(LowbitError, match="outside the destination"):
+        hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=url, show_progress=False)
+    assert not list(outside.iterdir())
+
+
+def test_saved_hub_token_is_never_sent_to_a_mirror(mirror, tmp_path, monkeypatch):
+    """HF_TOKEN (or a saved login) goes to the official Hub only; a mirror gets no Authorization header."""
+    monkeypatch.setenv("HF_TOKEN", "hf_saved_login_token")
+    server, log = mirror()
+    hub.fetch(REPO, include=["*Q4_K_M*"], dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
+    assert log and all(e[3] is None for e in log)
+
+
+def test_token_policy_per_endpoint():
+    assert hub.credentials_for("https://huggingface.co", None) is None  # the library's own login lookup
+    assert hub.credentials_for("http://127.0.0.1:8080", None) is False
+    assert hub.credentials_for("https://mirror.example.org", None) is False
+    assert hub.credentials_for("https://mirror.example.org", "hf_x") == "hf_x"
+    assert hub.credentials_for("http://localhost:8080", "hf_x") == "hf_x"
+    assert hub.credentials_for("http://[::1]:8080", "hf_x") == "hf_x"
+    with pytest.raises(LowbitError, match="plain http"):
+        hub.credentials_for("http://workshop-mirror.invalid:8080", "hf_x")
+
+
+def test_explicit_token_over_cleartext_to_another_host_is_refused_before_connecting(tmp_path):
+    # `.invalid` never resolves: the refusal must come before any lookup or connection
+    with pytest.raises(LowbitError, match="refusing to send --token"):
+        hub.fetch(REPO, quant=QUANT, dest=str(tmp_path / "dl"), endpoint="http://mirror.invalid:8080",
+                  token="hf_secret", show_progress=False)  # fmt: skip
+    assert not (tmp_path / "dl").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_fetch(kwargs: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return subprocess.run([sys.executable, "-m", "lowbit", "lowbit.hub:fetch_command", json.dumps(kwargs)],
+                          env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+
+
+def test_unreachable_endpoint_is_one_clear_line(tmp_path):
+    port = _free_port()  # nothing listens there
+    proc = _run_fetch({"model": REPO, "quant": QUANT, "dest": str(tmp_path / "dl"),
+                       "endpoint": f"http://127.0.0.1:{port}"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "cannot reach" in proc.stderr and str(port) in proc.stderr
+    assert not (tmp_path / "dl").exists()
+
+
+class _DropBeforeFirstByte(threading.Thread):
+    """Accepts every connection and closes it without answering."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+
+def test_server_dropping_every_connection_is_a_clear_error(tmp_path):
+    server = _DropBeforeFirstByte()
+    server.start()
+    try:
+        proc = _run_fetch({"model": REPO, "quant": QUANT, "dest": str(tmp_path / "dl"),
+                           "endpoint": f"http://127.0.0.1:{server.port}"})  # fmt: skip
+    finally:
+        server.sock.close()
+    assert server.accepted >= 1
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "cannot reach" in proc.stderr, proc.stderr
+
+
+def test_downloads_dropped_before_the_first_byte_keep_no_empty_part(models, mirror, tmp_path, monkeypatch):
+    """The listing works but every file transfer dies at once: a clear error, nothing half-made left."""
+    from huggingface_hub.errors import HTTPError
+
+    server, _ = mirror()
+
+    def dead(*args, **kwargs):
+        raise HTTPError("server disconnected without sending a response")
+
+    monkeypatch.setattr("huggingface_hub.file_download.http_get", dead)
+    dest = tmp_path / "dl"
+    with pytest.raises(LowbitError, match="nothing of it was kept") as err:
+        hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=server.url, show_progress=False)
+    assert server.url in str(err.value) and "run the same command again" in str(err.value)
+    assert not list(dest.rglob("*.part"))
+
+
+def test_disk_margin_scales_with_the_download(mirror, tmp_path, monkeypatch):
+    assert hub.disk_margin(9) == 9 and hub.disk_margin(10**9) == hub.MIN_MARGIN
+    assert hub.disk_margin(10**12) == 2 * 10**10
+    server, _ = mirror()
+    monkeypatch.setattr(hub, "free_disk", lambda path: 1000)  # a 9-byte README fits in 1000 free bytes
+    monkeypatch.setattr(hub, "memory_warning", lambda *a: None)
+    result = hub.fetch(REPO, include=["README.md"], dest=str(tmp_path / "dl"), endpoint=server.url,
+                       show_progress=False)  # fmt: skip
+    assert result.downloaded == ["README.md"]
+
+
+def test_lfs_pointer_served_as_a_model_is_named_at_fetch_time(tmp_path):
+    from lowbit.mirror import MirrorServer
+
+    root = tmp_path / "served"
+    (root / REPO).mkdir(parents=True)
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\nsize 131000000000\n"
+    (root / REPO / "R1-UD-IQ1_S.gguf").write_text(pointer)  # a git clone without `git lfs pull`
+    server = MirrorServer(root)
+    try:
+        with pytest.raises(LowbitError, match="git-LFS pointer") as err:
+            hub.fetch(REPO, quant=QUANT, dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
+    finally:
+        server.close()
+    assert "git lfs pull" in str(err.value) and not (tmp_path / "dl" / "R1-UD-IQ1_S.gguf").exists()
+
+
+def test_second_fetch_into_the_same_destination_is_refused_clearly(mirror, tmp_path):
+    server, log = mirror()
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    with hub.destination_lock(dest):
+        with pytest.raises(LowbitError, match=f"another lowbit fetch \\(pid {os.getpid()}\\)"):
+            hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=server.url, show_progress=False)
+    assert not gets(log) and not list(dest.rglob("*.part"))
+    result = hub.fetch(REPO, include=["README.md"], dest=str(dest), endpoint=server.url, show_progress=False)
+    assert result.downloaded == ["README.md"]  # the lock is released with its holder
+
+
+class _Garbage(HostileHub):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "9")
+        self.end_headers()
+        self.wfile.write(b"not json!")
+
+
+def test_a_server_answering_garbage_is_a_clear_error(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = _run_fetch({"model": REPO, "quant": QUANT, "dest": str(tmp_path / "dl"),
+                           "endpoint": f"http://127.0.0.1:{server.server_address[1]}"})  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "does not answer like a Hugging Face Hub" in proc.stderr
