@@ -230,7 +230,7 @@ def merge(c, first, out=None):
 def split(c, file, max_size=None, max_tensors=None, out=None):
     """Split a GGUF into NAME-0000k-of-0000N.gguf shards, verified."""
     _kit(c, "lowbit.shards:split_command", file=file, max_size=max_size,
-         max_tensors=int(max_tensors) if max_tensors else None, out=out)
+         max_tensors=max_tensors, out=out)
 
 
 @task(

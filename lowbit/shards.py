@@ -28,7 +28,6 @@ SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$
 # (16 MiB chunks made verification cost twice the CPU time of 1 MiB ones; larger reads gain nothing, the
 # kernel reads ahead on sequential access anyway).
 _BUF = 1024 * 1024
-DISK_MARGIN = 256 * 1000 * 1000
 
 
 # --- recognising and checking sets ---------------------------------------------------------------
@@ -106,10 +105,100 @@ class SetCheck:
     shard_set: ShardSet
     problems: list[str] = field(default_factory=list)
     tensors: int = 0
+    # how the parts were shown to belong to one model: "manifest" (sha256 recorded when fetched) or None,
+    # with `unverified` saying why it could not be shown
+    identity: str | None = None
+    unverified: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+_LAYER_RE = re.compile(r"^blk\.\d+\.")
+
+
+def _type_profile_problems(s: ShardSet, headers: dict[int, GGUFHeader]) -> list[str]:
+    """Parts whose tensors have other types than the same tensors in the other parts (a Q8_0 part in an
+    IQ1_S set). Each layer's `blk.N.ffn_up_exps.weight` counts as one role; a dynamic recipe changes the types
+    of a few roles between layers, so a part is refused only when most roles it shares disagree."""
+    roles: dict[int, dict[str, set[str]]] = {}
+    for k, h in headers.items():
+        for t in h.tensors:
+            roles.setdefault(k, {}).setdefault(_LAYER_RE.sub("blk.N.", t.name), set()).add(t.tensor_type.name)
+    problems = []
+    for k, mine in roles.items():
+        others: dict[str, set[str]] = {}
+        for j, theirs in roles.items():
+            if j != k:
+                for role, types in theirs.items():
+                    others.setdefault(role, set()).update(types)
+        shared = [r for r in mine if r in others and r.startswith("blk.N.")]
+        differ = [r for r in shared if not mine[r] & others[r]]
+        if len(shared) >= 2 and len(differ) * 2 > len(shared):
+            evidence = "; ".join(
+                f"{r} is {'/'.join(sorted(mine[r]))} here but {'/'.join(sorted(others[r]))} in the other parts"
+                for r in differ[:3]
+            )
+            problems.append(
+                f"{s.part(k).name} does not belong to this set: {len(differ)} of the {len(shared)} tensor kinds it "
+                f"shares with the other parts have other types ({evidence}) — it comes from another quant"
+            )
+    return problems
+
+
+def _manifest_problems(s: ShardSet) -> tuple[list[str], bool]:
+    """Compare the parts with the sha256 records `invoke fetch` keeps in the destination it wrote to.
+
+    Returns (problems, whether any record was found)."""
+    from lowbit.mirror import hash_file, load_records
+
+    root = s.directory.resolve()
+    for folder in (root, *root.parents):
+        if (folder / ".cache" / "lowbit" / "verified.json").is_file():
+            break
+    else:
+        return [], False
+    records = load_records(folder)
+    found = {p: records.get(p.resolve().relative_to(folder).as_posix()) for p in s.parts if p.is_file()}
+    if not any(found.values()):
+        return [], False
+    problems = []
+    for p, rec in found.items():
+        if rec is None:
+            problems.append(f"{p.name} was not fetched with the other parts (no sha256 recorded for it in "
+                            f"{folder}): it may come from another set")  # fmt: skip
+            continue
+        st = p.stat()
+        if (rec.get("size"), rec.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+            continue  # unchanged since it was verified
+        key = "sha256" if "sha256" in rec else "git_sha1"
+        if rec.get("size") != st.st_size or hash_file(p, lfs=key == "sha256") != rec.get(key):
+            problems.append(f"{p.name} is not the file fetched from the repo (its {key} differs from the one "
+                            "recorded at fetch time): it was replaced or changed")  # fmt: skip
+    return problems, True
+
+
+def check_identity(s: ShardSet, check: SetCheck, cache: dict | None = None) -> None:
+    """Show that the parts come from one model, or say why that cannot be shown (adds to `check`)."""
+    problems, has_manifest = _manifest_problems(s)
+    check.problems += problems
+    if has_manifest and not problems:
+        check.identity = "manifest"
+        return
+    headers = {}
+    for k, p in enumerate(s.parts, start=1):
+        try:
+            headers[k] = read_gguf(p, cache)
+        except LowbitError:
+            return  # reported by check_set
+    check.problems += _type_profile_problems(s, headers)
+    if not has_manifest:
+        check.unverified = (
+            "llama-gguf-split writes no model identity into parts 2..N and no sha256 was recorded for them "
+            "(fetch with `invoke fetch` to get one), so that all parts come from the same model could only be "
+            "checked by their tensor names, shapes and types"
+        )
 
 
 def check_set(s: ShardSet, cache: dict | None = None) -> SetCheck:
@@ -127,8 +216,8 @@ def check_set(s: ShardSet, cache: dict | None = None) -> SetCheck:
             continue
         try:
             r = read_gguf(p, cache)
-        except Exception as exc:  # gguf-py raises ValueError/struct errors on truncated or foreign files
-            check.problems.append(f"{p.name}: not a readable GGUF ({exc})")
+        except LowbitError as exc:  # the bounded reader names what is wrong and where
+            check.problems.append(f"{p.name}: {exc}")
             continue
         count, no, total = _field(r, "split.count"), _field(r, "split.no"), _field(r, "split.tensors.count")
         if count is None:
@@ -154,11 +243,13 @@ def check_set(s: ShardSet, cache: dict | None = None) -> SetCheck:
             f"the parts hold {check.tensors} tensors but declare split.tensors.count = "
             f"{next(iter(declared_totals))}: they do not belong together"
         )
+    if not check.problems:
+        check_identity(s, check, cache)
     return check
 
 
-def require_complete(path: Path | str, cache: dict | None = None) -> ShardSet:
-    """The set `path` belongs to, or LowbitError saying exactly what is wrong or missing."""
+def require_complete(path: Path | str, cache: dict | None = None) -> SetCheck:
+    """The check of the set `path` belongs to, or LowbitError saying exactly what is wrong or missing."""
     s = shard_set(path)
     if s is None:
         raise LowbitError(f"{path} is not named like a shard (NAME-00001-of-0000N.gguf)")
@@ -169,7 +260,7 @@ def require_complete(path: Path | str, cache: dict | None = None) -> ShardSet:
             + "; ".join(check.problems)
             + ". Fetch the missing/bad parts again (`invoke fetch` verifies sha256)."
         )
-    return s
+    return check
 
 
 # --- tensor-by-tensor verification ---------------------------------------------------------------
@@ -354,14 +445,21 @@ def _free(path: Path) -> int:
     return free_disk(path)
 
 
+def disk_margin(n_bytes: int) -> int:
+    from lowbit.hub import disk_margin as margin
+
+    return margin(n_bytes)
+
+
 def _check_disk(directory: Path, needed: int, what: str) -> None:
     from lowbit.ui import human_bytes
 
     free = _free(directory)
-    if needed + DISK_MARGIN > free:
+    margin = disk_margin(needed)
+    if needed + margin > free:
         raise LowbitError(
             f"not enough disk space in {directory} to {what}: it needs {human_bytes(needed)} "
-            f"(+ {human_bytes(DISK_MARGIN)} margin), {human_bytes(free)} is free. "
+            f"(+ {human_bytes(margin)} margin), {human_bytes(free)} is free. "
             "Free some space or write elsewhere (--out)."
         )
 
@@ -411,8 +509,9 @@ def _run_with_progress(
     from lowbit.ui import err_console
 
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # a failing tool prints its error, not a gdb backtrace
+    )  # fmt: skip
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -449,6 +548,21 @@ def _run_with_progress(
         raise
     reader.join(timeout=5)
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
+
+
+def _tool_failed(what: str, proc: subprocess.CompletedProcess, directory: Path, needed: int) -> LowbitError:
+    """The error for a failed llama-gguf-split run: "disk full" with the numbers when the disk filled up."""
+    from lowbit.ui import human_bytes
+
+    free = _free(directory)
+    out = proc.stdout or ""
+    if free < 16 * 1024 * 1024 or "No space left" in out or "basic_ios" in out:
+        return LowbitError(
+            f"disk full in {directory} while trying to {what}: {human_bytes(needed)} needed, {human_bytes(free)} "
+            "free (the partial output was removed; nothing under the final name). Free some space or write "
+            "elsewhere (--out)."
+        )
+    return LowbitError(f"llama-gguf-split failed to {what} (exit {proc.returncode}):\n{out[-2000:]}")
 
 
 def _pad(n: int, align: int) -> int:
@@ -533,10 +647,13 @@ def merge(
     first: Path | str, out: Path | str | None = None, verify: bool = True
 ) -> tuple[Path, VerifyReport | None]:
     """Merge a complete shard set into one GGUF next to it (or `out`), verified, never overwriting."""
-    from lowbit.ui import step
+    from lowbit.ui import step, warn
 
     cache: dict = {}  # each file's header is parsed once
-    s = require_complete(first, cache)
+    check = require_complete(first, cache)
+    s = check.shard_set
+    if check.unverified is not None:
+        warn(f"could not verify that the parts of {s.prefix} come from one model: {check.unverified}")
     final = Path(out) if out else s.directory / s.merged_name
     if final.exists():
         raise LowbitError(f"{final} already exists; lowbit never overwrites it. Remove it or pass --out.")
@@ -561,9 +678,7 @@ def merge(
         for f in followers:
             f.join()
         if proc.returncode != 0 or not tmp.exists():
-            raise LowbitError(
-                f"llama-gguf-split --merge failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
-            )
+            raise _tool_failed(f"merge {s.count} shards", proc, final.parent, s.size)
         if verify:
             follower = followers[0] if followers else None
             if follower is not None and follower.complete and layout:
@@ -621,7 +736,7 @@ def _parse_size(text: str) -> tuple[str, int]:
 def split(
     file: Path | str,
     max_size: str | None = None,
-    max_tensors: int | None = None,
+    max_tensors: int | str | None = None,
     out: Path | str | None = None,
 ) -> ShardSet:
     """Split one GGUF into a verified shard set (`out` = path prefix, default next to the file)."""
@@ -634,6 +749,11 @@ def split(
         raise LowbitError(f"{src.name} is already a shard; merge the set first (`invoke merge`)")
     if (max_size is None) == (max_tensors is None):
         raise LowbitError("give exactly one of --max-size (e.g. 2G) or --max-tensors N")
+    if max_tensors is not None:
+        text = str(max_tensors).strip()
+        if not text.isdigit() or int(text) < 1:
+            raise LowbitError(f"--max-tensors {max_tensors!r}: give a whole number of tensors per shard, 1 or more")
+        max_tensors = int(text)
     prefix = Path(out) if out else src.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     existing = sorted(prefix.parent.glob(f"{prefix.name}-*-of-*.gguf"))
@@ -643,8 +763,8 @@ def split(
         )
     _check_disk(prefix.parent, src.stat().st_size, "split")
     flags = (
-        ["--split-max-tensors", str(int(max_tensors))]
-        if max_tensors
+        ["--split-max-tensors", str(max_tensors)]
+        if max_tensors is not None
         else ["--split-max-size", _parse_size(max_size)[0]]
     )
     tmpdir = prefix.parent / f".{prefix.name}.lowbit-splitting-{os.getpid()}"
@@ -668,9 +788,7 @@ def split(
                     f"Use --max-size {need_mb}M or more, or --max-tensors N (always works). "
                     f"[llama-gguf-split: one of splits have 0 tensors; limit {human_bytes(limit)}]"
                 )
-            raise LowbitError(
-                f"llama-gguf-split --split failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
-            )
+            raise _tool_failed(f"split {src.name}", proc, prefix.parent, src.stat().st_size)
         made = shard_set(next(iter(sorted(tmpdir.glob("*.gguf")))))
         assert made is not None
         cache: dict = {}
@@ -699,7 +817,7 @@ def split(
 
 
 def split_command(
-    file: str, max_size: str | None = None, max_tensors: int | None = None, out: str | None = None
+    file: str, max_size: str | None = None, max_tensors: int | str | None = None, out: str | None = None
 ) -> int:
     """`invoke split FILE --max-size 2G | --max-tensors N`."""
     from lowbit.ui import human_bytes, print_table, step

@@ -572,3 +572,29 @@ def test_a_server_answering_garbage_is_a_clear_error(tmp_path):
         server.server_close()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "does not answer like a Hugging Face Hub" in proc.stderr
+
+
+def test_merge_uses_the_sha256_recorded_at_fetch_time(models, mirror, tmp_path):
+    from lowbit import shards
+
+    server, _ = mirror()
+    dest = tmp_path / "dl"
+    hub.fetch(REPO, quant=QUANT, dest=str(dest), endpoint=server.url, show_progress=False)
+    names = shard_names(models)
+    first, second = dest / QUANT / names[0], dest / QUANT / names[1]
+    check = shards.check_set(shards.shard_set(first))
+    assert check.ok and check.identity == "manifest" and check.unverified is None
+    data = bytearray(second.read_bytes())
+    data[-10] ^= 0xFF  # same header, same size: only the recorded sha256 can tell
+    second.write_bytes(bytes(data))
+    with pytest.raises(LowbitError, match=f"{names[1]} is not the file fetched from the repo"):
+        shards.merge(first)
+    second.unlink()
+    shutil.copyfile(models / REPO / QUANT / names[1], second)  # the bytes that were fetched: re-hashed, accepted
+    assert shards.check_set(shards.shard_set(first)).ok  # identical content to what was recorded: accepted
+    other = tmp_path / "dl2"
+    hub.fetch(REPO, include=[f"*{names[0]}"], dest=str(other), endpoint=server.url, show_progress=False)
+    for name in names[1:]:
+        shutil.copyfile(models / REPO / QUANT / name, other / QUANT / name)
+    problems = " ".join(shards.check_set(shards.shard_set(other / QUANT / names[0])).problems)
+    assert f"{names[1]} was not fetched with the other parts" in problems

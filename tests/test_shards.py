@@ -206,3 +206,73 @@ def test_header_reader_agrees_with_gguf_py(shard_dir, original):
                    and len(f.types) == 1}  # fmt: skip
         assert scalars and {k: ours.value(k) for k in scalars} == scalars
         assert list(ours.kv) == [k for k in theirs.fields if not k.startswith("GGUF.")]
+
+
+# --- sets that do not belong together, bad flags, a full disk --------------------------------------------
+
+
+def _quantized_splits(tmp_path: Path, llama_build) -> dict[str, list[Path]]:
+    """One tiny model quantized twice (Q8_0, Q4_0) and each split at the same tensor boundaries."""
+    import subprocess
+
+    from gguf_factory import write_llama_model
+
+    f32 = write_llama_model(tmp_path / "f32.gguf")
+    out = {}
+    for qtype in ("Q8_0", "Q4_0"):
+        q = tmp_path / f"m-{qtype}.gguf"
+        subprocess.run([str(llama_build.tool("llama-quantize")), str(f32), str(q), qtype], check=True,
+                       capture_output=True)  # fmt: skip
+        out[qtype] = split_gguf(llama_build.tool("llama-gguf-split"), q, tmp_path / qtype / "m", max_tensors=4)
+    return out
+
+
+def test_a_part_from_another_quant_is_refused_with_evidence(tmp_path, llama_build):
+    sets = _quantized_splits(tmp_path, llama_build)
+    q4 = sets["Q4_0"]
+    assert len(q4) >= 3 and [p.name for p in q4] == [p.name for p in sets["Q8_0"]]
+    clean = shards.check_set(shards.shard_set(q4[0]))
+    assert clean.ok and clean.unverified and "could only be checked" in clean.unverified
+    shutil.copyfile(sets["Q8_0"][1], q4[1])  # same name, same boundaries, same split keys: another quant
+    with pytest.raises(LowbitError) as err:
+        shards.merge(q4[0])
+    assert q4[1].name in str(err.value) and "Q8_0 here but Q4_0 in the other parts" in str(err.value)
+    assert not (q4[0].parent / "m.gguf").exists() and not list(q4[0].parent.glob(".*"))
+
+
+def test_merge_says_when_parts_could_not_be_verified(shard_dir, capsys):
+    shards.merge(shard_dir / "m-00001-of-00003.gguf")
+    assert "could not verify that the parts of m come from one model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "-1", "many", ""])
+def test_split_refuses_a_bad_tensor_count_clearly(original, tmp_path, bad):
+    with pytest.raises(LowbitError, match="--max-tensors .*whole number"):
+        shards.split(original, max_tensors=bad, out=tmp_path / "s" / "m")
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
+
+
+def test_split_max_tensors_task_passes_the_text_through():
+    """tasks.py hands --max-tensors over as typed (invoke gives text), so the package can name bad values."""
+    text = (Path(__file__).resolve().parent.parent / "tasks.py").read_text()
+    assert "max_tensors=max_tensors" in text and "int(max_tensors)" not in text
+
+
+def test_disk_full_during_merge_is_named_with_numbers(shard_dir, tmp_path, monkeypatch):
+    import subprocess
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)],
+                      capture_output=True).returncode:  # fmt: skip
+        pytest.skip("needs root to mount a small tmpfs (a disk that fills up)")
+    try:
+        monkeypatch.setattr(shards, "_check_disk", lambda *a: None)  # let it start, so the disk really fills
+        with pytest.raises(LowbitError) as err:
+            shards.merge(shard_dir / "m-00001-of-00003.gguf", out=small / "m.gguf")
+        msg = str(err.value)
+        assert msg.startswith("disk full in") and "needed" in msg and "free" in msg, msg
+        assert "gdb" not in msg and "backtrace" not in msg.lower()
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
