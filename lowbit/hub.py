@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lowbit import LowbitError
+from lowbit.models import hf_cache
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
@@ -66,8 +67,9 @@ class RemoteFile:
     sha256: str | None  # LFS files
     blob_id: str  # git blob sha1 (for non-LFS files, the hash of the content itself)
     xet: bool = False
-    status: str = "download"  # have | check | resume | download
+    status: str = "download"  # have | check | resume | download | cache
     partial_bytes: int = 0
+    cache_path: Path | None = None  # the same bytes in the Hugging Face cache (status "cache")
 
     @property
     def expected(self) -> tuple[str, str]:
@@ -104,6 +106,7 @@ class FetchResult:
     skipped: list[str]
     bad: list[str]
     bytes_downloaded: int
+    linked: list[str] = field(default_factory=list)  # from the Hugging Face cache, verified
 
 
 # --- environment -----------------------------------------------------------------------------------
@@ -250,8 +253,16 @@ def plan_fetch(
     endpoint: str | None = None,
     revision: str | None = None,
     token: str | bool | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> FetchPlan:
-    """Resolve the revision, list the repo tree, select files, and compare with what `dest` holds."""
+    """Resolve the revision, list the repo tree, select files, and compare with what `dest` holds.
+
+    `patterns`/`exclude` mean what `hf download --include/--exclude` mean (huggingface_hub's
+    allow/ignore patterns). With `use_cache`, files missing from `dest` but present in the Hugging
+    Face cache get status "cache" (linked, not downloaded).
+    """
     hub = _import_hub()
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
@@ -276,7 +287,8 @@ def plan_fetch(
         raise LowbitError(f"revision {revision} not found in {repo_id} at {endpoint}") from exc
     except OSError as exc:  # httpx errors are OSErrors too
         raise LowbitError(f"cannot reach {endpoint}: {exc}; check the network or --endpoint") from exc
-    selected = list(filter_repo_objects(tree, allow_patterns=list(patterns) or None, key=lambda e: e.path))
+    selected = list(filter_repo_objects(tree, allow_patterns=list(patterns) or None,
+                                        ignore_patterns=list(exclude or []) or None, key=lambda e: e.path))
     if not selected:
         sizes = {e.path: e.size for e in tree}
         quants = quants_in([e.path for e in tree], sizes)
@@ -286,7 +298,8 @@ def plan_fetch(
             f"{q} ({n} file{'s' if n > 1 else ''}, {human_bytes(b)})" for q, (n, b) in quants.items()
         )
         raise LowbitError(
-            f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}. "
+            f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}"
+            + (f" once --exclude {', '.join(exclude)} is applied. " if exclude else ". ")
             + (
                 f"Quants in this repo: {have}. Pass one with --quant NAME."
                 if have
@@ -304,6 +317,10 @@ def plan_fetch(
             xet=bool(getattr(e, "xet_hash", None)),
         )
         rf.status, rf.partial_bytes = _local_status(dest, rf, records)
+        if use_cache and rf.status in ("download", "resume"):
+            rf.cache_path = hf_cache.find(repo_id, rf.path, rf.size, rf.expected[1], info.sha, cache_dir)
+            if rf.cache_path is not None:
+                rf.status, rf.partial_bytes = "cache", 0
         files.append(rf)
     return FetchPlan(
         repo_id=repo_id,
@@ -324,7 +341,8 @@ def print_plan(plan: FetchPlan) -> None:
         (
             f.path,
             human_bytes(f.size),
-            f.status + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes else ""),
+            ("from HF cache" if f.status == "cache" else f.status)
+            + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes else ""),
         )
         for f in plan.files
     ]
@@ -470,6 +488,18 @@ def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
     return True
 
 
+def _link_from_cache(plan: FetchPlan, f: RemoteFile, records: dict[str, dict]) -> bool:
+    """Link `f` from the Hugging Face cache into `plan.dest` if its bytes verify; records the result."""
+    key, digest = f.expected
+    target = plan.dest / f.path
+    if f.cache_path is None or not hf_cache.link_verified(f.cache_path, target, f.size, digest, key == "sha256"):
+        return False
+    records[f.path] = {"size": f.size, "mtime_ns": target.stat().st_mtime_ns, key: digest}
+    save_records(plan.dest, records)
+    partial_path(plan.dest, f).unlink(missing_ok=True)  # a partial download the cache made unnecessary
+    return True
+
+
 def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bool = True) -> FetchResult:
     """Download what the plan says, one file at a time, verifying each; bad files are removed."""
     from rich.progress import (
@@ -491,7 +521,7 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
         warn(f"removed leftover of an interrupted download: {p.name}")
     records = load_records(plan.dest)
     todo = [f for f in plan.files if f.status != "have"]
-    total = sum(f.size for f in todo if f.status != "check")
+    total = sum(f.size for f in todo if f.status not in ("check", "cache"))
     done_before = sum(f.partial_bytes for f in todo if f.status == "resume")
     result = FetchResult([], [f.path for f in plan.files if f.status == "have"], [], 0)
     progress = Progress(
@@ -509,6 +539,14 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
         bar_cls = _bar_class(progress, task_id)
         for f in todo:
             name = Path(f.path).name
+            if f.status == "cache":
+                progress.update(task_id, description=f"checking {name} in the HF cache")
+                if _link_from_cache(plan, f, records):
+                    result.linked.append(f.path)
+                    continue
+                warn(f"{f.path}: the copy in the Hugging Face cache ({f.cache_path}) does not match the repo's "
+                     "hash; downloading it instead (the cache is left as it is)")
+                progress.update(task_id, total=(progress.tasks[0].total or 0) + f.size)
             if f.status == "check":
                 progress.update(task_id, description=f"checking {name}")
                 if verify_file(plan.dest, f, records):
@@ -548,6 +586,17 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
 # --- the task --------------------------------------------------------------------------------------
 
 
+def progress_bars_disabled() -> bool:
+    """True when the user turned progress bars off: `HF_HUB_DISABLE_PROGRESS_BARS` (as `hf download`
+    reads it, at call time) or `huggingface_hub.utils.disable_progress_bars()`, or quiet output (`-q`)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from lowbit.ui import quiet
+
+    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "")
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE") or are_progress_bars_disabled() or quiet()
+
+
 def fetch(
     model: str,
     quant: str | None = None,
@@ -559,11 +608,24 @@ def fetch(
     revision: str | None = None,
     token: str | None = None,
     show_progress: bool = True,
+    exclude: Sequence[str] | None = None,
+    local_dir: str | None = None,
+    cache_dir: str | None = None,
+    hf_cache_links: bool = True,
 ) -> FetchResult | None:
-    """Plan, check, download and verify; returns None for a dry run. Raises LowbitError on any failure."""
+    """Plan, check, download and verify; returns None for a dry run. Raises LowbitError on any failure.
+
+    `include`/`exclude`/`local_dir`/`token`/`cache_dir` mean what they mean to `hf download`
+    (`local_dir` is `dest`). With `hf_cache_links`, files already in the Hugging Face cache are linked
+    instead of downloaded, and fetched files are entered into the cache (hard links, no extra disk).
+    """
     from lowbit.catalog import resolve_model
     from lowbit.ui import human_bytes, step, warn
 
+    if local_dir and dest and Path(local_dir).expanduser() != Path(dest).expanduser():
+        raise LowbitError(f"--local-dir {local_dir} and --dest {dest} disagree: --local-dir is another name for "
+                          "--dest, give one of them")
+    dest = dest or local_dir
     resolved = resolve_model(model)
     if not resolved.repo_id:
         what = "a replica built locally" if resolved.is_replica else "a local path"
@@ -583,6 +645,9 @@ def fetch(
         endpoint=endpoint,
         revision=revision,
         token=token,
+        exclude=exclude,
+        cache_dir=cache_dir,
+        use_cache=hf_cache_links,
     )
     print_plan(plan)
     gguf_bytes = sum(f.size for f in plan.files if f.path.endswith(".gguf"))
@@ -592,16 +657,27 @@ def fetch(
     if dry_run:
         step(f"dry run: {human_bytes(plan.download_bytes)} would be downloaded to {plan.dest}")
         return None
-    result = download(plan, token=token, show_progress=show_progress)
+    result = download(plan, token=token, show_progress=show_progress and not progress_bars_disabled())
     if result.bad:
         raise LowbitError(
             f"verification failed (size or sha256 differs from the repo) and the file was removed: "
             f"{', '.join(result.bad)}. Good files are kept; run the same command to fetch it again."
         )
+    linked = f", {len(result.linked)} linked from the Hugging Face cache" if result.linked else ""
     step(
-        f"{len(result.downloaded)} file(s) downloaded and verified, {len(result.skipped)} already present "
+        f"{len(result.downloaded)} file(s) downloaded and verified{linked}, {len(result.skipped)} already present "
         f"({human_bytes(result.bytes_downloaded)} transferred) -> {plan.dest}"
     )
+    if hf_cache_links:
+        entered = hf_cache.register(
+            plan.repo_id, plan.revision, revision or "main",
+            [(f.path, f.expected[1], plan.dest / f.path) for f in plan.files], cache_dir)
+        where = hf_cache.repo_cache(plan.repo_id, cache_dir)
+        if entered.skipped:
+            step(f"not entered into the Hugging Face cache: {entered.skipped}")
+        elif entered.added:
+            step(f"{entered.added} file(s) entered into the Hugging Face cache by hard link (no extra disk): "
+                 f"huggingface_hub finds them in {where}")
     return result
 
 
@@ -614,6 +690,11 @@ def fetch_command(
     endpoint: str | None = None,
     fast: bool = False,
     revision: str | None = None,
+    exclude: list[str] | None = None,
+    local_dir: str | None = None,
+    token: str | None = None,
+    cache_dir: str | None = None,
+    hf_cache: bool = True,
 ) -> int:
     """`invoke fetch`."""
     fetch(
@@ -625,6 +706,11 @@ def fetch_command(
         endpoint=endpoint,
         fast=fast,
         revision=revision,
+        exclude=exclude,
+        local_dir=local_dir,
+        token=token,
+        cache_dir=cache_dir,
+        hf_cache_links=hf_cache,
     )
     return 0
 
