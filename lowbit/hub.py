@@ -488,11 +488,12 @@ def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
     return True
 
 
-def _link_from_cache(plan: FetchPlan, f: RemoteFile, records: dict[str, dict]) -> bool:
+def _link_from_cache(plan: FetchPlan, f: RemoteFile, records: dict[str, dict], progress=None) -> bool:
     """Link `f` from the Hugging Face cache into `plan.dest` if its bytes verify; records the result."""
     key, digest = f.expected
     target = plan.dest / f.path
-    if f.cache_path is None or not hf_cache.link_verified(f.cache_path, target, f.size, digest, key == "sha256"):
+    if f.cache_path is None or not hf_cache.link_verified(f.cache_path, target, f.size, digest, key == "sha256",
+                                                          progress):
         return False
     records[f.path] = {"size": f.size, "mtime_ns": target.stat().st_mtime_ns, key: digest}
     save_records(plan.dest, records)
@@ -540,8 +541,11 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
         for f in todo:
             name = Path(f.path).name
             if f.status == "cache":
-                progress.update(task_id, description=f"checking {name} in the HF cache")
-                if _link_from_cache(plan, f, records):
+                # Hashing a cached 50 GB shard takes a while: its own bar, so the wait shows.
+                check_id = progress.add_task(f"checking {name} (HF cache)", total=f.size)
+                linked = _link_from_cache(plan, f, records, lambda n, i=check_id: progress.advance(i, n))
+                progress.remove_task(check_id)
+                if linked:
                     result.linked.append(f.path)
                     continue
                 warn(f"{f.path}: the copy in the Hugging Face cache ({f.cache_path}) does not match the repo's "

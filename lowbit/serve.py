@@ -341,6 +341,9 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
         warn(note)
     if rpc:
         warn("RPC workers have no authentication: keep them on loopback or a trusted private network.")
+    if ignored := sorted(k for k in os.environ if k.startswith("LLAMA_ARG_")):
+        warn(f"{', '.join(ignored)} not passed on: lowbit starts llama-server with the flags it prints and plans "
+             "(a stray LLAMA_ARG_* could silently change them); use this task's flags instead.")
     resolved = resolve_model(model)
     if resolved.is_replica:
         warn(f"{resolved.name} is an offline replica with random weights: the text it writes is meaningless.")

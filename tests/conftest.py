@@ -11,7 +11,8 @@ from lowbit import LowbitError
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_hf_cache(tmp_path_factory):
-    """`fetch` reuses and fills the Hugging Face cache: the suite (module fixtures, notebooks) never uses the real one."""
+    """`fetch` reuses and fills the Hugging Face cache: the suite (module fixtures, notebooks) never touches the real
+    one."""
     saved = {k: os.environ.get(k) for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
     os.environ["HF_HUB_CACHE"] = str(tmp_path_factory.mktemp("hf-hub-cache"))
     os.environ.pop("HUGGINGFACE_HUB_CACHE", None)

@@ -225,3 +225,17 @@ def test_hostile_names_and_hashes_never_leave_the_cache(tmp_path):
                                                           ("ok.bin", "../x", local)], cache_dir=cache)
     assert out.files == 0 and not list(tmp_path.glob("escape*")) and not (cache / "evil").exists()
     assert not (cache / "models--acme--Tiny-GGUF" / "refs").exists()
+
+
+def test_hashing_a_cache_hit_reports_progress_and_logs_for_library_users(models, server, tmp_path, caplog):
+    import logging
+
+    blob = fake_cache(tmp_path / "hf-home" / "hub", models, "1" * 40, [Q4]) / "blobs" / sha256(models / REPO / Q4)
+    seen: list[int] = []
+    kind = hf_cache.link_verified(blob, tmp_path / "out" / Q4, FILES[Q4], sha256(blob), lfs=True,
+                                  progress=seen.append)
+    assert kind == "hard link" and sum(seen) == FILES[Q4]
+    caplog.set_level(logging.INFO, logger="lowbit")
+    hub.fetch(REPO, include=[Q4], dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("lowbit")]
+    assert any("1 linked from the Hugging Face cache" in m for m in messages), messages

@@ -17,12 +17,14 @@ filesystem) nothing is written: a symlink into `models/` would break when that f
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+log = logging.getLogger("lowbit")
 _DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
@@ -81,6 +83,7 @@ def find(repo_id: str, path: str, size: int, digest: str, commit: str | None = N
         try:
             blob = c.resolve(strict=True)
             if blob.is_file() and blob.stat().st_size == size:
+                log.debug(f"{path}: candidate in the Hugging Face cache: {blob}")
                 return blob
         except OSError:
             continue
@@ -102,11 +105,13 @@ def _link(source: Path, target: Path, symlink_ok: bool) -> str | None:
         return None
 
 
-def link_verified(source: Path, target: Path, size: int, digest: str, lfs: bool) -> str | None:
+def link_verified(source: Path, target: Path, size: int, digest: str, lfs: bool,
+                  progress: Callable[[int], object] | None = None) -> str | None:
     """Link `source` at `target` if its bytes hash to `digest`: 'hard link' or 'symlink', else None.
 
     The link is made under a temporary name next to `target` and hashed through it (the bytes that
     will be used), then renamed into place: `target` is never a file that failed the check.
+    `progress(n)` is called as bytes are hashed.
     """
     from lowbit.mirror import hash_file
 
@@ -117,10 +122,12 @@ def link_verified(source: Path, target: Path, size: int, digest: str, lfs: bool)
     if kind is None:
         return None
     try:
-        good = tmp.stat().st_size == size and hash_file(tmp, lfs=lfs) == digest
+        good = tmp.stat().st_size == size and hash_file(tmp, lfs=lfs, progress=progress) == digest
         if good:
             os.replace(tmp, target)
+            log.debug(f"{target.name}: {kind} to {source} (hash checked)")
             return kind
+        log.debug(f"{source} is not the repo's {target.name}: its hash differs")
     except OSError:
         pass
     tmp.unlink(missing_ok=True)
