@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -87,9 +88,12 @@ def test_quiet_and_verbose_reach_the_task(server, tmp_path):
 
 def test_token_reaches_the_server_but_never_a_command_line(server, tmp_path):
     c = MockContext(run=Result())
-    load_tasks()["fetch"](c, model=REPO, include=["README.md"], token="hf_s3cret")
+    load_tasks()["fetch"](c, model=REPO, include=["README.md"], exclude=["*.gguf"], local_dir="here",
+                          token="hf_s3cret")
     (call,) = c.run.call_args_list
     assert "hf_s3cret" not in call.args[0]
+    kwargs = json.loads(shlex.split(call.args[0])[-1])
+    assert kwargs["exclude"] == ["*.gguf"] and kwargs["local_dir"] == "here" and "token" not in kwargs
     assert json.loads(call.kwargs["env"]["LOWBIT_SECRET_KWARGS"]) == {"token": "hf_s3cret"}
     server.seen.clear()
     proc = lowbit("fetch", "--model", REPO, "--include", "README.md", "--endpoint", server.url, "--token",
