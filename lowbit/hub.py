@@ -86,6 +86,7 @@ class FetchPlan:
     files: list[RemoteFile]
     free_bytes: int
     all_paths: list[str] = field(default_factory=list)
+    offline: bool = False  # planned from the Hugging Face cache alone (HF_HUB_OFFLINE)
 
     @property
     def total_bytes(self) -> int:
@@ -334,6 +335,39 @@ def plan_fetch(
     )
 
 
+def plan_from_cache(
+    repo_id: str,
+    patterns: Sequence[str],
+    dest: Path | None = None,
+    revision: str | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> FetchPlan:
+    """Offline (HF_HUB_OFFLINE): the plan from the Hugging Face cache's snapshot; no network at all."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    commit, cached = hf_cache.snapshot(repo_id, revision, cache_dir)
+    dest = Path(dest) if dest else _default_dest(repo_id)
+    selected = list(filter_repo_objects(cached, allow_patterns=list(patterns) or None,
+                                        ignore_patterns=list(exclude or []) or None, key=lambda c: c.path))
+    if not selected:
+        held = ", ".join(c.path for c in cached) or "nothing"
+        raise LowbitError(f"offline: no file of {repo_id} in the Hugging Face cache matches "
+                          f"{', '.join(patterns) or '(all)'}; it holds {held}")
+    records = load_records(dest)
+    files = []
+    for c in selected:
+        lfs_sha = c.digest if len(c.digest) == 64 else None
+        rf = RemoteFile(path=c.path, size=c.size, sha256=lfs_sha, blob_id=c.digest)
+        rf.status, rf.partial_bytes = _local_status(dest, rf, records)
+        if rf.status != "have":
+            rf.status, rf.partial_bytes, rf.cache_path = "cache", 0, c.blob
+        files.append(rf)
+    return FetchPlan(repo_id=repo_id, revision=commit, endpoint="the Hugging Face cache (offline)", dest=dest,
+                     patterns=list(patterns), files=files, free_bytes=free_disk(dest),
+                     all_paths=[c.path for c in cached], offline=True)
+
+
 def print_plan(plan: FetchPlan) -> None:
     from lowbit.ui import human_bytes, print_table
 
@@ -548,6 +582,9 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
                 if linked:
                     result.linked.append(f.path)
                     continue
+                if plan.offline:  # nothing to download from: the blob does not hash to its own name
+                    result.bad.append(f.path)
+                    continue
                 warn(f"{f.path}: the copy in the Hugging Face cache ({f.cache_path}) does not match the repo's "
                      "hash; downloading it instead (the cache is left as it is)")
                 progress.update(task_id, total=(progress.tasks[0].total or 0) + f.size)
@@ -642,17 +679,21 @@ def fetch(
     for note in transfer_notes(fast):
         step(note)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    plan = plan_fetch(
-        resolved.repo_id,
-        quant_patterns(quant, include),
-        Path(dest).expanduser() if dest else None,
-        endpoint=endpoint,
-        revision=revision,
-        token=token,
-        exclude=exclude,
-        cache_dir=cache_dir,
-        use_cache=hf_cache_links,
-    )
+    if hf_cache_links and hf_cache.offline():
+        plan = plan_from_cache(resolved.repo_id, quant_patterns(quant, include),
+                               Path(dest).expanduser() if dest else None, revision, exclude, cache_dir)
+    else:
+        plan = plan_fetch(
+            resolved.repo_id,
+            quant_patterns(quant, include),
+            Path(dest).expanduser() if dest else None,
+            endpoint=endpoint,
+            revision=revision,
+            token=token,
+            exclude=exclude,
+            cache_dir=cache_dir,
+            use_cache=hf_cache_links,
+        )
     print_plan(plan)
     gguf_bytes = sum(f.size for f in plan.files if f.path.endswith(".gguf"))
     if gguf_bytes and (msg := memory_warning(gguf_bytes)):
@@ -662,6 +703,10 @@ def fetch(
         step(f"dry run: {human_bytes(plan.download_bytes)} would be downloaded to {plan.dest}")
         return None
     result = download(plan, token=token, show_progress=show_progress and not progress_bars_disabled())
+    if result.bad and plan.offline:
+        raise LowbitError(f"offline: the Hugging Face cache's copy of {', '.join(result.bad)} does not hash to its "
+                          "own name (a damaged cache), so it was not linked. Unset HF_HUB_OFFLINE to download it "
+                          "again; other files are in place.")
     if result.bad:
         raise LowbitError(
             f"verification failed (size or sha256 differs from the repo) and the file was removed: "

@@ -239,3 +239,28 @@ def test_hashing_a_cache_hit_reports_progress_and_logs_for_library_users(models,
     hub.fetch(REPO, include=[Q4], dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("lowbit")]
     assert any("1 linked from the Hugging Face cache" in m for m in messages), messages
+
+
+def test_offline_fetch_links_from_the_cache_without_any_network(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "2" * 40
+    cache = tmp_path / "hf-home" / "hub"
+    fake_cache(cache, models, commit, [Q4, "config.json", "tiny-Q8_0.gguf"])
+    git_sha1 = hashlib.sha1(b"blob %d\0" % FILES["config.json"] + (models / REPO / "config.json").read_bytes())
+    (cache / "models--acme--Tiny-GGUF" / "blobs" / sha256(models / REPO / "config.json")).rename(
+        cache / "models--acme--Tiny-GGUF" / "blobs" / git_sha1.hexdigest())  # small files: git blob sha1
+    pointer = cache / "models--acme--Tiny-GGUF" / "snapshots" / commit / "config.json"
+    pointer.unlink()
+    pointer.symlink_to(f"../../blobs/{git_sha1.hexdigest()}")
+    dest = tmp_path / "dl"
+    result = hub.fetch(REPO, include=["*.gguf", "*.json"], exclude=["*Q8_0*"], dest=str(dest),
+                       endpoint="http://127.0.0.1:9", show_progress=False)  # nothing listens there
+    assert sorted(result.linked) == ["config.json", Q4] and not result.downloaded
+    assert (dest / "config.json").read_bytes() == (models / REPO / "config.json").read_bytes()
+    blob = cache / "models--acme--Tiny-GGUF" / "blobs" / sha256(models / REPO / "tiny-Q8_0.gguf")
+    blob.write_bytes(b"\0" * FILES["tiny-Q8_0.gguf"])  # damaged: no longer its own hash
+    with pytest.raises(LowbitError, match="tiny-Q8_0.gguf.*damaged cache"):
+        hub.fetch(REPO, include=["*Q8_0*"], dest=str(dest), show_progress=False)
+    assert not (dest / "tiny-Q8_0.gguf").exists()
+    with pytest.raises(LowbitError, match="HF_HUB_OFFLINE"):
+        hub.fetch("acme/Not-Cached", dest=str(tmp_path / "x"), show_progress=False)

@@ -8,6 +8,9 @@ hash for any other commit. A candidate is linked into the destination (a hard li
 filesystem allows, else a symlink, never a copy) and hashed through the link before it takes the
 file's name: a cache entry with the right name but other bytes is never trusted.
 
+Offline (`HF_HUB_OFFLINE=1`, as huggingface_hub reads it): the repo's file list comes from the cache's
+snapshot of the revision instead of the Hub, and every file is checked against the hash its blob is named by.
+
 Register: files lowbit fetched and verified are entered into the same layout
 (`models--OWNER--NAME/{blobs/HASH, snapshots/COMMIT/PATH -> ../../blobs/HASH, refs/REVISION}`) by
 hard links only, so they cost no disk and `hf_hub_download`, `snapshot_download`, `Llama.from_pretrained`
@@ -23,6 +26,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from lowbit import LowbitError
 
 log = logging.getLogger("lowbit")
 _DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -88,6 +93,53 @@ def find(repo_id: str, path: str, size: int, digest: str, commit: str | None = N
         except OSError:
             continue
     return None
+
+
+def offline() -> bool:
+    """Hub offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) read now, or huggingface_hub's own flag."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE") or constants.is_offline_mode()
+
+
+@dataclass
+class CachedFile:
+    path: str  # in the repo
+    size: int
+    digest: str  # the blob's name: sha256 (LFS files) or git blob sha1
+    blob: Path
+
+
+def snapshot(repo_id: str, revision: str | None = None,
+             cache_dir: str | Path | None = None) -> tuple[str, list[CachedFile]]:
+    """(commit, files) of `revision` (default main) as the cache holds it, without the network."""
+    root = repo_cache(repo_id, cache_dir)
+    rev = revision or "main"
+    if _COMMIT.match(rev):
+        commit = rev
+    elif _REF.match(rev) and ".." not in rev:
+        try:
+            commit = (root / "refs" / rev).read_text().strip()
+        except OSError:
+            commit = ""
+    else:
+        raise LowbitError(f"--revision {rev!r} is not a branch, tag or commit name")
+    snap = root / "snapshots" / commit
+    if not _COMMIT.match(commit) or not snap.is_dir():
+        raise LowbitError(
+            f"offline (HF_HUB_OFFLINE is set) and the Hugging Face cache {hub_cache_dir(cache_dir)} holds no "
+            f"{repo_id} at {rev}: unset HF_HUB_OFFLINE to download it, or pass --cache-dir where it is")
+    blobs = (root / "blobs").resolve()
+    files = []
+    for p in sorted(snap.rglob("*")):
+        try:
+            blob = p.resolve(strict=True)
+        except OSError:
+            continue  # a link whose blob is gone
+        if blob.parent == blobs and _DIGEST.match(blob.name) and blob.is_file():
+            files.append(CachedFile(p.relative_to(snap).as_posix(), blob.stat().st_size, blob.name, blob))
+    return commit, files
 
 
 def _link(source: Path, target: Path, symlink_ok: bool) -> str | None:
