@@ -181,7 +181,8 @@ def doctor_command(json_output: bool = False) -> int:
         for b in builds
     ])
     print_table("packages", ["package", "version"], package_versions().items())
-    print_table("jupyter kernel 'lowbit' (in Jupyter's search order)", ["kernel spec", "runs", "Jupyter uses it"], [
+    print_table("jupyter kernel 'lowbit' (in Jupyter's search order from this environment)",
+                ["kernel spec", "runs", "chosen here"], [
         (k["dir"], k["python"] or "?", "yes" if k["used"] else "") for k in found_kernels
     ] or [("not registered", "", "")])
     if problems:
