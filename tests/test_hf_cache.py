@@ -264,3 +264,13 @@ def test_offline_fetch_links_from_the_cache_without_any_network(models, tmp_path
     assert not (dest / "tiny-Q8_0.gguf").exists()
     with pytest.raises(LowbitError, match="HF_HUB_OFFLINE"):
         hub.fetch("acme/Not-Cached", dest=str(tmp_path / "x"), show_progress=False)
+
+
+def test_a_cache_with_plain_files_in_another_snapshot_is_used_after_hashing(models, server, tmp_path):
+    # Where symlinks are unavailable huggingface_hub stores real files in snapshots/ (blob names are etags).
+    snap = tmp_path / "hf-home" / "hub" / "models--acme--Tiny-GGUF" / "snapshots" / ("3" * 40)
+    snap.mkdir(parents=True)
+    (snap / Q4).write_bytes((models / REPO / Q4).read_bytes())
+    result = hub.fetch(REPO, include=[Q4], dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
+    assert result.linked == [Q4] and not file_gets(server.log)
+    assert (tmp_path / "dl" / Q4).stat().st_ino == (snap / Q4).stat().st_ino

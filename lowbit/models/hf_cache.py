@@ -84,6 +84,10 @@ def find(repo_id: str, path: str, size: int, digest: str, commit: str | None = N
     if isinstance(found, str):
         candidates.append(Path(found))
     candidates.append(root / "blobs" / digest)  # the same bytes cached for another commit
+    try:  # the same path in other snapshots (a cache whose blobs are not named by content hash)
+        candidates += [s / path for s in sorted((root / "snapshots").iterdir()) if _COMMIT.match(s.name)]
+    except OSError:
+        pass
     for c in candidates:
         try:
             blob = c.resolve(strict=True)
