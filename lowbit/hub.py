@@ -17,7 +17,10 @@ Built on huggingface_hub 2.x, filling the gaps DESIGN.md §3 lists:
 - downloads run one file at a time in the main thread (hf_xet parallelises inside a file), so Ctrl-C
   stops at once and no worker thread keeps writing; `*.incomplete` orphans of killed runs are removed;
 - verified hashes are recorded (`.cache/lowbit/verified.json`), so a second fetch downloads and reads
-  nothing, and `lowbit.mirror` serves the folder without hashing it again.
+  nothing, and `lowbit.mirror` serves the folder without hashing it again;
+- the Hugging Face cache is used both ways (`lowbit.models.hf_cache`): files already there are linked
+  after a hash check instead of downloaded, fetched files are entered into it by hard link, and with
+  `HF_HUB_OFFLINE=1` the plan comes from the cache alone.
 """
 
 from __future__ import annotations
