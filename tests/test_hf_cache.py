@@ -205,6 +205,11 @@ def test_hf_hub_disable_progress_bars_silences_the_bar(server, tmp_path, monkeyp
     seen = []
     real = hub.download
     monkeypatch.setattr(hub, "download", lambda plan, **kw: seen.append(kw["show_progress"]) or real(plan, **kw))
+    import huggingface_hub.utils
+
+    # huggingface_hub's own switch is process-wide (and froze the variable at its import): hold it off here.
+    switch = {"off": False}
+    monkeypatch.setattr(huggingface_hub.utils, "are_progress_bars_disabled", lambda name=None: switch["off"])
     monkeypatch.delenv("LOWBIT_LOG_LEVEL", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     hub.fetch(REPO, include=["README.md"], dest=str(tmp_path / "a"), endpoint=server.url)
@@ -212,7 +217,10 @@ def test_hf_hub_disable_progress_bars_silences_the_bar(server, tmp_path, monkeyp
     hub.fetch(REPO, include=["README.md"], dest=str(tmp_path / "b"), endpoint=server.url)
     monkeypatch.setenv("LOWBIT_LOG_LEVEL", "WARNING")  # `lowbit -q`
     hub.fetch(REPO, include=["README.md"], dest=str(tmp_path / "c"), endpoint=server.url)
-    assert seen == [False, True, False]
+    monkeypatch.delenv("LOWBIT_LOG_LEVEL")
+    switch["off"] = True  # huggingface_hub.utils.disable_progress_bars() in the calling program
+    hub.fetch(REPO, include=["README.md"], dest=str(tmp_path / "d"), endpoint=server.url)
+    assert seen == [False, True, False, False]
 
 
 def test_hostile_names_and_hashes_never_leave_the_cache(tmp_path):
