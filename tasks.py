@@ -26,16 +26,21 @@ def _kit_python() -> str:
     raise Exit("lowbit is not set up in this checkout: run `invoke setup` first.", code=1)
 
 
-def _kit(c, target: str, python: str | None = None, **kwargs) -> None:
-    """Run `lowbit.MODULE:FUNCTION(**kwargs)` in the kit's interpreter; exit with its status."""
-    _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)])
+def _kit(c, target: str, python: str | None = None, secrets: dict | None = None, **kwargs) -> None:
+    """Run `lowbit.MODULE:FUNCTION(**kwargs)` in the kit's interpreter; exit with its status.
+
+    `secrets` (e.g. a token) travel as JSON in the environment, never on the child's command line (`ps`).
+    """
+    secrets = {k: v for k, v in (secrets or {}).items() if v is not None}
+    env = {"LOWBIT_SECRET_KWARGS": json.dumps(secrets)} if secrets else None
+    _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)], env=env)
 
 
-def _run(c, cmd: list[str]) -> None:
+def _run(c, cmd: list[str], env: dict[str, str] | None = None) -> None:
     """Run `cmd` in the checkout; its exit status becomes ours, Ctrl-C exits 130 without a traceback."""
     try:
         with c.cd(str(ROOT)):
-            result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False)
+            result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False, env=env or {})
     except KeyboardInterrupt:
         raise Exit(code=130) from None
     if result is not None and result.exited:
@@ -52,12 +57,14 @@ def _run(c, cmd: list[str]) -> None:
         "cuda_arch": "CUDA architectures, e.g. 90 (needed when no GPU is present to detect it)",
         "force": "rebuild llama.cpp even if a cached build exists",
         "no_replicas": "skip building the offline replica models",
+        "user_kernel": "also register the `lowbit` Jupyter kernel for your user (jupyter --data-dir), where your "
+                       "own JupyterLab, Notebook and VS Code find it",
     }
 )
-def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False):
+def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False, user_kernel=False):
     """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel."""
     kwargs = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force,
-              "replicas": not no_replicas}
+              "replicas": not no_replicas, "user_kernel": user_kernel}
     _run(c, [sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)])
 
 
@@ -194,23 +201,31 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
 
 
 @task(
-    iterable=["include"],
+    iterable=["include", "exclude"],
     help={
         "model": "catalog name or Hub repo id OWNER/NAME",
         "quant": "quant to fetch, e.g. UD-IQ1_S (selects files matching *QUANT*)",
-        "include": "file pattern to fetch (fnmatch, repeatable), e.g. --include '*UD-IQ1_S*'",
+        "include": "glob pattern of files to fetch (repeatable), as hf download --include, e.g. '*UD-IQ1_S*'",
+        "exclude": "glob pattern of files to leave out (repeatable), as hf download --exclude, e.g. '*.md'",
         "dest": "folder to download into (default: models/OWNER/NAME)",
+        "local_dir": "same as --dest (hf download's name)",
         "dry_run": "show the files, sizes, total and free disk, then stop",
         "endpoint": "Hub endpoint, e.g. a workshop mirror http://HOST:PORT (default: HF_ENDPOINT or the Hub)",
         "fast": "hf_xet high-performance mode (HF_XET_HIGH_PERFORMANCE=1)",
         "revision": "branch, tag or commit (default: main)",
+        "token": "Hugging Face token for gated/private repos (default: HF_TOKEN or `hf auth login`'s)",
+        "cache_dir": "Hugging Face cache to reuse and fill (default: HF_HUB_CACHE, HF_HOME/hub, "
+                     "~/.cache/huggingface/hub)",
+        "hf_cache": "link files already in the Hugging Face cache instead of downloading them (verified), and "
+                    "enter fetched files into it by hard link (no extra disk); --no-hf-cache: neither",
     }
 )
-def fetch(c, model, quant=None, include=None, dest=None, dry_run=False, endpoint=None, fast=False,
-          revision=None):
+def fetch(c, model, quant=None, include=None, exclude=None, dest=None, local_dir=None, dry_run=False,
+          endpoint=None, fast=False, revision=None, token=None, cache_dir=None, hf_cache=True):
     """Download model files: plan + disk check first, one progress bar, sha256-verified, resumable."""
-    _kit(c, "lowbit.hub:fetch_command", model=model, quant=quant, include=include or None, dest=dest,
-         dry_run=dry_run, endpoint=endpoint, fast=fast, revision=revision)
+    _kit(c, "lowbit.hub:fetch_command", model=model, quant=quant, include=include or None,
+         exclude=exclude or None, dest=dest, local_dir=local_dir, dry_run=dry_run, endpoint=endpoint, fast=fast,
+         revision=revision, cache_dir=cache_dir, hf_cache=hf_cache, secrets={"token": token})
 
 
 @task(help={"first": "first shard, NAME-00001-of-0000N.gguf", "out": "merged file (default: NAME.gguf)"})
@@ -260,9 +275,12 @@ def ollama(c, file, out=None, min_p=0.05):
         "model": "catalog name, Hub repo id or path to a GGUF (first shard of a split set)",
         "host": "address to listen on (default 127.0.0.1; anything else needs --api-key or --insecure)",
         "port": "TCP port (default 8080)",
-        "api_key": "key clients must send (Authorization: Bearer KEY); default: $LOWBIT_API_KEY",
-        "parallel": "requests served at once (server slots, default 4)",
-        "ctx": "context tokens per request (default 4096; the server holds ctx x parallel)",
+        "api_key": "key clients must send (Authorization: Bearer KEY); default: $LOWBIT_API_KEY, else "
+                   "$LLAMA_API_KEY (llama-server's own variable)",
+        "parallel": "requests served at once (server slots, default 4; llama-server's --parallel)",
+        "ctx": "context tokens PER SLOT, i.e. per request (default 4096). llama-server's --ctx-size is the "
+               "TOTAL, split among the slots: lowbit passes --ctx-size ctx x parallel. From a llama.cpp "
+               "recipe with -c TOTAL -np N, use --ctx TOTAL/N",
         "plan": "offload plan: auto (default), rule, ngl=N, experts-cpu, none",
         "rpc": "RPC workers to spread the model over: host:port,host:port",
         "insecure": "allow a non-loopback host without an API key (not recommended)",

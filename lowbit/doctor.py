@@ -138,6 +138,16 @@ def setup_problems() -> list[tuple[str, str]]:
     return problems
 
 
+def kernels() -> list[dict]:
+    """Where the `lowbit` Jupyter kernel is registered, in Jupyter's search order ([] without jupyter_client)."""
+    from lowbit.kernel import kernel_locations
+
+    try:
+        return kernel_locations()
+    except ImportError:
+        return []
+
+
 def doctor_command(json_output: bool = False) -> int:
     from lowbit.build import active_build, builds_root, load_build
     from lowbit.ui import print_table
@@ -150,9 +160,11 @@ def doctor_command(json_output: bool = False) -> int:
     except LowbitError:
         active = None
     problems = setup_problems()
+    found_kernels = kernels()
     if json_output:
         print(json.dumps({**summary, "builds": [b.key for b in builds], "active_build": active and active.key,
-                          "packages": package_versions(), "problems": problems}, indent=1))
+                          "packages": package_versions(), "kernels": found_kernels, "problems": problems},
+                         indent=1))
         return 1 if problems else 0
     gpu_text = "; ".join(f"{g['name']} ({g['memory_gb']} GB, {g['api']})" for g in summary["gpus"]) or "none"
     print_table("machine", ["", ""], [
@@ -169,6 +181,10 @@ def doctor_command(json_output: bool = False) -> int:
         for b in builds
     ])
     print_table("packages", ["package", "version"], package_versions().items())
+    print_table("jupyter kernel 'lowbit' (in Jupyter's search order from this environment)",
+                ["kernel spec", "runs", "chosen here"], [
+        (k["dir"], k["python"] or "?", "yes" if k["used"] else "") for k in found_kernels
+    ] or [("not registered", "", "")])
     if problems:
         print_table("setup is incomplete", ["problem", "fix"], problems)
         return 1

@@ -17,7 +17,10 @@ Built on huggingface_hub 2.x, filling the gaps DESIGN.md §3 lists:
 - downloads run one file at a time in the main thread (hf_xet parallelises inside a file), so Ctrl-C
   stops at once and no worker thread keeps writing; `*.incomplete` orphans of killed runs are removed;
 - verified hashes are recorded (`.cache/lowbit/verified.json`), so a second fetch downloads and reads
-  nothing, and `lowbit.mirror` serves the folder without hashing it again.
+  nothing, and `lowbit.mirror` serves the folder without hashing it again;
+- the Hugging Face cache is used both ways (`lowbit.models.hf_cache`): files already there are linked
+  after a hash check instead of downloaded, fetched files are entered into it by hard link, and with
+  `HF_HUB_OFFLINE=1` the plan comes from the cache alone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lowbit import LowbitError
+from lowbit.models import hf_cache
+from lowbit.paths import unsafe_repo_path
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
@@ -70,8 +75,9 @@ class RemoteFile:
     sha256: str | None  # LFS files
     blob_id: str  # git blob sha1 (for non-LFS files, the hash of the content itself)
     xet: bool = False
-    status: str = "download"  # have | check | resume | download
+    status: str = "download"  # have | check | resume | download | cache
     partial_bytes: int = 0
+    cache_path: Path | None = None  # the same bytes in the Hugging Face cache (status "cache")
 
     @property
     def expected(self) -> tuple[str, str]:
@@ -88,6 +94,7 @@ class FetchPlan:
     files: list[RemoteFile]
     free_bytes: int
     all_paths: list[str] = field(default_factory=list)
+    offline: bool = False  # planned from the Hugging Face cache alone (HF_HUB_OFFLINE)
 
     @property
     def total_bytes(self) -> int:
@@ -109,6 +116,7 @@ class FetchResult:
     bad: list[str]
     bytes_downloaded: int
     lfs_pointers: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)  # from the Hugging Face cache, verified
 
 
 def disk_margin(n_bytes: int) -> int:
@@ -119,34 +127,9 @@ def disk_margin(n_bytes: int) -> int:
 # --- what a server may name and who gets credentials ----------------------------------------------
 
 
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
-_RESERVED_TOP = {".cache"}  # where lowbit and huggingface_hub keep their own state inside a destination
-
-
-def unsafe_path_reason(path: str) -> str | None:
-    """Why a file path named by a server must not be joined to a local folder (None: it is safe).
-
-    Relative, '/'-separated, no empty, '.' or '..' segment, no backslash, drive letter, NUL or control
-    character, and not inside the destination's own `.cache/` state."""
-    if not isinstance(path, str) or not path:
-        return "empty path"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        return "control character or NUL in the name"
-    if "\\" in path:
-        return "backslash in the name"
-    if path.startswith("/") or _DRIVE_RE.match(path):
-        return "absolute path"
-    parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "empty, '.' or '..' segment"
-    if parts[0] in _RESERVED_TOP:
-        return f"inside the destination's own {parts[0]}/ state folder"
-    return None
-
-
 def contained_path(dest: Path, path: str, endpoint: str) -> Path:
     """`dest / path` for a repo path a server listed, refused unless it stays inside `dest`."""
-    reason = unsafe_path_reason(path)
+    reason = unsafe_repo_path(path)
     target = dest / path if reason is None else None
     if target is not None:
         root = dest.resolve()
@@ -340,8 +323,16 @@ def plan_fetch(
     endpoint: str | None = None,
     revision: str | None = None,
     token: str | bool | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> FetchPlan:
-    """Resolve the revision, list the repo tree, select files, and compare with what `dest` holds."""
+    """Resolve the revision, list the repo tree, select files, and compare with what `dest` holds.
+
+    `patterns`/`exclude` mean what `hf download --include/--exclude` mean (huggingface_hub's
+    allow/ignore patterns). With `use_cache`, files missing from `dest` but present in the Hugging
+    Face cache get status "cache" (linked, not downloaded).
+    """
     hub = _import_hub()
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
@@ -374,7 +365,8 @@ def plan_fetch(
             f"{endpoint} does not answer like a Hugging Face Hub ({type(exc).__name__}: {exc}); "
             "nothing was downloaded. Check --endpoint / HF_ENDPOINT."
         ) from None
-    selected = list(filter_repo_objects(tree, allow_patterns=list(patterns) or None, key=lambda e: e.path))
+    selected = list(filter_repo_objects(tree, allow_patterns=list(patterns) or None,
+                                        ignore_patterns=list(exclude or []) or None, key=lambda e: e.path))
     if not selected:
         sizes = {e.path: e.size for e in tree}
         quants = quants_in([e.path for e in tree], sizes)
@@ -384,7 +376,8 @@ def plan_fetch(
             f"{q} ({n} file{'s' if n > 1 else ''}, {human_bytes(b)})" for q, (n, b) in quants.items()
         )
         raise LowbitError(
-            f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}. "
+            f"no file in {repo_id} matches {', '.join(patterns) or '(all)'}"
+            + (f" once --exclude {', '.join(exclude)} is applied. " if exclude else ". ")
             + (
                 f"Quants in this repo: {have}. Pass one with --quant NAME."
                 if have
@@ -404,6 +397,10 @@ def plan_fetch(
             xet=bool(getattr(e, "xet_hash", None)),
         )
         rf.status, rf.partial_bytes = _local_status(dest, rf, records)
+        if use_cache and rf.status in ("download", "resume"):
+            rf.cache_path = hf_cache.find(repo_id, rf.path, rf.size, rf.expected[1], info.sha, cache_dir)
+            if rf.cache_path is not None:
+                rf.status, rf.partial_bytes = "cache", 0
         files.append(rf)
     return FetchPlan(
         repo_id=repo_id,
@@ -417,6 +414,41 @@ def plan_fetch(
     )
 
 
+def plan_from_cache(
+    repo_id: str,
+    patterns: Sequence[str],
+    dest: Path | None = None,
+    revision: str | None = None,
+    exclude: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> FetchPlan:
+    """Offline (HF_HUB_OFFLINE): the plan from the Hugging Face cache's snapshot; no network at all."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    commit, cached = hf_cache.snapshot(repo_id, revision, cache_dir)
+    dest = Path(dest) if dest else _default_dest(repo_id)
+    selected = list(filter_repo_objects(cached, allow_patterns=list(patterns) or None,
+                                        ignore_patterns=list(exclude or []) or None, key=lambda c: c.path))
+    if not selected:
+        held = ", ".join(c.path for c in cached) or "nothing"
+        raise LowbitError(f"offline: no file of {repo_id} in the Hugging Face cache matches "
+                          f"{', '.join(patterns) or '(all)'}; it holds {held}")
+    for c in selected:  # names in a cache may come from any server that once filled it
+        contained_path(dest, c.path, "the Hugging Face cache")
+    records = load_records(dest)
+    files = []
+    for c in selected:
+        lfs_sha = c.digest if len(c.digest) == 64 else None
+        rf = RemoteFile(path=c.path, size=c.size, sha256=lfs_sha, blob_id=c.digest)
+        rf.status, rf.partial_bytes = _local_status(dest, rf, records)
+        if rf.status != "have":
+            rf.status, rf.partial_bytes, rf.cache_path = "cache", 0, c.blob
+        files.append(rf)
+    return FetchPlan(repo_id=repo_id, revision=commit, endpoint="the Hugging Face cache (offline)", dest=dest,
+                     patterns=list(patterns), files=files, free_bytes=free_disk(dest),
+                     all_paths=[c.path for c in cached], offline=True)
+
+
 def print_plan(plan: FetchPlan) -> None:
     from lowbit.ui import human_bytes, print_table
 
@@ -424,7 +456,8 @@ def print_plan(plan: FetchPlan) -> None:
         (
             f.path,
             human_bytes(f.size),
-            f.status + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes else ""),
+            ("from HF cache" if f.status == "cache" else f.status)
+            + (f" ({human_bytes(f.partial_bytes)} kept)" if f.partial_bytes else ""),
         )
         for f in plan.files
     ]
@@ -606,6 +639,19 @@ def destination_lock(dest: Path):
         os.close(fd)  # closing releases the lock
 
 
+def _link_from_cache(plan: FetchPlan, f: RemoteFile, records: dict[str, dict], progress=None) -> bool:
+    """Link `f` from the Hugging Face cache into `plan.dest` if its bytes verify; records the result."""
+    key, digest = f.expected
+    target = plan.dest / f.path
+    if f.cache_path is None or not hf_cache.link_verified(f.cache_path, target, f.size, digest, key == "sha256",
+                                                          progress):
+        return False
+    records[f.path] = {"size": f.size, "mtime_ns": target.stat().st_mtime_ns, key: digest}
+    save_records(plan.dest, records)
+    partial_path(plan.dest, f).unlink(missing_ok=True)  # a partial download the cache made unnecessary
+    return True
+
+
 def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bool = True) -> FetchResult:
     """Download what the plan says, one file at a time, verifying each; bad files are removed.
 
@@ -635,7 +681,7 @@ def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) ->
         warn(f"removed leftover of an interrupted download: {p.name}")
     records = load_records(plan.dest)
     todo = [f for f in plan.files if f.status != "have"]
-    total = sum(f.size for f in todo if f.status != "check")
+    total = sum(f.size for f in todo if f.status not in ("check", "cache"))
     done_before = sum(f.partial_bytes for f in todo if f.status == "resume")
     result = FetchResult([], [f.path for f in plan.files if f.status == "have"], [], 0)
     progress = Progress(
@@ -653,6 +699,20 @@ def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) ->
         bar_cls = _bar_class(progress, task_id)
         for f in todo:
             name = Path(f.path).name
+            if f.status == "cache":
+                # Hashing a cached 50 GB shard takes a while: its own bar, so the wait shows.
+                check_id = progress.add_task(f"checking {name} (HF cache)", total=f.size)
+                linked = _link_from_cache(plan, f, records, lambda n, i=check_id: progress.advance(i, n))
+                progress.remove_task(check_id)
+                if linked:
+                    result.linked.append(f.path)
+                    continue
+                if plan.offline:  # nothing to download from: the blob does not hash to its own name
+                    result.bad.append(f.path)
+                    continue
+                warn(f"{f.path}: the copy in the Hugging Face cache ({f.cache_path}) does not match the repo's "
+                     "hash; downloading it instead (the cache is left as it is)")
+                progress.update(task_id, total=(progress.tasks[0].total or 0) + f.size)
             if f.status == "check":
                 progress.update(task_id, description=f"checking {name}")
                 if verify_file(plan.dest, f, records):
@@ -703,6 +763,17 @@ def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) ->
 # --- the task --------------------------------------------------------------------------------------
 
 
+def progress_bars_disabled() -> bool:
+    """True when the user turned progress bars off: `HF_HUB_DISABLE_PROGRESS_BARS` (as `hf download`
+    reads it, at call time) or `huggingface_hub.utils.disable_progress_bars()`, or quiet output (`-q`)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from lowbit.ui import quiet
+
+    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "")
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE") or are_progress_bars_disabled() or quiet()
+
+
 def fetch(
     model: str,
     quant: str | None = None,
@@ -714,11 +785,24 @@ def fetch(
     revision: str | None = None,
     token: str | None = None,
     show_progress: bool = True,
+    exclude: Sequence[str] | None = None,
+    local_dir: str | None = None,
+    cache_dir: str | None = None,
+    hf_cache_links: bool = True,
 ) -> FetchResult | None:
-    """Plan, check, download and verify; returns None for a dry run. Raises LowbitError on any failure."""
+    """Plan, check, download and verify; returns None for a dry run. Raises LowbitError on any failure.
+
+    `include`/`exclude`/`local_dir`/`token`/`cache_dir` mean what they mean to `hf download`
+    (`local_dir` is `dest`). With `hf_cache_links`, files already in the Hugging Face cache are linked
+    instead of downloaded, and fetched files are entered into the cache (hard links, no extra disk).
+    """
     from lowbit.catalog import resolve_model
     from lowbit.ui import human_bytes, step, warn
 
+    if local_dir and dest and Path(local_dir).expanduser() != Path(dest).expanduser():
+        raise LowbitError(f"--local-dir {local_dir} and --dest {dest} disagree: --local-dir is another name for "
+                          "--dest, give one of them")
+    dest = dest or local_dir
     resolved = resolve_model(model)
     if not resolved.repo_id:
         what = "a replica built locally" if resolved.is_replica else "a local path"
@@ -731,14 +815,21 @@ def fetch(
     for note in transfer_notes(fast):
         step(note)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    plan = plan_fetch(
-        resolved.repo_id,
-        quant_patterns(quant, include),
-        Path(dest).expanduser() if dest else None,
-        endpoint=endpoint,
-        revision=revision,
-        token=token,
-    )
+    if hf_cache_links and hf_cache.offline():
+        plan = plan_from_cache(resolved.repo_id, quant_patterns(quant, include),
+                               Path(dest).expanduser() if dest else None, revision, exclude, cache_dir)
+    else:
+        plan = plan_fetch(
+            resolved.repo_id,
+            quant_patterns(quant, include),
+            Path(dest).expanduser() if dest else None,
+            endpoint=endpoint,
+            revision=revision,
+            token=token,
+            exclude=exclude,
+            cache_dir=cache_dir,
+            use_cache=hf_cache_links,
+        )
     print_plan(plan)
     gguf_bytes = sum(f.size for f in plan.files if f.path.endswith(".gguf"))
     if gguf_bytes and (msg := memory_warning(gguf_bytes)):
@@ -747,22 +838,37 @@ def fetch(
     if dry_run:
         step(f"dry run: {human_bytes(plan.download_bytes)} would be downloaded to {plan.dest}")
         return None
-    result = download(plan, token=token, show_progress=show_progress)
+    result = download(plan, token=token, show_progress=show_progress and not progress_bars_disabled())
     if result.lfs_pointers:
         raise LowbitError(
             f"{plan.endpoint} served git-LFS pointer text instead of the file for: {', '.join(result.lfs_pointers)} "
             "(a ~130-byte 'version https://git-lfs...' stub; removed). The mirror's folder is a git clone "
             "without its LFS objects: run `git lfs pull` there, then fetch again."
         )
+    if result.bad and plan.offline:
+        raise LowbitError(f"offline: the Hugging Face cache's copy of {', '.join(result.bad)} does not hash to its "
+                          "own name (a damaged cache), so it was not linked. Unset HF_HUB_OFFLINE to download it "
+                          "again; other files are in place.")
     if result.bad:
         raise LowbitError(
             f"verification failed (size or sha256 differs from the repo) and the file was removed: "
             f"{', '.join(result.bad)}. Good files are kept; run the same command to fetch it again."
         )
+    linked = f", {len(result.linked)} linked from the Hugging Face cache" if result.linked else ""
     step(
-        f"{len(result.downloaded)} file(s) downloaded and verified, {len(result.skipped)} already present "
+        f"{len(result.downloaded)} file(s) downloaded and verified{linked}, {len(result.skipped)} already present "
         f"({human_bytes(result.bytes_downloaded)} transferred) -> {plan.dest}"
     )
+    if hf_cache_links:
+        entered = hf_cache.register(
+            plan.repo_id, plan.revision, revision or "main",
+            [(f.path, f.expected[1], plan.dest / f.path) for f in plan.files], cache_dir)
+        where = hf_cache.repo_cache(plan.repo_id, cache_dir)
+        if entered.skipped:
+            step(f"not entered into the Hugging Face cache: {entered.skipped}")
+        elif entered.added:
+            step(f"{entered.added} file(s) entered into the Hugging Face cache by hard link (no extra disk): "
+                 f"huggingface_hub finds them in {where}")
     return result
 
 
@@ -775,6 +881,11 @@ def fetch_command(
     endpoint: str | None = None,
     fast: bool = False,
     revision: str | None = None,
+    exclude: list[str] | None = None,
+    local_dir: str | None = None,
+    token: str | None = None,
+    cache_dir: str | None = None,
+    hf_cache: bool = True,
 ) -> int:
     """`invoke fetch`."""
     fetch(
@@ -786,6 +897,11 @@ def fetch_command(
         endpoint=endpoint,
         fast=fast,
         revision=revision,
+        exclude=exclude,
+        local_dir=local_dir,
+        token=token,
+        cache_dir=cache_dir,
+        hf_cache_links=hf_cache,
     )
     return 0
 

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,8 +49,11 @@ def is_lfs(path: str, size: int) -> bool:
     return Path(path).suffix.lower() in LFS_SUFFIXES or size >= LFS_MIN_SIZE
 
 
-def hash_file(path: Path, lfs: bool) -> str:
-    """sha256 (LFS files) or the git blob sha1 (regular files) of `path`, reading it once."""
+def hash_file(path: Path, lfs: bool, progress: Callable[[int], object] | None = None) -> str:
+    """sha256 (LFS files) or the git blob sha1 (regular files) of `path`, reading it once.
+
+    `progress(n)` is called with the bytes of each chunk read (for a progress bar over big files).
+    """
     size = path.stat().st_size
     h = hashlib.sha256() if lfs else hashlib.sha1(f"blob {size}\0".encode())
     buf = bytearray(_CHUNK)
@@ -57,6 +61,8 @@ def hash_file(path: Path, lfs: bool) -> str:
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
+            if progress is not None:
+                progress(n)
     return h.hexdigest()
 
 

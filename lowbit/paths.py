@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,4 +53,30 @@ def active_conda_env() -> Path | None:
     prefix = os.environ.get("CONDA_PREFIX")
     if prefix and os.environ.get("CONDA_DEFAULT_ENV", "base") != "base":
         return Path(prefix)
+    return None
+
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_RESERVED_TOP = {".cache"}  # where lowbit and huggingface_hub keep their own state inside a destination
+
+
+def unsafe_repo_path(path: str) -> str | None:
+    """Why a file path named by a server (a repo tree, a cache snapshot) must not be joined to a local folder;
+    None when it is safe.
+
+    Safe: relative, '/'-separated, no empty, '.' or '..' segment, no backslash, drive letter, NUL or control
+    character, and not inside a destination's own `.cache/` state."""
+    if not isinstance(path, str) or not path:
+        return "empty path"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "control character or NUL in the name"
+    if "\\" in path:
+        return "backslash in the name"
+    if path.startswith("/") or _DRIVE_RE.match(path):
+        return "absolute path"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "empty, '.' or '..' segment"
+    if parts[0] in _RESERVED_TOP:
+        return f"inside the destination's own {parts[0]}/ state folder"
     return None

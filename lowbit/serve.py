@@ -37,6 +37,12 @@ RECOMMENDED_CACHE_MLA = ["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]
 # `deepseek`: thoughts go to message.reasoning_content (delta.reasoning_content when streaming).
 REASONING_FORMAT = "deepseek"
 API_KEY_ENV = "LOWBIT_API_KEY"
+LLAMA_API_KEY_ENV = "LLAMA_API_KEY"  # llama-server's own variable: accepted too, so llama.cpp habits carry over
+
+
+def default_api_key() -> str | None:
+    """The key from the environment: LOWBIT_API_KEY, else llama-server's LLAMA_API_KEY."""
+    return os.environ.get(API_KEY_ENV) or os.environ.get(LLAMA_API_KEY_ENV) or None
 
 
 @dataclass
@@ -115,8 +121,8 @@ def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
         raise LowbitError(
             f"refusing to listen on {host} without an API key: anyone who can reach this machine could use "
             f"the model and this machine's CPU/GPU time, unseen. Pass --api-key KEY (or set "
-            f"{API_KEY_ENV}) and share it with your attendees; keep --host 127.0.0.1 for this machine "
-            "only; or add --insecure if this network is truly private.")
+            f"{API_KEY_ENV} or {LLAMA_API_KEY_ENV}) and share it with your attendees; keep --host 127.0.0.1 for this "
+            "machine only; or add --insecure if this network is truly private.")
     return (f"INSECURE: listening on {host} with NO API key (--insecure). Anyone who can reach this machine "
             f"on that port can use the server. Stop it with Ctrl-C when the session ends.")
 
@@ -233,7 +239,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     """
     from lowbit.catalog import resolve_model
 
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = api_key or default_api_key()
     check_host(host, api_key, insecure)
     resolved = resolve_model(model)
     path = resolved.path
@@ -303,6 +309,10 @@ def examples(server: LlamaServer, public_host: str | None = None) -> str:
         f"  curl {base}/chat/completions \\\n  -H \"Content-Type: application/json\"{auth_curl} \\\n"
         f"  -d '{body}'",
         "",
+        "OpenAI SDK tools (openai, LangChain, LlamaIndex, ...) read these:",
+        f"  export OPENAI_BASE_URL={base}",
+        f"  export OPENAI_API_KEY={'$' + API_KEY_ENV if server.api_key else 'no-key'}",
+        "",
         "OpenAI Python client (pip install openai):",
         "  import os",
         "  from openai import OpenAI",
@@ -313,7 +323,8 @@ def examples(server: LlamaServer, public_host: str | None = None) -> str:
         '  print("answer:  ", r.choices[0].message.content)',
     ]
     if server.api_key:
-        lines[:0] = [f"export {API_KEY_ENV}=<the key given to --api-key>   # share it with attendees", ""]
+        lines[:0] = [f"export {API_KEY_ENV}=<the server's key (--api-key, {API_KEY_ENV} or {LLAMA_API_KEY_ENV})>   "
+                     "# share it with attendees", ""]
     return "\n".join(lines)
 
 
@@ -324,12 +335,15 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     from lowbit.catalog import resolve_model
     from lowbit.ui import console, step, warn
 
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = api_key or default_api_key()
     note = check_host(host, api_key, insecure)
     if note:
         warn(note)
     if rpc:
         warn("RPC workers have no authentication: keep them on loopback or a trusted private network.")
+    if ignored := sorted(k for k in os.environ if k.startswith("LLAMA_ARG_")):
+        warn(f"{', '.join(ignored)} not passed on: lowbit starts llama-server with the flags it prints and plans "
+             "(a stray LLAMA_ARG_* could silently change them); use this task's flags instead.")
     resolved = resolve_model(model)
     if resolved.is_replica:
         warn(f"{resolved.name} is an offline replica with random weights: the text it writes is meaningless.")
@@ -343,7 +357,8 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
                 on_wait=lambda s: status.update(f"llama-server: loading the model ... {s:.0f} s"))
         public = procs.lan_address() if host in ("0.0.0.0", "::") else None
         step(f"llama-server ready: {server.url}  (model {server.model_name!r}, {parallel} parallel slots, "
-             f"{ctx} tokens each; log: {server.log_path})")
+             f"{ctx} tokens each = llama-server --ctx-size {ctx * parallel} --parallel {parallel}; "
+             f"log: {server.log_path})")
         if public:
             step(f"attendees connect to http://{public}:{port}")
         print(examples(server, public), flush=True)

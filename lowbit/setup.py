@@ -12,7 +12,8 @@ from lowbit.paths import models_dir
 
 
 def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
-           replicas: bool = True, started: float | None = None, environment: str = "") -> int:
+           replicas: bool = True, started: float | None = None, environment: str = "",
+           user_kernel: bool = False) -> int:
     from lowbit import bindings
     from lowbit.build import STAMP, build_llama
     from lowbit.ui import print_table
@@ -35,9 +36,12 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
     if (Path(build.directory) / STAMP).stat().st_mtime >= started:
         steps[-1] = ("llama.cpp build", "built alongside pip", f"{build.seconds:.1f} s")
     timed("python bindings", lambda: bindings.install_bindings(build), done_or_cached)
-    from lowbit.kernel import KERNEL_NAME, kernel_registered, register_kernel
+    from lowbit.kernel import KERNEL_NAME, kernel_registered, register_kernel, user_kernel_dir
 
     timed("jupyter kernel", lambda: not kernel_registered() and register_kernel() == 0, done_or_cached)
+    if user_kernel:
+        timed("jupyter kernel (user)", lambda: not kernel_registered(user=True) and register_kernel(user=True) == 0,
+              done_or_cached)
     if replicas:
         from lowbit import replicas as replica_models
 
@@ -56,7 +60,7 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
         ("llama.cpp commit", build.commit),
         ("binaries", build.bin_dir),
         ("bindings load", loaded),
-        ("jupyter kernel", KERNEL_NAME),
+        ("jupyter kernel", KERNEL_NAME + (f" (also for your user: {user_kernel_dir()})" if user_kernel else "")),
         ("models", models_dir()),
         ("elapsed", f"{time.time() - started:.0f} s"),
     ])

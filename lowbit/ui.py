@@ -1,12 +1,25 @@
-"""Terminal output shared by every command: tables that never wrap when piped, steps, progress."""
+"""Terminal output shared by every command: tables that never wrap when piped, steps, progress.
+
+Steps and warnings go through `logging.getLogger("lowbit")`: used as a library, lowbit prints nothing
+of its own accord (configure logging to see its INFO steps; warnings reach stderr through Python's
+last-resort handler). The command line (`python -m lowbit`, hence every invoke/`lowbit` task) calls
+`console_logging()`, which shows them on stderr at the level `LOWBIT_LOG_LEVEL` names (`lowbit -v`
+sets DEBUG, `lowbit -q` WARNING: quiet output also hides progress bars).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+log = logging.getLogger("lowbit")
+LOG_LEVEL_ENV = "LOWBIT_LOG_LEVEL"
 
 # Piped output (CI logs, `| less`) gets a very wide console, so tables are never wrapped or cut.
 console = Console(width=None if sys.stdout.isatty() else 400, highlight=False, soft_wrap=True)
@@ -28,12 +41,51 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
 
 
 def step(message: str) -> None:
-    """One line announcing a unit of work (goes to stderr so --json stdout stays clean)."""
-    err_console.print(f"[bold cyan]>[/] {message}")
+    """One line announcing a unit of work (INFO; on the command line: stderr, so --json stdout stays clean)."""
+    log.info(message)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {message}")
+    """Something the user should know (WARNING)."""
+    log.warning(message)
+
+
+class ConsoleHandler(logging.Handler):
+    """lowbit's records as the command line shows them on stderr: `> step`, `warning: ...`."""
+
+    STYLES = {logging.DEBUG: ("  ", "dim"), logging.INFO: ("> ", "bold cyan"),
+              logging.WARNING: ("warning: ", "bold yellow"), logging.ERROR: ("error: ", "bold red")}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = max(k for k in self.STYLES if k <= max(record.levelno, logging.DEBUG))
+            prefix, style = self.STYLES[level]
+            # Text, not markup: a message holding "[...]" (a path, a flag list) is printed as is.
+            err_console.print(Text.assemble((prefix, style), record.getMessage()))
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
+
+
+def env_log_level() -> int:
+    """The level `LOWBIT_LOG_LEVEL` names (DEBUG, INFO, WARNING, ERROR or a number); INFO by default."""
+    value = os.environ.get(LOG_LEVEL_ENV, "").strip().upper()
+    if value.isdigit():
+        return int(value)
+    level = logging.getLevelName(value) if value else logging.INFO
+    return level if isinstance(level, int) else logging.INFO
+
+
+def console_logging(level: int | None = None) -> None:
+    """Show lowbit's log records on stderr (command-line use); idempotent."""
+    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
+        log.addHandler(ConsoleHandler())
+    log.setLevel(env_log_level() if level is None else level)
+    log.propagate = False
+
+
+def quiet() -> bool:
+    """True when the user asked for quiet output (`lowbit -q`, LOWBIT_LOG_LEVEL=WARNING or above)."""
+    return env_log_level() > logging.INFO
 
 
 def human_bytes(n: float) -> str:

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lowbit import LowbitError
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_hf_cache(tmp_path_factory):
+    """`fetch` reuses and fills the Hugging Face cache: the suite (module fixtures, notebooks) never touches the real
+    one."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    os.environ["HF_HUB_CACHE"] = str(tmp_path_factory.mktemp("hf-hub-cache"))
+    os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hf_cache(monkeypatch, tmp_path_factory):
+    """Each test starts with an empty Hugging Face cache: files one test fetched are not another's cache hits."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-hub-cache")))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Models: the catalog, real models and fetching them (the Hub, its cache, mirrors)."""
