@@ -1,6 +1,6 @@
 """Fetch model files from the Hugging Face Hub (or a lowbit mirror), checked before and after.
 
-Built on huggingface_hub 2.x, filling the gaps DESIGN.md §3 lists:
+Built on huggingface_hub 2.x, filling the gaps docs/facts.md lists:
 
 - a plan before any byte moves: the files the patterns select (table), total, free disk; refuse when it
   does not fit; warn when the model is larger than RAM + VRAM; zero matches is an error that lists the

@@ -10,7 +10,7 @@ import pytest
 from lowbit import LowbitError
 from lowbit.tokens import gguf_metadata, hf_tokenizer_from_gguf, load_vocab, remap_table, special_ids
 
-# DESIGN.md section 4, the seed's table: R1 / distill-Qwen / distill-Llama.
+# The seed's table (docs/facts.md): R1 / distill-Qwen / distill-Llama.
 SEED = {
     "think": (128798, 151648, 128013),
     "/think": (128799, 151649, 128014),
