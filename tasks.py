@@ -8,11 +8,14 @@ standard library, so `invoke --list` works before setup, whatever Python carries
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from invoke import Exit, task
+from invoke.runners import Local
 
 ROOT = Path(__file__).resolve().parent
 KIT_PYTHON_FILE = ROOT / ".lowbit" / "python"  # written by `invoke setup`
@@ -31,13 +34,50 @@ def _kit(c, target: str, python: str | None = None, **kwargs) -> None:
     _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)])
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM/SIGHUP received by this invoke process, on its way to the kit process."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _KitRunner(Local):
+    """invoke's local runner; an interrupt reaches the child as a real signal.
+
+    invoke forwards Ctrl-C by writing ^C to the child's stdin, which only a terminal turns into SIGINT:
+    without one (CI, a process manager, nohup) the child never heard it. SIGTERM/SIGHUP are forwarded
+    as themselves, so the kit process stops its own children (llama-server, workers, Jupyter) in order.
+    """
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        if self.using_pty and signum == signal.SIGINT:
+            return super().send_interrupt(interrupt)  # the pty turns ^C into SIGINT for the child
+        try:
+            os.kill(self.get_pid(), signum)
+        except (ProcessLookupError, AttributeError):
+            pass  # already gone, or not started yet
+
+
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signum)
+
+
 def _run(c, cmd: list[str]) -> None:
-    """Run `cmd` in the checkout; its exit status becomes ours, Ctrl-C exits 130 without a traceback."""
+    """Run `cmd` in the checkout; its exit status becomes ours. Ctrl-C, SIGTERM and SIGHUP are passed on
+    to it (it stops its own children, then exits); Ctrl-C exits 130 without a traceback."""
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _raise_signalled) for s in handled}
+    c.config.runners.local = _KitRunner
     try:
         with c.cd(str(ROOT)):
             result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False)
-    except KeyboardInterrupt:
-        raise Exit(code=130) from None
+    except KeyboardInterrupt as exc:  # arrived before the child started, or after it ended
+        raise Exit(code=128 + getattr(exc, "signum", signal.SIGINT)) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if result is not None and result.exited:
         raise Exit(code=result.exited)
 

@@ -2,6 +2,8 @@
 
 tasks.py parses the command line (invoke) and hands the keyword arguments over as JSON, so flags
 are declared once. A LowbitError becomes its message on stderr and exit status 2; Ctrl-C exits 130.
+SIGTERM and SIGHUP count as Ctrl-C, and the process ends when its parent (invoke) dies, so every
+command's Ctrl-C cleanup (stop llama-server, workers, Jupyter) runs whichever way it is stopped.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import importlib
 import json
 import sys
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 
 
 def main(argv: list[str]) -> int:
@@ -23,8 +25,10 @@ def main(argv: list[str]) -> int:
         return 2
     kwargs = json.loads(argv[1]) if len(argv) > 1 else {}
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        result = func(**kwargs)
+        with procs.interrupt_on_signals():
+            procs.die_with_parent()
+            func = getattr(importlib.import_module(module_name), func_name)
+            result = func(**kwargs)
     except LowbitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

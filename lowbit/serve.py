@@ -333,8 +333,7 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     resolved = resolve_model(model)
     if resolved.is_replica:
         warn(f"{resolved.name} is an offline replica with random weights: the text it writes is meaningless.")
-    # SIGTERM (e.g. from a process manager) stops the server as cleanly as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM/SIGHUP (a process manager, a closed terminal) arrive as KeyboardInterrupt (lowbit.__main__).
     server = None
     try:
         with console.status("starting llama-server ...") as status:
@@ -360,8 +359,3 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     finally:
         if server is not None:
             server.stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
