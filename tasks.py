@@ -60,6 +60,12 @@ class _KitRunner(Local):
             pass  # already gone, or not started yet
 
 
+def _all_terminals() -> bool:
+    """A pty only when stdin, stdout and stderr are all a terminal: a pty has one output stream, so with
+    one it the child's stderr (warnings, progress) would land in our stdout (`plan --json 2>/dev/null`)."""
+    return all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr))
+
+
 def _raise_signalled(signum, frame) -> None:
     raise _Signalled(signum)
 
@@ -72,7 +78,7 @@ def _run(c, cmd: list[str]) -> None:
     c.config.runners.local = _KitRunner
     try:
         with c.cd(str(ROOT)):
-            result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False)
+            result = c.run(shlex.join(cmd), warn=True, pty=_all_terminals(), echo=False)
     except KeyboardInterrupt as exc:  # arrived before the child started, or after it ended
         raise Exit(code=128 + getattr(exc, "signum", signal.SIGINT)) from None
     finally:

@@ -499,7 +499,7 @@ def generate(gguf: Path, prompt: str, n: int = 64, threads: int | None = None, c
     engine = engine or build_engine()
     cmd = [str(engine.tool("llama-cli")), "-m", str(gguf), "-p", prompt, "-n", str(n),
            "-t", str(threads or os.cpu_count() or 2), "-ngl", "0", "-c", str(ctx), "--temp", "0", "-b", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"bitnet.cpp's llama-cli failed on {gguf} (exit {proc.returncode}):\n"
                           f"{(proc.stdout + proc.stderr)[-2000:]}")

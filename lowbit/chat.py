@@ -390,7 +390,9 @@ def llamacpp_tokenize(gguf: str | os.PathLike, text: str, *, add_special: bool =
     cmd = [str(active_build().tool("llama-tokenize")), "-m", gguf, "-p", text, "--ids", "--log-disable"]
     if not add_special:
         cmd.append("--no-bos")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_COLORS": "0"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, errors="replace", env={**os.environ, "LLAMA_LOG_COLORS": "0"}
+    )
     if proc.returncode != 0:
         raise LowbitError(f"llama-tokenize failed on {gguf}:\n{proc.stderr[-1500:]}")
     return list(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
@@ -434,6 +436,7 @@ def generate(gguf: str | os.PathLike, prompt_text: str, *, n_predict: int = 16, 
         cmd,
         capture_output=True,
         text=True,
+        errors="replace",  # token pieces may split a UTF-8 character
         env={**os.environ, "LLAMA_LOG_COLORS": "0"},
         stdin=subprocess.DEVNULL,
         timeout=300,

@@ -196,7 +196,8 @@ def env_without(prefixes: Sequence[str]) -> dict[str, str]:
 def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:
     """Run `cmd` to completion (no stdin) and return its stdout + stderr; a failure raises a LowbitError
     naming `what`, its exit status and the output's tail."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace", env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
     return proc.stdout + proc.stderr

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
-from lowbit.rpc import check_reachable, parse_rpc, rpc_flags
+from lowbit.rpc import RPC_WORKER_GONE, check_reachable, parse_rpc, rpc_flags, worker_failure
 
 # DeepSeek's recommendation for R1 (DESIGN.md §4); llama-server applies them to every request that
 # does not set its own values.
@@ -208,9 +208,8 @@ def explain_exit(code: int | None, log_path: Path) -> str:
     elif "exiting due to model loading error" in log or "failed to load model" in log:
         reason = ("the model failed to load (not a GGUF llama.cpp can read, truncated, or too large for "
                   "memory)")
-    elif "RPC" in log and ("crashed" in log or "send failed" in log or "recv failed" in log
-                           or "Failed to connect" in log or "failed to connect" in log):
-        reason = "an RPC worker went away or could not be reached; restart the workers, then the server"
+    elif worker_failure(log):
+        reason = RPC_WORKER_GONE
     elif code is not None and code < 0:
         reason = f"it was killed by signal {-code}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
     else:

@@ -346,7 +346,9 @@ def strftime_now(fmt: str) -> str:
     if not isinstance(fmt, str) or len(fmt) > limit:
         raise LimitExceeded(f"strftime_now() format is over its length limit of {limit} characters")
     if not re.fullmatch(r"(?:[^%]|%[-_0^#]?[A-Za-z%])*", fmt):
-        raise LimitExceeded(f"strftime_now({fmt!r}): only plain %-conversions are allowed (a width would lift the size limit)")
+        raise LimitExceeded(
+            f"strftime_now({fmt!r}): only plain %-conversions are allowed (a width would lift the size limit)"
+        )
     return datetime.now().strftime(fmt)
 
 
