@@ -16,8 +16,8 @@ makes (see DESIGN.md §3):
 - errors: 404 + `X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`
 
 Safety: only files found by walking `--dir` are ever served (requests are looked up in that listing, never
-joined onto the filesystem), hidden paths (`.cache`, `.git`) and symlinks leading outside or into a hidden folder are skipped, and
-nothing but GET/HEAD is answered.
+joined onto the filesystem), hidden paths (`.cache`, `.git`) and symlinks leading outside or into a hidden
+folder are skipped, and nothing but GET/HEAD is answered.
 """
 
 from __future__ import annotations
