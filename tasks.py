@@ -29,9 +29,10 @@ def _kit_python() -> str:
     raise Exit("lowbit is not set up in this checkout: run `invoke setup` first.", code=1)
 
 
-def _kit(c, target: str, python: str | None = None, **kwargs) -> None:
-    """Run `lowbit.MODULE:FUNCTION(**kwargs)` in the kit's interpreter; exit with its status."""
-    _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)])
+def _kit(c, target: str, python: str | None = None, _env: dict[str, str] | None = None, **kwargs) -> None:
+    """Run `lowbit.MODULE:FUNCTION(**kwargs)` in the kit's interpreter; exit with its status. Secrets go in
+    `_env` (the child's environment), never in kwargs: those are on its command line, readable in `ps`."""
+    _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)], env=_env)
 
 
 class _Signalled(KeyboardInterrupt):
@@ -70,7 +71,7 @@ def _raise_signalled(signum, frame) -> None:
     raise _Signalled(signum)
 
 
-def _run(c, cmd: list[str]) -> None:
+def _run(c, cmd: list[str], env: dict[str, str] | None = None) -> None:
     """Run `cmd` in the checkout; its exit status becomes ours. Ctrl-C, SIGTERM and SIGHUP are passed on
     to it (it stops its own children, then exits); Ctrl-C exits 130 without a traceback."""
     handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
@@ -78,7 +79,7 @@ def _run(c, cmd: list[str]) -> None:
     c.config.runners.local = _KitRunner
     try:
         with c.cd(str(ROOT)):
-            result = c.run(shlex.join(cmd), warn=True, pty=_all_terminals(), echo=False)
+            result = c.run(shlex.join(cmd), warn=True, pty=_all_terminals(), echo=False, env=env or {})
     except KeyboardInterrupt as exc:  # arrived before the child started, or after it ended
         raise Exit(code=128 + getattr(exc, "signum", signal.SIGINT)) from None
     finally:
@@ -304,9 +305,13 @@ def ollama(c, file, out=None, min_p=0.05):
 @task(
     help={
         "model": "catalog name, Hub repo id or path to a GGUF (first shard of a split set)",
-        "host": "address to listen on (default 127.0.0.1; anything else needs --api-key or --insecure)",
+        "host": "address to listen on (default 127.0.0.1; anything else needs a key: given, or generated and "
+                "printed)",
         "port": "TCP port (default 8080)",
-        "api_key": "key clients must send (Authorization: Bearer KEY); default: $LOWBIT_API_KEY",
+        "api_key": "key clients must send (Authorization: Bearer KEY), at least 16 characters; default: "
+                   "$LOWBIT_API_KEY. Visible in `ps` while invoke runs: prefer the variable or --api-key-file",
+        "api_key_file": "read the API key from this file's first line",
+        "max_tokens": "tokens generated per request that sets no max_tokens (default 1024)",
         "parallel": "requests served at once (server slots, default 4)",
         "ctx": "context tokens per request (default 4096; the server holds ctx x parallel)",
         "plan": "offload plan: auto (default), rule, ngl=N, experts-cpu, none",
@@ -315,10 +320,11 @@ def ollama(c, file, out=None, min_p=0.05):
     }
 )
 def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4096, plan="auto", rpc=None,
-          insecure=False):
+          insecure=False, api_key_file=None, max_tokens=1024):
     """Serve a model with llama-server (OpenAI-compatible API) until Ctrl-C."""
-    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, api_key=api_key,
-         parallel=parallel, ctx=ctx, plan=plan, rpc=rpc, insecure=insecure)
+    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, parallel=parallel, ctx=ctx,
+         plan=plan, rpc=rpc, insecure=insecure, api_key_file=api_key_file, max_tokens=max_tokens,
+         key_on_command_line=bool(api_key), _env={"LOWBIT_API_KEY": api_key} if api_key else None)
 
 
 @task(

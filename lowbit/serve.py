@@ -6,8 +6,11 @@
 server defaults (requests may override them), the planner's offload flags, and optional RPC workers.
 It waits for `/health`, prints the URL with copy-paste examples, and stops the server on Ctrl-C.
 
-Safety: anything but loopback needs an API key (`--insecure` overrides, loudly). The key reaches
-llama-server through its environment, not its command line (which every local user can read in `ps`).
+Safety: anything but loopback needs a strong API key (at least 16 characters); without one `invoke serve`
+generates a key and prints it (`--insecure` serves without, loudly). The key reaches llama-server through
+its environment, never a command line (which every local user can read in `ps`): tasks.py hands it to the
+kit process in the environment too. Requests without `max_tokens` stop at `--max-tokens` (1024), not at
+the end of the context.
 Without a key, cross-origin browser requests are limited to localhost pages (`--cors-origins localhost`).
 """
 
@@ -37,6 +40,12 @@ RECOMMENDED_CACHE_MLA = ["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]
 # `deepseek`: thoughts go to message.reasoning_content (delta.reasoning_content when streaming).
 REASONING_FORMAT = "deepseek"
 API_KEY_ENV = "LOWBIT_API_KEY"
+# Shorter keys can be guessed; secrets.token_urlsafe(24) gives 32 characters (192 bits).
+MIN_KEY_CHARS = 16
+# llama-server's default for a request without max_tokens is -1: generate until the context is full (an
+# empty `messages: []` then runs for minutes). This is the server-wide default; a request may still ask for
+# more with its own max_tokens (up to its context), and `invoke serve --max-tokens N` raises the default.
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
@@ -108,6 +117,12 @@ def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
                           "interfaces)")
     if procs.is_loopback(host):
         return None
+    if api_key and len(api_key) < MIN_KEY_CHARS:
+        raise LowbitError(
+            f"refusing to listen on {host} with an API key of {len(api_key)} characters: anyone on the network "
+            f"could guess it. Use at least {MIN_KEY_CHARS} random characters, e.g. "
+            "`python -c \"import secrets; print(secrets.token_urlsafe(24))\"`, or leave the key out and "
+            "`invoke serve` generates one and prints it.")
     if api_key:
         return (f"listening on {host}: reachable from the network. Requests need the API key, but traffic is "
                 "plain HTTP (the key and chats travel unencrypted): use a trusted network or a TLS proxy.")
@@ -160,7 +175,7 @@ def cache_flags(model_path: Path) -> list[str]:
 
 def server_command(model_path: Path, host: str, port: int, alias: str, parallel: int = 4, ctx: int = 4096,
                    extra: list[str] | None = None, rpc: str | None = None,
-                   placement: list[str] | None = None) -> list[str]:
+                   placement: list[str] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
     """The llama-server command line (without the API key, which goes through the environment).
 
     Order matters (llama.cpp keeps the last value of a repeated flag): the planner's `placement`
@@ -172,19 +187,23 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--parallel must be at least 1 (got {parallel})")
     if ctx < 256:
         raise LowbitError(f"--ctx {ctx} is too small for a chat; use at least 256 tokens per request")
+    if max_tokens < 1:
+        raise LowbitError(f"--max-tokens must be at least 1 (got {max_tokens})")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
            *_without_flags(placement or [], OWN_VALUE_FLAGS),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
+           # the default for requests without max_tokens (llama-server's own is: until the context is full)
+           "--n-predict", str(max_tokens),
            *RECOMMENDED_SAMPLING, *cache_flags(model_path)]
     return cmd + list(extra or []) + rpc_flags(rpc)
 
 
 # Flags lowbit sets itself; dropped (with their values) from the planner's list so each appears once.
 OWN_VALUE_FLAGS = {"--ctx-size", "-c", "--cache-type-k", "-ctk", "--cache-type-v", "-ctv", "--parallel",
-                   "-np"}
+                   "-np", "--n-predict", "-n", "--predict"}
 
 
 def _without_flags(flags: list[str], names: set[str]) -> list[str]:
@@ -224,7 +243,7 @@ def explain_exit(code: int | None, log_path: Path) -> str:
 def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, api_key: str | None = None,
                  parallel: int = 4, ctx: int = 4096, plan: str | None = "auto", rpc: str | None = None,
                  insecure: bool = False, extra: list[str] | None = None, timeout: float = 600.0,
-                 log_dir: Path | None = None, on_wait=None) -> LlamaServer:
+                 log_dir: Path | None = None, on_wait=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> LlamaServer:
     """Start llama-server for `model` and return once /health says ready (port None: a free one).
 
     Raises LowbitError (and leaves no process behind) when the host policy refuses, the port is taken,
@@ -252,7 +271,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     alias = resolved.entry["name"] if resolved.entry else path.name.split("-00001-of-")[0]
     alias = alias.removesuffix(".gguf")
     cmd = server_command(path, host, port, alias, parallel, ctx, extra, rpc,
-                         placement=plan_flags(plan, path, ctx * parallel, rpc))
+                         placement=plan_flags(plan, path, ctx * parallel, rpc), max_tokens=max_tokens)
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
     # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise in the log.
     env.setdefault("GGML_NO_BACKTRACE", "1")
@@ -316,15 +335,52 @@ def examples(server: LlamaServer, public_host: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def read_key_file(path: str | os.PathLike) -> str:
+    """The API key stored in `path` (first line, surrounding whitespace dropped)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LowbitError(f"--api-key-file {path}: cannot read it ({exc})") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise LowbitError(f"--api-key-file {path} is empty; put the key on its first line")
+    return key
+
+
+def resolve_key(host: str, api_key: str | None = None, api_key_file: str | None = None,
+                insecure: bool = False) -> tuple[str | None, bool]:
+    """The API key to serve with and whether it was generated: `api_key`, else `api_key_file`'s, else
+    $LOWBIT_API_KEY; a non-loopback bind with none of them (and not `insecure`) gets a fresh
+    `secrets.token_urlsafe(24)`. Strength is checked by `check_host`."""
+    import secrets
+
+    if api_key_file and not api_key:
+        api_key = read_key_file(api_key_file)
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and not insecure and host.strip() and "," not in host and not procs.is_loopback(host):
+        return secrets.token_urlsafe(24), True
+    return api_key, False
+
+
 def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
                   parallel: int = 4, ctx: int = 4096, plan: str | None = "auto", rpc: str | None = None,
-                  insecure: bool = False, timeout: float = 1800.0) -> int:
-    """`invoke serve`: start llama-server, print how to reach it, run until Ctrl-C."""
+                  insecure: bool = False, timeout: float = 1800.0, api_key_file: str | None = None,
+                  max_tokens: int = DEFAULT_MAX_TOKENS, key_on_command_line: bool = False) -> int:
+    """`invoke serve`: start llama-server, print how to reach it, run until Ctrl-C.
+
+    The key comes from `api_key`, `api_key_file` or $LOWBIT_API_KEY. A non-loopback bind without one (and
+    without `insecure`) gets a generated key, printed once. `key_on_command_line` says the key was typed
+    as `--api-key KEY`, which other local users can read in `ps` while invoke runs.
+    """
     from lowbit.catalog import resolve_model
     from lowbit.ui import console, step, warn
 
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    port, parallel, ctx, max_tokens = int(port), int(parallel), int(ctx), int(max_tokens)
+    api_key, generated = resolve_key(host, api_key, api_key_file, insecure)
     note = check_host(host, api_key, insecure)
+    if key_on_command_line and not procs.is_loopback(host):
+        warn(f"--api-key KEY is readable by every local user in `ps` while invoke runs; prefer "
+             f"${API_KEY_ENV} or --api-key-file PATH.")
     if note:
         warn(note)
     if rpc:
@@ -338,12 +394,16 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
         with console.status("starting llama-server ...") as status:
             server = start_server(
                 model, host, port, api_key, parallel, ctx, plan, rpc, insecure, timeout=timeout,
-                on_wait=lambda s: status.update(f"llama-server: loading the model ... {s:.0f} s"))
+                on_wait=lambda s: status.update(f"llama-server: loading the model ... {s:.0f} s"),
+                max_tokens=max_tokens)
         public = procs.lan_address() if host in ("0.0.0.0", "::") else None
         step(f"llama-server ready: {server.url}  (model {server.model_name!r}, {parallel} parallel slots, "
              f"{ctx} tokens each; log: {server.log_path})")
         if public:
             step(f"attendees connect to http://{public}:{port}")
+        if generated:
+            print(f"API key (generated for this session; share it with attendees):\n  {API_KEY_ENV}={api_key}",
+                  flush=True)
         print(examples(server, public), flush=True)
         print("\nPress Ctrl-C to stop the server.", flush=True)
         while server.alive():
