@@ -116,7 +116,11 @@ for name, tpl in json.loads(sys.argv[1]).items():
         out[name] = ["rendered", time.monotonic() - t]
     except LowbitError as exc:
         out[name] = [str(exc), time.monotonic() - t]
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # VmHWM: this process image's own peak (ru_maxrss would include the forking parent's, e.g. pytest's)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    out["peak_rss_mb"] = int(hwm.split()[1]) / 1024
+except OSError:
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
 
