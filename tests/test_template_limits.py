@@ -50,6 +50,10 @@ HOSTILE = {
     "strftime long format": "{{ strftime_now('%Y' * 1000) }}",
     "many big values": "{% set ns = namespace(l=[]) %}{% set s = 'x' * 4000000 %}{% for i in range(100000) %}"
                        "{% set ns.l = ns.l + [s ~ i] %}{% endfor %}",
+    "many slices": "{% set s = 'x' * 4000000 %}{% set ns = namespace(l=[]) %}{% for i in range(1000) %}"
+                   "{% set ns.l = ns.l + [s[i:]] %}{% endfor %}",
+    "big list": "{% set ns = namespace(l=[]) %}{% for i in range(1000) %}{% set ns.l = ns.l + ('x' * 4000000)|list %}"
+                "{% endfor %}",
     "recursive loop": "{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}",
     "import": "{% import 'macros.jinja' as m %}",
     "from import": "{% from 'macros.jinja' import x %}",
@@ -70,6 +74,7 @@ EXPECTED = {
     "deep nesting": "nests too deeply",
     "big power": "65536 bits",
     "many big values": "in total",
+    "many slices": "in total",
 }
 
 

@@ -5,11 +5,11 @@ spending the machine: nested loops, string doubling, `"x" * 10**9`, `"{:>9999999
 recursive macro all run inside the sandbox. A chat template is code from a stranger's model repo, so
 every render here gets a budget (`Limits`): a deadline, a cap on the rendered text, a cap on any one
 string or list the template builds, and a cap on all the bytes it builds in total. The budget is
-checked where a template can spend: every loop step (the code generator wraps each `for` iterable),
-every call, attribute and item access, every `~` concatenation, the `+ * ** %` operators, every
-filter (sizes are estimated *before* an operation that could allocate a lot), and every piece of
-output. No loader is configured, so `include`/`import`/`extends` cannot read files; `chat.render`
-refuses them before anything runs.
+checked where a template can spend: every loop step and slice (the code generator wraps them), every
+call, attribute and item access, every `~` concatenation, the `+ * ** %` operators, every filter
+(sizes are estimated *before* an operation that could allocate a lot), and every piece of output.
+No loader is configured, so `include`/`import`/`extends` cannot read files; `chat.render` refuses them
+before anything runs.
 
 Pure Python cannot interrupt one long C-level operation; the size checks keep each such operation
 small enough that the deadline is reached between them.
@@ -47,7 +47,7 @@ class Limits:
 
     seconds: float = 5.0  # wall clock for the whole render
     output_chars: int = 4 * MB  # the rendered text
-    value_chars: int = 4 * MB  # any one string (characters) or list/tuple (items) built on the way
+    value_chars: int = 4 * MB  # any one string or list built on the way (a list item counts ITEM_COST)
     total_chars: int = 64 * MB  # everything built on the way, summed (bounds memory)
     strftime_chars: int = 64  # length of a strftime_now() format
 
@@ -76,8 +76,8 @@ class Budget:
         self.tick()
         if size > self.limits.value_chars:
             raise LimitExceeded(
-                f"{what} would be {size:,} characters/items, over the {self.limits.value_chars:,} limit "
-                "for one value in a chat template"
+                f"{what} would be {size:,} characters (a list item counts {ITEM_COST}), over the "
+                f"{self.limits.value_chars:,} limit for one value in a chat template"
             )
         self.built += size
         if self.built > self.limits.total_chars:
@@ -87,9 +87,9 @@ class Budget:
             )
 
     def built_value(self, value, what: str):
-        """Account for a value that was just built (strings and sequences count by length)."""
+        """Account for a value that was just built (strings by length, lists and tuples by `_cost`)."""
         if isinstance(value, (str, bytes, list, tuple)):
-            self.allow(len(value), what)
+            self.allow(_cost(value), what)
         else:
             self.tick()
         return value
@@ -116,14 +116,24 @@ def budget() -> Budget:
 # size estimates made before an operation allocates
 
 
+# A list or tuple item is at least a pointer: it counts as this many characters.
+ITEM_COST = 8
+
+
+def _cost(x, n: int | None = None) -> int:
+    """What `x` (or `n` items like it) costs against the limits: characters, or items x ITEM_COST."""
+    n = len(x) if n is None else n
+    return n * ITEM_COST if isinstance(x, (list, tuple)) else n
+
+
 def _size(x) -> int:
-    return len(x) if isinstance(x, (str, bytes, list, tuple)) else 0
+    return _cost(x) if isinstance(x, (str, bytes, list, tuple)) else 0
 
 
 def _check_mul(a, b) -> None:
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, (str, bytes, list, tuple)) and isinstance(n, int):
-            budget().allow(len(seq) * max(n, 0), "a repeated value (*)")
+            budget().allow(_cost(seq, len(seq) * max(n, 0)), "a repeated value (*)")
             return
     if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > 64 * 1024:
         raise LimitExceeded("an integer product over 65536 bits: refused in a chat template")
@@ -208,6 +218,8 @@ def _precheck_call(obj, args: tuple, kwargs: dict) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # filters: ticked, size-checked before, accounted after
 
+# filters that build a list with one item per input item
+_LIST_FILTERS = {"list", "sort", "unique", "batch", "slice", "dictsort"}
 _FILTER_WIDTH_ARGS = {"center", "indent", "truncate", "wordwrap", "batch", "slice", "tojson", "pprint", "format"}
 
 
@@ -219,6 +231,8 @@ def _guard_filter(name: str, func):
         plain = [a for a in args if not isinstance(a, Context) and type(a).__name__ != "EvalContext"]
         if name in _FILTER_WIDTH_ARGS:
             _check_int_args([*plain[1:], *kwargs.values()], f"the {name} filter")
+        if name in _LIST_FILTERS and plain and isinstance(plain[0], (str, list, tuple, dict)):
+            b.allow(len(plain[0]) * ITEM_COST, f"the {name} filter")  # a list of that many items
         if name == "format" and plain:
             _check_percent(plain[0], tuple(plain[1:]))
         elif name == "join" and plain:
@@ -264,6 +278,14 @@ class LimitedCodeGenerator(CodeGenerator):
                                        lineno=loop.lineno)
         return super().visit_Template(node, frame)
 
+    def visit_Getitem(self, node, frame) -> None:
+        if isinstance(node.arg, nodes.Slice):  # jinja slices in plain Python, past environment.getitem
+            self.write("environment.lowbit_built(")
+            super().visit_Getitem(node, frame)
+            self.write(")")
+        else:
+            super().visit_Getitem(node, frame)
+
     def visit_Concat(self, node, frame) -> None:
         self.write("environment.lowbit_join((")
         for arg in node.nodes:
@@ -292,6 +314,10 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
             yield item
 
     @staticmethod
+    def lowbit_built(value):
+        return budget().built_value(value, "a slice")
+
+    @staticmethod
     def lowbit_join(parts: tuple) -> str:
         texts = [p if isinstance(p, str) else str(p) for p in parts]
         budget().allow(sum(map(len, texts)), "a ~ concatenation")
@@ -302,7 +328,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         b.tick()
         if operator == "+":
             if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-                b.allow(len(left) + len(right), "a + concatenation")
+                b.allow(_size(left) + _size(right), "a + concatenation")
         elif operator == "*":
             _check_mul(left, right)
         elif operator == "**":
@@ -330,8 +356,11 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def getitem(self, obj, argument):
-        budget().tick()
-        return budget().built_value(super().getitem(obj, argument), "an item or slice")
+        b = budget()
+        b.tick()
+        value = super().getitem(obj, argument)
+        # a slice builds a new value; a plain item (a message's content) already exists and costs nothing
+        return b.built_value(value, "a slice") if isinstance(argument, slice) else value
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
         b = budget()
