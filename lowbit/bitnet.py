@@ -210,7 +210,8 @@ def build_quant_types(build=None) -> set[str]:
     from lowbit.build import active_build
 
     build = build or active_build()
-    proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True,
+                          errors="replace")
     return set(re.findall(r"^\s+\d+\s+or\s+(\w+)\s+:", proc.stdout + proc.stderr, flags=re.M))
 
 

@@ -90,7 +90,7 @@ class Clang:
 def clang_version(exe: str) -> tuple[int, str] | None:
     """(major, first line) of `exe --version` if it is clang, else None."""
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, errors="replace", timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"clang version (\d+)\.", out)
@@ -400,7 +400,7 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     os.replace(tmp, final)
     (final / "CMakeCache.txt").unlink(missing_ok=True)  # it names the temporary folder
     proc = subprocess.run([str(final / "bin" / "llama-cli"), "--version"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+                          errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         shutil.rmtree(final, ignore_errors=True)
         raise LowbitError(f"the built llama-cli does not run after moving it into the cache (exit {proc.returncode}):"
