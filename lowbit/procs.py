@@ -92,6 +92,7 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0, first: int = signal
             _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=grace)
     _signal_group(proc, signal.SIGKILL)  # grandchildren left in the group go too
+    proc.lowbit_group = False  # type: ignore[attr-defined]  (once: the group's number may be reused later)
     return proc.returncode
 
 
