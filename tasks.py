@@ -8,11 +8,14 @@ standard library, so `invoke --list` works before setup, whatever Python carries
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from invoke import Exit, task
+from invoke.runners import Local
 
 ROOT = Path(__file__).resolve().parent
 KIT_PYTHON_FILE = ROOT / ".lowbit" / "python"  # written by `invoke setup`
@@ -36,13 +39,56 @@ def _kit(c, target: str, python: str | None = None, secrets: dict | None = None,
     _run(c, [python or _kit_python(), "-m", "lowbit", target, json.dumps(kwargs)], env=env)
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM/SIGHUP received by this invoke process, on its way to the kit process."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _KitRunner(Local):
+    """invoke's local runner; an interrupt reaches the child as a real signal.
+
+    invoke forwards Ctrl-C by writing ^C to the child's stdin, which only a terminal turns into SIGINT:
+    without one (CI, a process manager, nohup) the child never heard it. SIGTERM/SIGHUP are forwarded
+    as themselves, so the kit process stops its own children (llama-server, workers, Jupyter) in order.
+    """
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        if self.using_pty and signum == signal.SIGINT:
+            return super().send_interrupt(interrupt)  # the pty turns ^C into SIGINT for the child
+        try:
+            os.kill(self.get_pid(), signum)
+        except (ProcessLookupError, AttributeError):
+            pass  # already gone, or not started yet
+
+
+def _all_terminals() -> bool:
+    """A pty only when stdin, stdout and stderr are all a terminal: a pty has one output stream, so with
+    one it the child's stderr (warnings, progress) would land in our stdout (`plan --json 2>/dev/null`)."""
+    return all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr))
+
+
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signum)
+
+
 def _run(c, cmd: list[str], env: dict[str, str] | None = None) -> None:
-    """Run `cmd` in the checkout; its exit status becomes ours, Ctrl-C exits 130 without a traceback."""
+    """Run `cmd` in the checkout; its exit status becomes ours. Ctrl-C, SIGTERM and SIGHUP are passed on
+    to it (it stops its own children, then exits); Ctrl-C exits 130 without a traceback."""
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _raise_signalled) for s in handled}
+    c.config.runners.local = _KitRunner
     try:
         with c.cd(str(ROOT)):
-            result = c.run(shlex.join(cmd), warn=True, pty=sys.stdout.isatty(), echo=False, env=env or {})
-    except KeyboardInterrupt:
-        raise Exit(code=130) from None
+            result = c.run(shlex.join(cmd), warn=True, pty=_all_terminals(), echo=False, env=env or {})
+    except KeyboardInterrupt as exc:  # arrived before the child started, or after it ended
+        raise Exit(code=128 + getattr(exc, "signum", signal.SIGINT)) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if result is not None and result.exited:
         raise Exit(code=result.exited)
 
@@ -273,10 +319,14 @@ def ollama(c, file, out=None, min_p=0.05):
 @task(
     help={
         "model": "catalog name, Hub repo id or path to a GGUF (first shard of a split set)",
-        "host": "address to listen on (default 127.0.0.1; anything else needs --api-key or --insecure)",
+        "host": "address to listen on (default 127.0.0.1; anything else needs a key: given, or generated and "
+                "printed)",
         "port": "TCP port (default 8080)",
-        "api_key": "key clients must send (Authorization: Bearer KEY); default: $LOWBIT_API_KEY, else "
-                   "$LLAMA_API_KEY (llama-server's own variable)",
+        "api_key": "key clients must send (Authorization: Bearer KEY), at least 16 characters; default: "
+                   "$LOWBIT_API_KEY, else $LLAMA_API_KEY (llama-server's own variable). Visible in `ps` while "
+                   "invoke runs: prefer a variable or --api-key-file",
+        "api_key_file": "read the API key from this file's first line",
+        "max_tokens": "tokens generated per request that sets no max_tokens (default 1024)",
         "parallel": "requests served at once (server slots, default 4; llama-server's --parallel)",
         "ctx": "context tokens PER SLOT, i.e. per request (default 4096). llama-server's --ctx-size is the "
                "TOTAL, split among the slots: lowbit passes --ctx-size ctx x parallel. From a llama.cpp "
@@ -287,10 +337,11 @@ def ollama(c, file, out=None, min_p=0.05):
     }
 )
 def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4096, plan="auto", rpc=None,
-          insecure=False):
+          insecure=False, api_key_file=None, max_tokens=1024):
     """Serve a model with llama-server (OpenAI-compatible API) until Ctrl-C."""
-    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, api_key=api_key,
-         parallel=parallel, ctx=ctx, plan=plan, rpc=rpc, insecure=insecure)
+    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, parallel=parallel, ctx=ctx,
+         plan=plan, rpc=rpc, insecure=insecure, api_key_file=api_key_file, max_tokens=max_tokens,
+         key_on_command_line=bool(api_key), secrets={"api_key": api_key})
 
 
 @task(

@@ -4,6 +4,8 @@ tasks.py parses the command line (invoke, or the `lowbit` command over the same 
 keyword arguments over as JSON, so flags are declared once; secret ones (a token) come as JSON in the
 environment variable LOWBIT_SECRET_KWARGS instead, so they never show in the process list. A
 LowbitError becomes its message on stderr and exit status 2; Ctrl-C exits 130.
+SIGTERM and SIGHUP count as Ctrl-C, and the process ends when its parent (invoke) dies, so every
+command's Ctrl-C cleanup (stop llama-server, workers, Jupyter) runs whichever way it is stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import sys
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 
 SECRET_KWARGS_ENV = "LOWBIT_SECRET_KWARGS"  # JSON keyword arguments that must not appear in `ps`
 
@@ -45,8 +47,10 @@ def main(argv: list[str]) -> int:
     _console_logging()
     logging.getLogger("lowbit").debug(f"running {module_name}:{func_name} in {sys.executable}")
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        result = func(**kwargs)
+        with procs.interrupt_on_signals():
+            procs.die_with_parent()
+            func = getattr(importlib.import_module(module_name), func_name)
+            result = func(**kwargs)
     except LowbitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -273,7 +273,8 @@ def run_llama_bench(
         cmd += [flag, ",".join(values)]
     cmd += list(extra or [])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise LowbitError(f"llama-bench did not finish in {timeout:g} s; sweep fewer values") from exc
     if proc.returncode != 0:

@@ -210,7 +210,8 @@ def build_quant_types(build=None) -> set[str]:
     from lowbit.build import active_build
 
     build = build or active_build()
-    proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True,
+                          errors="replace")
     return set(re.findall(r"^\s+\d+\s+or\s+(\w+)\s+:", proc.stdout + proc.stderr, flags=re.M))
 
 
@@ -641,7 +642,7 @@ def generate_command(
     tool = active_build().tool("llama-completion")
     cmd = [str(tool), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-no-cnv",
            "-t", str(os.cpu_count() or 2)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"llama-completion failed (exit {proc.returncode}):\n{proc.stderr[-2500:]}")
     print(proc.stdout)

@@ -90,7 +90,7 @@ class Clang:
 def clang_version(exe: str) -> tuple[int, str] | None:
     """(major, first line) of `exe --version` if it is clang, else None."""
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, errors="replace", timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"clang version (\d+)\.", out)
@@ -400,7 +400,7 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     os.replace(tmp, final)
     (final / "CMakeCache.txt").unlink(missing_ok=True)  # it names the temporary folder
     proc = subprocess.run([str(final / "bin" / "llama-cli"), "--version"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+                          errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         shutil.rmtree(final, ignore_errors=True)
         raise LowbitError(f"the built llama-cli does not run after moving it into the cache (exit {proc.returncode}):"
@@ -499,7 +499,7 @@ def generate(gguf: Path, prompt: str, n: int = 64, threads: int | None = None, c
     engine = engine or build_engine()
     cmd = [str(engine.tool("llama-cli")), "-m", str(gguf), "-p", prompt, "-n", str(n),
            "-t", str(threads or os.cpu_count() or 2), "-ngl", "0", "-c", str(ctx), "--temp", "0", "-b", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"bitnet.cpp's llama-cli failed on {gguf} (exit {proc.returncode}):\n"
                           f"{(proc.stdout + proc.stderr)[-2000:]}")

@@ -16,10 +16,10 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 
 from lowbit import LowbitError
+from lowbit.prompts.sandbox import DEFAULT_LIMITS, LimitExceeded, Limits, render_limited
 from lowbit.tokens import THINK_CLOSE, Vocab, load_vocab, token_kinds
 
 _INTERNAL_NAMES = {
@@ -46,28 +46,15 @@ _INTERNAL_NAMES = {
 
 @lru_cache(maxsize=1)
 def sandbox():
-    """The one Jinja environment templates run in (configured like transformers' chat renderer)."""
-    import json
+    """The one Jinja environment templates run in: jinja2's ImmutableSandboxedEnvironment, configured like
+    transformers' chat renderer, with a time and size budget on every render (`lowbit.prompts.sandbox`)."""
+    from lowbit.prompts.sandbox import make_environment
 
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    return make_environment()
 
-    def raise_exception(message: str):
-        from jinja2.exceptions import TemplateError
 
-        raise TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(
-            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-        )
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+# Real chat templates are a few KB (the largest known are tens of KB); anything past this is not a template.
+MAX_TEMPLATE_CHARS = 1 << 20
 
 
 def unsafe_constructs(source: str) -> list[str]:
@@ -94,13 +81,25 @@ def unsafe_constructs(source: str) -> list[str]:
     def bad(name) -> bool:
         return isinstance(name, str) and (name.startswith("_") or name in banned)
 
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise LowbitError(
+            f"chat template of {len(source):,} characters is over the {MAX_TEMPLATE_CHARS:,} limit "
+            "(real templates are a few KB); use the model's official template"
+        )
     try:
         tree = sandbox().parse(source)
     except TemplateSyntaxError as exc:
         raise LowbitError(
             f"chat template does not parse (line {exc.lineno}: {exc.message}); fix or replace it"
         ) from exc
+    except RecursionError:
+        raise LowbitError("chat template nests too deeply to parse; use the model's official template") from None
     found = []
+    for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        tag = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "from ... import",
+               nodes.Extends: "extends"}[type(node)]
+        found.append(f"{{% {tag} %}} (line {node.lineno}: a chat template must be self-contained, "
+                     "it may not load other templates)")
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         if isinstance(node, nodes.Getattr) and bad(node.attr):
             found.append(f".{node.attr} (line {node.lineno})")
@@ -124,26 +123,31 @@ def render(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    limits: Limits = DEFAULT_LIMITS,
     **extra,
 ) -> str:
-    """Render `messages` with a chat template in the sandbox; unsafe templates are refused unrun."""
+    """Render `messages` with a chat template in the sandbox, within `limits` (time, output and value
+    sizes); unsafe templates (Python internals, include/import/extends) are refused unrun."""
     from jinja2.exceptions import SecurityError, TemplateError
 
     found = unsafe_constructs(template)
     if found:
         raise LowbitError(
-            "refusing to render this chat template: it reaches into Python internals "
-            f"({', '.join(found[:5])}); nothing was executed. Use the model's official template."
+            "refusing to render this chat template: "
+            + ("it loads other templates" if "{%" in found[0] else "it reaches into Python internals")
+            + f" ({', '.join(found[:5])}); nothing was executed. Use the model's official template."
         )
+    variables = dict(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        **extra,
+    )
     try:
-        compiled = sandbox().from_string(template)
-        return compiled.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            **extra,
-        )
+        return render_limited(sandbox(), template, variables, limits)
+    except LimitExceeded as exc:
+        raise LowbitError(f"chat template stopped: {exc}; use the model's official template") from None
     except SecurityError as exc:
         raise LowbitError(
             f"refusing to render this chat template: the sandbox blocked it ({exc}); "
@@ -151,6 +155,15 @@ def render(
         ) from exc
     except TemplateError as exc:
         raise LowbitError(f"chat template failed: {exc}") from exc
+    except RecursionError:
+        raise LowbitError(
+            "chat template stopped: it recursed too deeply (a macro or recursive loop that calls itself "
+            "without end); use the model's official template"
+        ) from None
+    except MemoryError:
+        raise LowbitError("chat template stopped: it ran out of memory; use the model's official template") from None
+    except Exception as exc:  # any other error inside template code is the template's fault, not ours
+        raise LowbitError(f"chat template failed: {type(exc).__name__}: {exc}") from None
 
 
 def drop_history_thinking(messages: list[dict]) -> list[dict]:
@@ -377,7 +390,9 @@ def llamacpp_tokenize(gguf: str | os.PathLike, text: str, *, add_special: bool =
     cmd = [str(active_build().tool("llama-tokenize")), "-m", gguf, "-p", text, "--ids", "--log-disable"]
     if not add_special:
         cmd.append("--no-bos")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_COLORS": "0"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, errors="replace", env={**os.environ, "LLAMA_LOG_COLORS": "0"}
+    )
     if proc.returncode != 0:
         raise LowbitError(f"llama-tokenize failed on {gguf}:\n{proc.stderr[-1500:]}")
     return list(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
@@ -421,6 +436,7 @@ def generate(gguf: str | os.PathLike, prompt_text: str, *, n_predict: int = 16, 
         cmd,
         capture_output=True,
         text=True,
+        errors="replace",  # token pieces may split a UTF-8 character
         env={**os.environ, "LLAMA_LOG_COLORS": "0"},
         stdin=subprocess.DEVNULL,
         timeout=300,

@@ -9,6 +9,7 @@ and every flag against the binary's own `--help`.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -19,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
 DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
 GREEDY_SAMPLING = ["--temp", "0", "--top-k", "1", "--seed", "3407"]
@@ -84,7 +86,7 @@ def parse_timings(log: str) -> dict[str, float]:
 @lru_cache(maxsize=8)
 def known_flags(binary: str) -> frozenset[str]:
     """Every option spelling the binary's `--help` lists (e.g. -ngl, --n-gpu-layers, -no-cnv)."""
-    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True, errors="replace", timeout=60)
     flags: set[str] = set()
     for line in (out.stdout + out.stderr).splitlines():
         if line.startswith("-"):  # option lines; a flag named in a description is a real flag too
@@ -109,15 +111,30 @@ def check_flags(binary: Path, args: list[str]) -> None:
 
 
 def parse_rpc(rpc: str | list | None) -> list[str]:
-    """`--rpc host:port,...` for llama.cpp's RPC workers (ggml-rpc-server)."""
-    if not rpc:
-        return []
-    servers = rpc if isinstance(rpc, list) else [s for s in str(rpc).split(",")]
-    servers = [s.strip() for s in servers if s.strip()]
-    bad = [s for s in servers if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", s)]
-    if bad:
-        raise LowbitError(f"--rpc expects host:port[,host:port...]; not understood: {', '.join(bad)}")
-    return ["--rpc", ",".join(servers)]
+    """`--rpc host:port,...` for llama.cpp's RPC workers (ggml-rpc-server), validated like `invoke serve`'s."""
+    return rpc_flags(rpc)
+
+
+# Flags that place layers and tensors on devices: with RPC workers the planner's choice (made for this
+# machine's GPUs) is replaced by llama.cpp's own fit over the workers' memory.
+PLACEMENT_FLAGS = {"-ngl", "--gpu-layers", "--n-gpu-layers", "-ot", "--override-tensor", "-ncmoe", "--n-cpu-moe",
+                   "-ts", "--tensor-split", "-sm", "--split-mode", "-mg", "--main-gpu"}
+PLACEMENT_SWITCHES = {"-cmoe", "--cpu-moe"}
+
+
+def rpc_placement(flags: list[str]) -> list[str]:
+    """The planner's flags for a run over RPC workers: its placement dropped, every layer offered to the
+    devices (`-ngl auto`: llama.cpp fits as many layers as the workers' reported memory holds, the rest
+    stay on this machine). A planned `-ngl 0` on a CPU-only client would give the workers nothing."""
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in PLACEMENT_FLAGS:
+            skip = True
+        elif flag not in PLACEMENT_SWITCHES:
+            out.append(flag)
+    return ["-ngl", "auto", *out]
 
 
 def format_prompt(prompt: str, arch: str, raw: bool = False) -> str:
@@ -186,6 +203,11 @@ def run_model(
     from lowbit.gguf_meta import read_model
     from lowbit.ui import step, warn
 
+    # invoke hands untyped flags over as strings: type them here, once
+    ctx = int(ctx) if ctx not in (None, "") else None
+    ram = float(ram) if ram not in (None, "") else None
+    threads = int(threads) if threads not in (None, "") else None
+    n_predict = int(n_predict)
     path = planner.model_path(model)
     meta = read_model(path)  # a missing shard or a cut file fails here
     vram_gb = [float(v) for v in vram] if vram else planner.detect_vram_gb()
@@ -194,7 +216,11 @@ def run_model(
     for w in the_plan.warnings:
         warn(w)
     build = active_build()
-    if option.n_gpu_layers and build.backend == "cpu":
+    workers = check_reachable(rpc)  # validated, and each must answer before anything loads
+    placement = option.flags
+    if workers and plan == "auto":
+        placement = rpc_placement(option.flags)
+    elif option.n_gpu_layers and build.backend == "cpu" and not workers:
         warn(
             f"this llama.cpp build is CPU-only: -ngl {option.n_gpu_layers} is ignored"
             " (GPU numbers need a GPU)"
@@ -202,7 +228,7 @@ def run_model(
     binary = build.tool("llama-completion")
     cmd = build_command(
         Path(meta.shards[0]),
-        option.flags,
+        placement,
         format_prompt(prompt, meta.arch, raw),
         n_predict,
         greedy,
@@ -213,26 +239,34 @@ def run_model(
     )
     check_flags(binary, cmd[1:-1])  # everything but the prompt text, which may start with a dash
     if echo:
-        step(f"plan {option.name}: {option.note or ''}".rstrip(": "))
+        name = f"{option.name}, layers over RPC workers {rpc}" if placement is not option.flags else option.name
+        step(f"plan {name}: {option.note or ''}".rstrip(": "))
         print(shlex.join(cmd), file=sys.stderr, flush=True)
+    # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise.
+    env = {**os.environ, "GGML_NO_BACKTRACE": os.environ.get("GGML_NO_BACKTRACE", "1")}
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        # bytes, decoded tolerantly: llama.cpp writes token pieces, which may split a UTF-8 character
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired as exc:
         raise LowbitError(
             f"llama-completion did not finish in {timeout:g} s; lower -n or check the plan"
         ) from exc
     seconds = time.monotonic() - t0
-    log = proc.stderr + proc.stdout
-    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+    stdout = proc.stdout.decode("utf-8", errors="replace")
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    log = stderr + stdout
+    tail = "\n".join(line for line in stderr.strip().splitlines()[-15:] if not line.startswith("#"))
     if proc.returncode != 0:
+        if workers and worker_failure(stderr):
+            raise LowbitError(f"llama-completion stopped: {RPC_WORKER_GONE}.\n{tail}\ncommand: {shlex.join(cmd)}")
         raise LowbitError(
             f"llama-completion exited with {proc.returncode}:\n{tail}\ncommand: {shlex.join(cmd)}"
         )
     t = parse_timings(log)
     return RunResult(
         command=cmd,
-        text=proc.stdout,
+        text=stdout,
         prompt_tokens=int(t.get("prompt_tokens", 0)),
         prompt_tokens_per_s=t.get("prompt_tokens_per_s", 0.0),
         gen_tokens=int(t.get("gen_tokens", 0)),
@@ -240,7 +274,7 @@ def run_model(
         seconds=round(seconds, 3),
         plan=option.name,
         stderr_tail=tail,
-        log=proc.stderr,
+        log=stderr,
     )
 
 
@@ -273,11 +307,11 @@ def run_command(
         ram,
         ctx,
         cache_type_k,
-        int(n_predict),
+        n_predict,
         greedy,
         extra,
         rpc,
-        int(threads) if threads else None,
+        threads,
         raw,
         echo=True,  # the command goes to stderr, so --json stdout stays clean
     )

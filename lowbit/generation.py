@@ -2,7 +2,7 @@
 
 The lessons and the chat widget use this: load a GGUF (the first shard of a split set is enough),
 render a conversation with the model's own chat template (GGUF `tokenizer.chat_template`, rendered by
-llama-cpp-python's sandboxed Jinja formatter), generate with streaming, and read prompt and generation
+lowbit's time- and size-limited Jinja sandbox), generate with streaming, and read prompt and generation
 speed from llama.cpp's own performance counters.
 """
 
@@ -87,19 +87,15 @@ def chat_template(llm) -> str:
 
 
 def render_chat(llm, messages: list[dict[str, str]]) -> str:
-    """`messages` rendered with the model's template, generation prompt added (sandboxed Jinja)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    """`messages` rendered with the model's template, generation prompt added, in lowbit's limited
+    sandbox (`lowbit.chat.render`: unsafe constructs refused, time and size bounded)."""
+    from lowbit.chat import render
 
     def piece(token_id: int) -> str:
-        return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+        return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace") if token_id >= 0 else ""
 
-    formatter = Jinja2ChatFormatter(
-        chat_template(llm),
-        eos_token=piece(llm.token_eos()),
-        bos_token=piece(llm.token_bos()),
-        add_generation_prompt=True,
-    )
-    return formatter(messages=messages).prompt
+    return render(chat_template(llm), messages, add_generation_prompt=True,
+                  bos_token=piece(llm.token_bos()), eos_token=piece(llm.token_eos()))
 
 
 def prompt_tokens(llm, prompt: str) -> list[int]:

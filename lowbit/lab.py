@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 from lowbit.paths import kit_root
 
 
@@ -54,11 +54,9 @@ class LabServer:
             "JUPYTER_RUNTIME_DIR": self._runtime.name,
         }  # its server file tells us URL + token
         self.log = Path(self._runtime.name) / "lab.log"  # never a pipe nobody reads: Jupyter logs a lot
-        with self.log.open("w") as log:
-            # own session: the terminal's Ctrl-C reaches only us, and `stop` shuts Jupyter down in order
-            self.proc = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        # own session (the terminal's Ctrl-C reaches only us, and `stop` shuts Jupyter down in order) and a
+        # parent-death signal: the same lifecycle as every other child of the kit (lowbit.procs)
+        self.proc = procs.spawn(cmd, self.log, env=env)
         info_file = Path(self._runtime.name) / f"jpserver-{self.proc.pid}.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -97,9 +95,7 @@ class LabServer:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc, grace=5, first=signal.SIGKILL)  # whatever is left of its group (kernels)
         self._runtime.cleanup()
         return self.proc.returncode if self.proc else None
 

@@ -16,8 +16,8 @@ makes (see DESIGN.md §3):
 - errors: 404 + `X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`
 
 Safety: only files found by walking `--dir` are ever served (requests are looked up in that listing, never
-joined onto the filesystem), hidden paths (`.cache`, `.git`) and symlinks leading outside are skipped, and
-nothing but GET/HEAD is answered.
+joined onto the filesystem), hidden paths (`.cache`, `.git`) and symlinks leading outside or into a hidden
+folder are skipped, and nothing but GET/HEAD is answered.
 """
 
 from __future__ import annotations
@@ -83,6 +83,15 @@ def save_records(repo_dir: Path, records: dict[str, dict]) -> None:
         os.replace(tmp, target)
     except OSError:
         pass  # a read-only models dir is fine: hashes are then kept in memory only
+
+
+def _servable(path: Path, root: Path) -> bool:
+    """A regular file whose real location (symlinks resolved) is inside `root` and in no hidden folder
+    there: a link to `.git/config` or `.cache/...` inside the served tree is never served."""
+    real = path.resolve()
+    if not real.is_file() or (real != root and root not in real.parents):
+        return False
+    return not any(part.startswith(".") for part in real.relative_to(root).parts)
 
 
 @dataclass(frozen=True)
@@ -154,8 +163,7 @@ class Repo:
                 if name.startswith("."):
                     continue
                 p = Path(dirpath) / name
-                real = p.resolve()
-                if (real == root or root in real.parents) and real.is_file():
+                if _servable(p, root):
                     yield p
 
     @property

@@ -9,6 +9,8 @@ vocabulary - never by a fixed ID.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -144,7 +146,10 @@ def fix_hf_dir(src: str | os.PathLike, out: str | os.PathLike | None = None, pad
     out = Path(out) if out else src.with_name(src.name + "-padfix")
     if out.exists():
         raise LowbitError(f"{out} already exists; choose another --out (the original is never overwritten)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _write_error(exc, out) from None
     try:
         for f in src.iterdir():
             if f.is_file():
@@ -171,8 +176,10 @@ def fix_hf_dir(src: str | os.PathLike, out: str | os.PathLike | None = None, pad
                 f"internal check failed: the fixed tokenizer reports pad {check.pad_id}, not {pid}"
             )
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out) from None
         raise
     (out / ".lowbit-padfix.json").write_text(
         json.dumps(
@@ -287,9 +294,9 @@ def fix_gguf(src: str | os.PathLike, out: str | os.PathLike | None = None, pad: 
     for _, dst in pairs:
         if dst.exists():
             raise LowbitError(f"{dst} already exists; choose another --out (nothing is overwritten)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         _write_with_pad(src, tmp, pid)
         verify_only_pad_changed(src, tmp, pid)
         for a, b in pairs[1:]:
@@ -297,11 +304,29 @@ def fix_gguf(src: str | os.PathLike, out: str | os.PathLike | None = None, pad: 
         for _, b in pairs[1:]:
             os.replace(b.with_name(f".{b.name}.tmp-{os.getpid()}"), b)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         for p in [tmp, *(b.with_name(f".{b.name}.tmp-{os.getpid()}") for _, b in pairs[1:])]:
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # on a read-only folder even unlinking nothing fails (EROFS):
+                p.unlink(missing_ok=True)  # cleanup must never replace the real error
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out) from None
         raise
     return out
+
+
+def _write_error(exc: OSError, out: Path) -> LowbitError:
+    """The clear error for a failed write of the fixed copy: which file, why, and what to do."""
+    where = exc.filename or out
+    hint = {
+        errno.EROFS: f"{out.parent} is on a read-only filesystem",
+        errno.EACCES: f"{out.parent} is not writable for this user",
+        errno.EPERM: f"{out.parent} is not writable for this user",
+        errno.ENOSPC: f"the disk holding {out.parent} is full",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return LowbitError(
+        f"cannot write the fixed copy {out.name}: {hint} ({where}: {exc.strerror or exc}). The original is "
+        "untouched and nothing was left behind; pass --out PATH in a writable folder."
+    )
 
 
 def _write_with_pad(src: Path, dst: Path, pid: int) -> None:

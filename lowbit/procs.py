@@ -1,8 +1,13 @@
-"""Child processes that must not outlive us (llama-server, RPC workers): start, wait for a port, stop.
+"""Child processes that must not outlive us (llama-server, RPC workers, Jupyter): start, wait, stop.
 
-Standard library only. Each child gets its own session (a Ctrl-C in the terminal reaches lowbit, which
-then stops the child in order, instead of both racing), and on Linux a parent-death signal, so a
-killed lowbit never leaves a server holding a port and gigabytes of RAM.
+Standard library only. One lifecycle for every long-running command:
+- `lowbit.__main__` runs each command inside `interrupt_on_signals()`: SIGTERM and SIGHUP become the
+  same KeyboardInterrupt as Ctrl-C, so every command's Ctrl-C path (stop the children, then exit) also
+  runs when a process manager, a closed terminal or `invoke` itself sends a signal; and the kit process
+  takes a parent-death signal (`die_with_parent`), so a killed `invoke` cannot leave it serving.
+- Each child (`spawn`) gets its own session (a Ctrl-C in the terminal reaches lowbit, which then stops
+  the child in order, instead of both racing) and, on Linux, a parent-death signal; `stop` ends the
+  child's whole process group, grandchildren included.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from lowbit import LowbitError
@@ -31,27 +38,77 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
             pass
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (no-op elsewhere).
+
+    With `interrupt_on_signals` active, that SIGTERM runs the normal Ctrl-C cleanup.
+    """
+    parent = os.getppid()
+    _die_with_parent()
+    if sys.platform.startswith("linux") and parent != 1 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block (main thread only), SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _raise_interrupt) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `cmd` with stdout+stderr appended to `log_path`; it dies if this process dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(list(map(str, cmd)), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    proc.lowbit_group = True  # type: ignore[attr-defined]  (it leads its own session and process group)
+    return proc
 
 
-def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> int | None:
-    """Stop `proc` (SIGTERM, then SIGKILL after `grace` seconds); return its exit status."""
+def stop(proc: subprocess.Popen | None, grace: float = 10.0, first: int = signal.SIGTERM) -> int | None:
+    """Stop `proc` (`first`, default SIGTERM, then SIGKILL after `grace` seconds) and whatever it started in
+    its process group (a `spawn`ed child leads its own); return its exit status."""
     if proc is None:
         return None
     if proc.poll() is None:
-        proc.terminate()
+        _signal_group(proc, first)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=grace)
+    _signal_group(proc, signal.SIGKILL)  # grandchildren left in the group go too
+    proc.lowbit_group = False  # type: ignore[attr-defined]  (once: the group's number may be reused later)
     return proc.returncode
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the child's own process group when `spawn` made it lead one, else just the child."""
+    if getattr(proc, "lowbit_group", False):
+        try:
+            os.killpg(proc.pid, sig)  # a group outlives its reaped leader while members remain
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    if proc.returncode is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
 
 def is_loopback(host: str) -> bool:
@@ -140,7 +197,8 @@ def env_without(prefixes: Sequence[str]) -> dict[str, str]:
 def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Path | None = None) -> str:
     """Run `cmd` to completion (no stdin) and return its stdout + stderr; a failure raises a LowbitError
     naming `what`, its exit status and the output's tail."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace", env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
     return proc.stdout + proc.stderr

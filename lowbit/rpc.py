@@ -77,6 +77,15 @@ def rpc_flags(rpc: str | Iterable[str] | None) -> list[str]:
     return ["--rpc", ",".join(map(str, endpoints))] if endpoints else []
 
 
+RPC_WORKER_GONE = "an RPC worker went away or could not be reached; restart the workers, then run again"
+
+
+def worker_failure(log: str) -> bool:
+    """Whether a llama.cpp log shows an RPC worker lost or unreachable (ggml-rpc's own messages)."""
+    return "RPC" in log and any(s in log for s in ("crashed", "send failed", "recv failed", "Failed to connect",
+                                                   "failed to connect"))
+
+
 def check_reachable(rpc: str | Iterable[str] | None, timeout: float = 3.0) -> list[Endpoint]:
     """Fail with one clear message if any worker does not accept a TCP connection."""
     endpoints = parse_rpc(rpc)

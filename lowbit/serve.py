@@ -6,8 +6,11 @@
 server defaults (requests may override them), the planner's offload flags, and optional RPC workers.
 It waits for `/health`, prints the URL with copy-paste examples, and stops the server on Ctrl-C.
 
-Safety: anything but loopback needs an API key (`--insecure` overrides, loudly). The key reaches
-llama-server through its environment, not its command line (which every local user can read in `ps`).
+Safety: anything but loopback needs a strong API key (at least 16 characters); without one `invoke serve`
+generates a key and prints it (`--insecure` serves without, loudly). The key reaches llama-server through
+its environment, never a command line (which every local user can read in `ps`): tasks.py hands it to the
+kit process in the environment too. Requests without `max_tokens` stop at `--max-tokens` (1024), not at
+the end of the context.
 Without a key, cross-origin browser requests are limited to localhost pages (`--cors-origins localhost`).
 """
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
-from lowbit.rpc import check_reachable, parse_rpc, rpc_flags
+from lowbit.rpc import RPC_WORKER_GONE, check_reachable, parse_rpc, rpc_flags, worker_failure
 
 # DeepSeek's recommendation for R1 (DESIGN.md §4); llama-server applies them to every request that
 # does not set its own values.
@@ -43,6 +46,14 @@ LLAMA_API_KEY_ENV = "LLAMA_API_KEY"  # llama-server's own variable: accepted too
 def default_api_key() -> str | None:
     """The key from the environment: LOWBIT_API_KEY, else llama-server's LLAMA_API_KEY."""
     return os.environ.get(API_KEY_ENV) or os.environ.get(LLAMA_API_KEY_ENV) or None
+
+
+# Shorter keys can be guessed; secrets.token_urlsafe(24) gives 32 characters (192 bits).
+MIN_KEY_CHARS = 16
+# llama-server's default for a request without max_tokens is -1: generate until the context is full (an
+# empty `messages: []` then runs for minutes). This is the server-wide default; a request may still ask for
+# more with its own max_tokens (up to its context), and `invoke serve --max-tokens N` raises the default.
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
@@ -114,6 +125,12 @@ def check_host(host: str, api_key: str | None, insecure: bool) -> str | None:
                           "interfaces)")
     if procs.is_loopback(host):
         return None
+    if api_key and len(api_key) < MIN_KEY_CHARS:
+        raise LowbitError(
+            f"refusing to listen on {host} with an API key of {len(api_key)} characters: anyone on the network "
+            f"could guess it. Use at least {MIN_KEY_CHARS} random characters, e.g. "
+            "`python -c \"import secrets; print(secrets.token_urlsafe(24))\"`, or leave the key out and "
+            "`invoke serve` generates one and prints it.")
     if api_key:
         return (f"listening on {host}: reachable from the network. Requests need the API key, but traffic is "
                 "plain HTTP (the key and chats travel unencrypted): use a trusted network or a TLS proxy.")
@@ -166,7 +183,7 @@ def cache_flags(model_path: Path) -> list[str]:
 
 def server_command(model_path: Path, host: str, port: int, alias: str, parallel: int = 4, ctx: int = 4096,
                    extra: list[str] | None = None, rpc: str | None = None,
-                   placement: list[str] | None = None) -> list[str]:
+                   placement: list[str] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
     """The llama-server command line (without the API key, which goes through the environment).
 
     Order matters (llama.cpp keeps the last value of a repeated flag): the planner's `placement`
@@ -178,19 +195,23 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--parallel must be at least 1 (got {parallel})")
     if ctx < 256:
         raise LowbitError(f"--ctx {ctx} is too small for a chat; use at least 256 tokens per request")
+    if max_tokens < 1:
+        raise LowbitError(f"--max-tokens must be at least 1 (got {max_tokens})")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
            *_without_flags(placement or [], OWN_VALUE_FLAGS),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
+           # the default for requests without max_tokens (llama-server's own is: until the context is full)
+           "--n-predict", str(max_tokens),
            *RECOMMENDED_SAMPLING, *cache_flags(model_path)]
     return cmd + list(extra or []) + rpc_flags(rpc)
 
 
 # Flags lowbit sets itself; dropped (with their values) from the planner's list so each appears once.
 OWN_VALUE_FLAGS = {"--ctx-size", "-c", "--cache-type-k", "-ctk", "--cache-type-v", "-ctv", "--parallel",
-                   "-np"}
+                   "-np", "--n-predict", "-n", "--predict"}
 
 
 def _without_flags(flags: list[str], names: set[str]) -> list[str]:
@@ -214,9 +235,8 @@ def explain_exit(code: int | None, log_path: Path) -> str:
     elif "exiting due to model loading error" in log or "failed to load model" in log:
         reason = ("the model failed to load (not a GGUF llama.cpp can read, truncated, or too large for "
                   "memory)")
-    elif "RPC" in log and ("crashed" in log or "send failed" in log or "recv failed" in log
-                           or "Failed to connect" in log or "failed to connect" in log):
-        reason = "an RPC worker went away or could not be reached; restart the workers, then the server"
+    elif worker_failure(log):
+        reason = RPC_WORKER_GONE
     elif code is not None and code < 0:
         reason = f"it was killed by signal {-code}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
     else:
@@ -231,7 +251,7 @@ def explain_exit(code: int | None, log_path: Path) -> str:
 def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, api_key: str | None = None,
                  parallel: int = 4, ctx: int = 4096, plan: str | None = "auto", rpc: str | None = None,
                  insecure: bool = False, extra: list[str] | None = None, timeout: float = 600.0,
-                 log_dir: Path | None = None, on_wait=None) -> LlamaServer:
+                 log_dir: Path | None = None, on_wait=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> LlamaServer:
     """Start llama-server for `model` and return once /health says ready (port None: a free one).
 
     Raises LowbitError (and leaves no process behind) when the host policy refuses, the port is taken,
@@ -259,7 +279,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     alias = resolved.entry["name"] if resolved.entry else path.name.split("-00001-of-")[0]
     alias = alias.removesuffix(".gguf")
     cmd = server_command(path, host, port, alias, parallel, ctx, extra, rpc,
-                         placement=plan_flags(plan, path, ctx * parallel, rpc))
+                         placement=plan_flags(plan, path, ctx * parallel, rpc), max_tokens=max_tokens)
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
     # On an abort (e.g. an RPC worker gone) ggml would attach gdb for a backtrace: slow, and noise in the log.
     env.setdefault("GGML_NO_BACKTRACE", "1")
@@ -328,15 +348,54 @@ def examples(server: LlamaServer, public_host: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def read_key_file(path: str | os.PathLike) -> str:
+    """The API key stored in `path` (first line, surrounding whitespace dropped)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LowbitError(f"--api-key-file {path}: cannot read it ({exc})") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise LowbitError(f"--api-key-file {path} is empty; put the key on its first line")
+    return key
+
+
+def resolve_key(host: str, api_key: str | None = None, api_key_file: str | None = None,
+                insecure: bool = False) -> tuple[str | None, bool]:
+    """The API key to serve with and whether it was generated: `api_key`, else `api_key_file`'s, else
+    $LOWBIT_API_KEY, else llama-server's own $LLAMA_API_KEY; a non-loopback bind with none of them (and
+    not `insecure`) gets a fresh
+    `secrets.token_urlsafe(24)`. Strength is checked by `check_host`."""
+    import secrets
+
+    if api_key_file and not api_key:
+        api_key = read_key_file(api_key_file)
+    api_key = api_key or default_api_key()
+    if api_key is None and not insecure and host.strip() and "," not in host and not procs.is_loopback(host):
+        return secrets.token_urlsafe(24), True
+    return api_key, False
+
+
 def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
                   parallel: int = 4, ctx: int = 4096, plan: str | None = "auto", rpc: str | None = None,
-                  insecure: bool = False, timeout: float = 1800.0) -> int:
-    """`invoke serve`: start llama-server, print how to reach it, run until Ctrl-C."""
+                  insecure: bool = False, timeout: float = 1800.0, api_key_file: str | None = None,
+                  max_tokens: int = DEFAULT_MAX_TOKENS, key_on_command_line: bool = False) -> int:
+    """`invoke serve`: start llama-server, print how to reach it, run until Ctrl-C.
+
+    The key comes from `api_key`, `api_key_file`, $LOWBIT_API_KEY or $LLAMA_API_KEY. A non-loopback bind
+    without one (and
+    without `insecure`) gets a generated key, printed once. `key_on_command_line` says the key was typed
+    as `--api-key KEY`, which other local users can read in `ps` while invoke runs.
+    """
     from lowbit.catalog import resolve_model
     from lowbit.ui import console, step, warn
 
-    api_key = api_key or default_api_key()
+    port, parallel, ctx, max_tokens = int(port), int(parallel), int(ctx), int(max_tokens)
+    api_key, generated = resolve_key(host, api_key, api_key_file, insecure)
     note = check_host(host, api_key, insecure)
+    if key_on_command_line and not procs.is_loopback(host):
+        warn(f"--api-key KEY is readable by every local user in `ps` while invoke runs; prefer "
+             f"${API_KEY_ENV} or --api-key-file PATH.")
     if note:
         warn(note)
     if rpc:
@@ -347,20 +406,23 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     resolved = resolve_model(model)
     if resolved.is_replica:
         warn(f"{resolved.name} is an offline replica with random weights: the text it writes is meaningless.")
-    # SIGTERM (e.g. from a process manager) stops the server as cleanly as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM/SIGHUP (a process manager, a closed terminal) arrive as KeyboardInterrupt (lowbit.__main__).
     server = None
     try:
         with console.status("starting llama-server ...") as status:
             server = start_server(
                 model, host, port, api_key, parallel, ctx, plan, rpc, insecure, timeout=timeout,
-                on_wait=lambda s: status.update(f"llama-server: loading the model ... {s:.0f} s"))
+                on_wait=lambda s: status.update(f"llama-server: loading the model ... {s:.0f} s"),
+                max_tokens=max_tokens)
         public = procs.lan_address() if host in ("0.0.0.0", "::") else None
         step(f"llama-server ready: {server.url}  (model {server.model_name!r}, {parallel} parallel slots, "
              f"{ctx} tokens each = llama-server --ctx-size {ctx * parallel} --parallel {parallel}; "
              f"log: {server.log_path})")
         if public:
             step(f"attendees connect to http://{public}:{port}")
+        if generated:
+            print(f"API key (generated for this session; share it with attendees):\n  {API_KEY_ENV}={api_key}",
+                  flush=True)
         print(examples(server, public), flush=True)
         print("\nPress Ctrl-C to stop the server.", flush=True)
         while server.alive():
@@ -375,8 +437,3 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     finally:
         if server is not None:
             server.stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

@@ -182,3 +182,44 @@ def test_llama_cpp_tools_never_lose_the_end_of_their_output(tmp_path, llama_buil
     cut = [r.stderr[-120:] for r in runs if b"total time =" not in r.stderr]
     assert not cut, f"{len(cut)} of {len(runs)} runs lost the end of their log, e.g. {cut[0]!r}"
     assert len({r.stdout for r in runs}) == 1  # and every run printed the whole (greedy, identical) text
+
+
+def test_invoke_run_types_ctx_and_survives_broken_utf8():
+    """`invoke run --ctx 4096` (invoke hands an untyped flag over as a string) on the r1 replica: 256 tokens of
+    random weights write byte sequences that are not UTF-8; the run must finish and keep the text (item 7)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "invoke", "run", "--model", "r1", "--ctx", "4096", "--n-predict", "256",
+         "--threads", "2", "--json"],
+        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    data = json.loads(out.stdout)
+    assert data["command"][data["command"].index("--ctx-size") + 1] == "4096"
+    assert data["gen_tokens"] > 0 and data["text"]
+
+
+def test_plan_json_stdout_is_json_only_under_a_terminal():
+    """With stdout on a terminal, warnings must still go to stderr, not into the JSON (item 9)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "plan", "--model", "r1", "--ram", "0.01", "--json"],
+                            stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0, err
+    data = json.loads(b"".join(chunks).decode())  # nothing but JSON
+    assert data["model"] == "r1"
+    assert "larger than RAM + VRAM" in err  # the warning went to stderr

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,13 @@ def served(tmp_path_factory):
     (repo / ".cache").mkdir()
     (repo / ".cache" / "hidden.txt").write_bytes(SECRET)
     (repo / "escape.txt").symlink_to(base / "secret.txt")
+    (repo / ".git").mkdir()
+    (repo / ".git" / "config").write_bytes(SECRET)  # e.g. a remote URL with a token in it
+    (repo / "config.txt").symlink_to(repo / ".git" / "config")  # inside the tree, but hidden: never served
+    (repo / "rel-config.txt").symlink_to(Path(".git") / "config")
+    (root / "acme" / ".private").mkdir()
+    (root / "acme" / ".private" / "key.txt").write_bytes(SECRET)
+    (repo / "key.txt").symlink_to(Path("..") / ".private" / "key.txt")
     with MirrorServer(root) as server:
         yield server, repo, big
 
@@ -128,6 +136,9 @@ def test_errors_carry_hub_error_codes(served):
         "/acme/tiny-GGUF/resolve/main/%2Fetc%2Fpasswd",
         "/acme/tiny-GGUF/resolve/main/escape.txt",
         "/acme/tiny-GGUF/resolve/main/.cache/hidden.txt",
+        "/acme/tiny-GGUF/resolve/main/config.txt",
+        "/acme/tiny-GGUF/resolve/main/rel-config.txt",
+        "/acme/tiny-GGUF/resolve/main/key.txt",
         "/api/models/acme/..%2F..%2F/tree/main?recursive=true",
         "/api/models/%2e%2e/%2e%2e/tree/main",
     ],
@@ -157,3 +168,13 @@ def test_serve_replica_shards_serves_the_whole_set(tmp_path):
     served = {e["path"]: e["size"] for e in json.loads(body) if e["type"] == "file"}
     assert served == {p.name: p.stat().st_size for p in parts}
     assert all(fnmatch(name, pattern) for name in served)
+
+
+def test_links_into_hidden_folders_are_not_listed(served):
+    """A symlink whose real target lies in a hidden folder (`.git/config`) is not even listed (issue 13 item 9)."""
+    server, _, _ = served
+    resp, body = _get(server.url, "/api/models/acme/tiny-GGUF/tree/main?recursive=true")
+    assert resp.status == 200
+    listed = {e["path"] for e in json.loads(body)}
+    assert "README.md" in listed
+    assert not listed & {"config.txt", "rel-config.txt", "key.txt", "escape.txt"}

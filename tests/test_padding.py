@@ -154,3 +154,58 @@ def test_fix_replica_gguf(tmp_path, llama_build):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in src.parent.glob("*-of-*.gguf")
     )
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """Yields (folder, seal): put files in `folder`, then `seal()` makes it read-only for this process.
+
+    As root, permissions do not stop writes, so the folder is a small tmpfs remounted read-only (EROFS, the
+    case where even the cleanup's unlink fails); otherwise the folder is chmod 0555 (EACCES)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("running as root without permission to mount: no way to make a read-only folder")
+
+    def seal() -> None:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        else:
+            folder.chmod(0o555)
+
+    yield folder, seal
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+def test_fix_beside_a_read_only_input_names_the_cause(r1_copy, read_only_folder):
+    """fix-padding on files in a read-only folder: a clear error that names the folder and the cause, not a
+    traceback whose cleanup hides it (issue 13 item 9)."""
+    import json
+    import subprocess
+    import sys
+
+    folder, seal = read_only_folder
+    v = load_vocab(r1_copy)
+    gguf = _gguf(folder / "m.gguf", v, pad=v.eos_id)
+    hf = folder / "tok"
+    shutil.copytree(r1_copy, hf)
+    seal()
+    with pytest.raises(LowbitError, match=r"cannot write the fixed copy m-padfix\.gguf: .*(read-only|not writable)"):
+        fix_gguf(gguf)
+    with pytest.raises(LowbitError, match=r"cannot write the fixed copy tok-padfix: .*(read-only|not writable)"):
+        fix_hf_dir(hf)
+    proc = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.padding:fix_padding_command",
+                           json.dumps({"path": str(gguf)})], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "--out" in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["m.gguf", "tok"]

@@ -142,3 +142,41 @@ def test_worker_killed_mid_run_is_an_error_not_a_hang(r1_model, tmp_path):
                 server.check()
     finally:
         stop_workers(workers)
+
+
+def test_invoke_run_puts_layers_on_the_workers(r1_model, tmp_path):
+    """`invoke run --rpc`: the planner's CPU-only `-ngl 0` would keep every layer here; with workers, llama.cpp
+    fits the layers over them (issue 13, item 7)."""
+    from lowbit.engine import run_model
+
+    workers = start_workers(2, threads=1, log_dir=tmp_path)
+    try:
+        r = run_model(str(r1_model), prompt="Hi", n_predict=4, greedy=True, rpc=rpc_arg(workers), threads=1,
+                      extra="-lv 4", echo=False, timeout=180)
+        assert all(w.alive() for w in workers)
+    finally:
+        stop_workers(workers)
+    assert r.command[r.command.index("-ngl") + 1] != "0"
+    assert r.gen_tokens >= 1
+    for w in workers:
+        sizes = re.findall(rf"RPC\d\[127\.0\.0\.1:{w.port}\] model buffer size =\s+([\d.]+) MiB", r.log)
+        assert sizes and float(sizes[0]) > 0, f"no weights on the worker at port {w.port}"
+
+
+def test_invoke_run_worker_killed_mid_run_is_the_serve_error(r1_model, tmp_path):
+    """A worker that dies during `invoke run` gives the same clear error as `serve --rpc` (issue 13, item 7)."""
+    import threading
+
+    from lowbit.engine import run_model
+
+    workers = start_workers(2, threads=1, log_dir=tmp_path)
+    killer = threading.Timer(4.0, workers[1].proc.kill)  # the tiny replica loads in about a second
+    try:
+        killer.start()
+        with pytest.raises(LowbitError, match="RPC worker went away") as info:
+            run_model(str(r1_model), prompt="Count.", n_predict=100000, ctx=2048, greedy=True, ignore_eos=True,
+                      rpc=rpc_arg(workers), threads=1, echo=False, timeout=120)
+        assert "Traceback" not in str(info.value)
+    finally:
+        killer.cancel()
+        stop_workers(workers)

@@ -128,7 +128,7 @@ def test_refuses_non_loopback_without_key(toy_model):
     assert len(_our_llama_processes()) == before  # refused before anything started
     assert check_host("127.0.0.1", None, insecure=False) is None
     assert "INSECURE" in check_host("0.0.0.0", None, insecure=True)
-    assert "plain HTTP" in check_host("192.168.1.20", "key", insecure=False)
+    assert "plain HTTP" in check_host("192.168.1.20", "a-strong-key-0123456789", insecure=False)
 
 
 def test_port_in_use_is_a_clear_error(toy_model, tmp_path):
@@ -219,3 +219,88 @@ def test_planner_placement_comes_first_and_rpc_keeps_llama_cpp_placement(toy_mod
     assert cmd[cmd.index("-ngl") + 1] == "0"
     assert plan_flags("auto", toy_model, 3000, rpc="127.0.0.1:50052") == []
     assert plan_flags("none", toy_model, 3000) == []
+
+
+def test_open_bind_needs_a_strong_key_or_gets_one(tmp_path, monkeypatch):
+    """Issue 13 item 9: a one-character key on 0.0.0.0 is refused; no key at all gets a generated one."""
+    from lowbit.serve import MIN_KEY_CHARS, resolve_key
+
+    monkeypatch.delenv("LOWBIT_API_KEY", raising=False)
+    with pytest.raises(LowbitError, match=f"at least {MIN_KEY_CHARS}"):
+        check_host("0.0.0.0", "x", insecure=False)
+    with pytest.raises(LowbitError, match=f"at least {MIN_KEY_CHARS}"):
+        start_server("anything", host="0.0.0.0", api_key="short", port=None)
+    key, generated = resolve_key("0.0.0.0")
+    assert generated and len(key) >= MIN_KEY_CHARS and check_host("0.0.0.0", key, False)
+    assert resolve_key("0.0.0.0") != (key, True)  # fresh each time
+    assert resolve_key("127.0.0.1") == (None, False)  # loopback: no key needed
+    assert resolve_key("0.0.0.0", insecure=True) == (None, False)
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text("from-a-file-0123456789\n")
+    assert resolve_key("0.0.0.0", api_key_file=str(keyfile)) == ("from-a-file-0123456789", False)
+    monkeypatch.setenv("LOWBIT_API_KEY", "from-the-environment-42")
+    assert resolve_key("0.0.0.0") == ("from-the-environment-42", False)
+
+
+def test_api_key_given_to_invoke_serve_is_in_no_child_command_line(toy_model, tmp_path):
+    """`invoke serve --api-key KEY`: the kit process and llama-server get the key by environment, so only
+    invoke's own argv (which the user typed) shows it; clients still need it."""
+    import urllib.request
+
+    from lowbit.procs import can_connect, free_port
+
+    key = "k3y-that-must-stay-out-of-ps"
+    port = free_port()
+    env = {**os.environ, "LOWBIT_RUNS": str(tmp_path)}
+    env.pop("LOWBIT_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--model", str(toy_model), "--port", str(port),
+                             "--api-key", key, "--parallel", "1", "--ctx", "512"], cwd=kit_root(), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if can_connect("127.0.0.1", port):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass  # 503 while loading
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any(p.name() == "llama-server" for p in children)
+        for p in children:
+            assert key not in " ".join(p.cmdline()), p.name()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer nope"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_empty_messages_without_max_tokens_stop_at_the_default_cap(tmp_path, llama_build):
+    """`messages: []` and no max_tokens used to generate until the context was full (issue 13 item 9)."""
+    import urllib.request
+
+    from lowbit.replicas import ensure_replica, replica_path
+    from lowbit.serve import DEFAULT_MAX_TOKENS, server_command
+
+    ensure_replica("r1")
+    cmd = server_command(replica_path("r1"), "127.0.0.1", 8080, "r1")
+    assert cmd[cmd.index("--n-predict") + 1] == str(DEFAULT_MAX_TOKENS)
+    with start_server("r1", port=None, parallel=1, ctx=512, max_tokens=24, timeout=180, log_dir=tmp_path) as server:
+        body = json.dumps({"model": server.model_name, "messages": [], "ignore_eos": True}).encode()
+        req = urllib.request.Request(server.base_url + "/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            usage = json.loads(r.read())["usage"]
+        assert usage["completion_tokens"] == 24
+        # a request may still ask for more than the default
+        body = json.dumps({"model": server.model_name, "messages": [{"role": "user", "content": "hi"}],
+                           "max_tokens": 40, "ignore_eos": True}).encode()
+        req = urllib.request.Request(server.base_url + "/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert json.loads(r.read())["usage"]["completion_tokens"] == 40

@@ -1,0 +1,1 @@
+"""Prompts: where a chat template from a model file is rendered, within limits."""
