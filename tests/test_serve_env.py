@@ -24,15 +24,15 @@ def test_llama_api_key_is_the_key_and_the_printed_exports_reach_the_server(small
     import openai
 
     monkeypatch.delenv("LOWBIT_API_KEY", raising=False)
-    monkeypatch.setenv("LLAMA_API_KEY", "llama-s3cret")
-    assert default_api_key() == "llama-s3cret"
+    monkeypatch.setenv("LLAMA_API_KEY", "llama-s3cret-long-enough")
+    assert default_api_key() == "llama-s3cret-long-enough"
     assert "reachable from the network" in check_host("0.0.0.0", default_api_key(), insecure=False)  # no refusal
     with start_server(str(small_model), port=None, parallel=1, ctx=512, timeout=180, log_dir=tmp_path) as server:
-        assert server.api_key == "llama-s3cret"
+        assert server.api_key == "llama-s3cret-long-enough"
         text = examples(server)
         exports = dict(re.findall(r"export (OPENAI_\w+)=(\S+)", text))
         assert exports["OPENAI_BASE_URL"] == server.base_url
-        monkeypatch.setenv("LOWBIT_API_KEY", "llama-s3cret")  # the example's first line, done by the user
+        monkeypatch.setenv("LOWBIT_API_KEY", "llama-s3cret-long-enough")  # the example's first line, done by the user
         monkeypatch.setenv("OPENAI_BASE_URL", exports["OPENAI_BASE_URL"])
         monkeypatch.setenv("OPENAI_API_KEY", os.path.expandvars(exports["OPENAI_API_KEY"]))
         r = openai.OpenAI(max_retries=0).chat.completions.create(  # the SDK reads only the exports
