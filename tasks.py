@@ -205,6 +205,20 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
          cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
          json=json, refresh_bandwidth=refresh_bandwidth)
 
+@task(
+    help={
+        "models": "comma list of catalog names or GGUF paths (default smollm2,gemma3-270m,r1)",
+        "prompts": "seeds (all: acrostic, chickens, prism, snake, flappy, oneplusone) or a comma list of them",
+        "max_tokens": "cap every prompt's token budget (default: each prompt's own, 256-2048)",
+        "threads": "CPU threads (default: physical cores)",
+        "out": "folder for the results (default: runs/<time>-compare/)",
+    }
+)
+def compare(c, models="smollm2,gemma3-270m,r1", prompts="seeds", max_tokens=None, threads=0, out=None):
+    """The seeds' prompts on several models, graded side by side: table, plot, JSON record."""
+    _kit(c, "lowbit.lessons.compare:compare_command", models=models, prompts=prompts,
+         max_tokens=int(max_tokens) if max_tokens else None, threads=int(threads), out=out)
+
 # --- fetch, shards, mirror, ollama (lowbit.hub, lowbit.shards, lowbit.mirror, lowbit.ollama) -------
 
 
