@@ -111,3 +111,44 @@ def markdown_table(columns: list[str], rows: list[tuple]) -> Any:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return Markdown("\n".join(lines))
+
+
+COMMON_WORDS = frozenset("""the a an is are was were be of and or to in on at by for with from as that this it its
+which who when because than more not can will has have they we you he she there their so if but""".split())
+
+
+def common_word_share(text: str) -> float:
+    """Share of a reply's Latin-script words that are common English function words: a real model's English
+    sentence scores 0.3-0.6, a random-weight replica's soup of scripts and word pieces about 0."""
+    import re
+
+    words = re.findall(r"[A-Za-z]+", text)
+    return sum(w.lower() in COMMON_WORDS for w in words) / len(words) if words else 0.0
+
+
+def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: int = 0, seed: int = 3407):
+    """What the R1 replica is for, next to a real model: R1's architecture, tokens and template at real speed.
+
+    Returns (table rows, Generation). The replica's weights are random, so its text is noise; the
+    rendered template, the special-token IDs, the architecture and the speed are R1's.
+    """
+    from lowbit.generation import generate, load_model
+
+    resolved, path = model_file(replica)
+    llm = load_model(path, threads=threads, seed=seed, n_ctx=512)
+    g = generate(llm, prompt, n_predict=n_predict, seed=seed)
+    specials = [t for t in g.prompt_tokens if llm.detokenize([t], special=True).decode("utf-8", "replace")
+                .startswith("<")]
+    arch = llm.metadata.get("general.architecture")
+    rows = [
+        ("model", f"{resolved.name} (replica of {(resolved.entry or {}).get('replica_of', '?')})"),
+        ("architecture", f"{arch}, {llm.metadata.get(f'{arch}.block_count')} layers, "
+                         f"{llm.metadata.get(f'{arch}.expert_count', 0)} routed experts"),
+        ("what llama.cpp received", repr(g.prompt)),
+        ("special token IDs in the prompt", ", ".join(
+            f"{llm.detokenize([t], special=True).decode('utf-8', 'replace')}={t}" for t in dict.fromkeys(specials))),
+        ("prompt / generation tok/s", f"{g.prompt_tokens_per_s:.1f} / {g.generation_tokens_per_s:.1f}"),
+        ("reply (random weights: noise)", g.text[:80]),
+    ]
+    del llm
+    return rows, g
