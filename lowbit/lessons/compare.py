@@ -173,13 +173,24 @@ def rows(result: Comparison) -> list[list[Any]]:
     return out
 
 
+def prompt_rows(prompts: str | list[str] | None = "seeds") -> list[tuple[str, str, str, str]]:
+    """(id, prompt, where it is from, what a right answer is) for the lesson's table."""
+    return [(p.id, p.text if len(p.text) < 90 else p.text[:87] + "…", p.source, p.expects)
+            for p in select_prompts(prompts)]
+
+
+def verdicts(result: Comparison) -> list[tuple[str, str, str, str]]:
+    """(model, prompt, PASS/fail, the checker's detail) per cell."""
+    return [(c.model, c.prompt, "PASS" if c.passed else "fail", c.detail[:160]) for c in result.cells]
+
+
 def markdown(result: Comparison) -> str:
     """The table as Markdown, then each cell's checker detail."""
     cols = ["model", *result.prompts, "passed"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows(result)]
     lines += ["", "| model | prompt | verdict |", "|---|---|---|"]
-    lines += [f"| {c.model} | {c.prompt} | {c.detail.replace('|', '/')[:160]} |" for c in result.cells]
+    lines += [f"| {m} | {p} | {v}: {d.replace('|', '/')} |" for m, p, v, d in verdicts(result)]
     return "\n".join(lines)
 
 
