@@ -167,7 +167,7 @@ def models_command() -> int:
                            for q in e.get("quants", []))
         rows.append([e["name"], e.get("repo", ""), e.get("arch", ""), e.get("layers", ""), quants,
                      e.get("template", ""), e.get("replica", "")])
-    ui.print_table("Catalog (real models; sizes are download sizes)",
+    ui.print_table("Catalog (Hub models; sizes are download sizes)",
                    ["name", "repo", "arch", "layers", "quants", "template", "replica"], rows)
     status = {row[0]: row for row in replicas.status_rows()}
     rows = []
