@@ -84,6 +84,13 @@ def test_code_extraction_takes_the_right_block_and_survives_a_cut_answer():
 def test_limited_child_is_killed_at_its_time_and_memory_limits(tmp_path):
     import sys
 
+    from lowbit.run.sandbox import network_isolation
+
+    if network_isolation():  # where namespaces work, generated code gets no network at all
+        net = run_limited([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9), 2)"],
+                          cwd=tmp_path, timeout=20)
+        assert net.returncode != 0 and "Network is unreachable" in net.stderr, net.stderr  # not "refused"
+
     slow = run_limited([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path, timeout=1)
     assert slow.timed_out and slow.returncode is None and slow.seconds < 10
     hog = run_limited([sys.executable, "-c", "x = bytearray(600 * 2**20); print('no limit')"], cwd=tmp_path,

@@ -10,6 +10,7 @@ the network switched off, for HTML/JavaScript answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -52,11 +53,28 @@ def _limits(mem_bytes: int, cpu_s: int, fsize: int):
     return apply
 
 
+@functools.lru_cache(maxsize=1)
+def network_isolation() -> list[str]:
+    """A prefix that runs a command without network (`unshare -rn`: a new user and network namespace with
+    only a loopback that is down), or [] where Linux namespaces are unavailable."""
+    unshare = shutil.which("unshare")
+    if not unshare:
+        return []
+    try:
+        ok = subprocess.run([unshare, "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return [unshare, "-rn"] if ok else []
+
+
 def run_limited(cmd: list[str], cwd: Path, timeout: float = 60, mem_bytes: int = 1 << 30, cpu_s: int = 60,
-                fsize: int = 16 << 20, env: dict[str, str] | None = None, output_limit: int = 200_000) -> Limited:
-    """Run `cmd` in `cwd` with resource limits and a wall-clock timeout (the process group is killed)."""
+                fsize: int = 16 << 20, env: dict[str, str] | None = None, output_limit: int = 200_000,
+                offline: bool = True) -> Limited:
+    """Run `cmd` in `cwd` with resource limits and a wall-clock timeout (the process group is killed);
+    `offline` also takes its network away where the system allows (`network_isolation`)."""
     if not hasattr(os, "fork"):
         raise LowbitError("running generated code needs a POSIX system (resource limits)")
+    cmd = [*(network_isolation() if offline else []), *cmd]
     base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
