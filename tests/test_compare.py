@@ -41,3 +41,9 @@ def test_compare_writes_table_plot_and_a_json_record_that_loads_back(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 5000
     table = (tmp_path / "table.md").read_text(encoding="utf-8")
     assert table.count("\n| smollm2 |") >= 1 and "| r1 |" in table
+
+
+def test_a_model_that_is_not_on_disk_fails_before_anything_runs_and_says_how_to_fetch_it(tmp_path):
+    with pytest.raises(LowbitError, match="invoke fetch --model deepseek-r1"):
+        compare.compare("deepseek-r1,smollm2", "oneplusone", max_tokens=4, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

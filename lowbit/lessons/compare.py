@@ -119,13 +119,15 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
         raise LowbitError("no models to compare; pass e.g. --models smollm2,gemma3-270m,r1")
     if max_tokens is not None and int(max_tokens) < 1:
         raise LowbitError(f"max_tokens must be at least 1, not {max_tokens}")
+    # every model on disk before the first token (fetches a real model, builds a replica; a missing Hub
+    # model fails here with the command that fetches it, not after an hour of the others)
+    located = [model_file(name) for name in names]
     sampling = sampling_defaults()
     out = Path(out_dir) if out_dir else new_run_dir("compare")
     out.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
     total, done = len(names) * len(chosen), 0
-    for name in names:
-        resolved, path = model_file(name)  # fetches a real model / builds a replica when missing
+    for resolved, path in located:
         budget = max(p.max_tokens if max_tokens is None else min(p.max_tokens, int(max_tokens)) for p in chosen)
         llm = load_model(path, threads=threads, n_ctx=budget + 1024, seed=int(sampling["seed"]))
         chat = bool(llm.metadata.get("tokenizer.chat_template"))
