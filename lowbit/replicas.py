@@ -641,11 +641,14 @@ def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Pat
     return out
 
 
-def run_imatrix(model: Path, text: Path, out: Path) -> Path:
+def run_imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | None = None,
+                threads: int | None = None) -> Path:
+    """llama-imatrix over `text` (all of it, or the first `chunks` contexts of `ctx` tokens)."""
     from lowbit.build import active_build
 
-    _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", "128",
-          "-t", str(_threads()), "--no-ppl"], "llama-imatrix")
+    extra = ["--chunks", str(chunks)] if chunks else []
+    _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", str(ctx), *extra,
+          "-t", str(threads or _threads()), "--no-ppl"], "llama-imatrix")
     if not out.exists():
         raise LowbitError(f"llama-imatrix wrote no {out.name}")
     return out

@@ -1,0 +1,1 @@
+"""Running models: quality measurements of quantized forms (and, later, plan, engine, bench, generation)."""
