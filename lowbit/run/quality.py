@@ -59,7 +59,7 @@ NAMED_RECIPES = {
 SEED_ORDER = ("UD-IQ1_S", "UD-IQ1_M", "UD-IQ2_XXS", "UD-Q2_K_XL")
 DEFAULT_RECIPES = {
     "deepseek2": ["Q8_0", "Q4_K_M", "Q2_K", "IQ2_XXS", "IQ1_S", *SEED_ORDER],
-    "dense": ["Q8_0", "Q4_K_M", "Q2_K", "IQ2_XXS", "IQ1_S", "DYN-IQ1_S"],
+    "dense": ["Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_XXS", "IQ1_S", "DYN-IQ1_S", "DYN-IQ2_XXS"],
 }
 
 
@@ -498,11 +498,12 @@ class QualityReport:
         return [[r["recipe"], "dynamic" if r["dynamic"] else "uniform", f"{r['size'] / 1e6:.1f}",
                  f"{r['bpw']:.2f}", f"{r['ppl']:.3f}", f"{r['mean_kld']:.5f} ± {r['mean_kld_err']:.5f}",
                  f"{r['kld_99']:.4f}", f"{r['kld_999']:.4f}", f"{r['same_top_pct']:.2f}",
+                 ", ".join(f"{k} {v:.0%}" for k, v in list(r.get("types", {}).items())[:3]),
                  "*" if r["recipe"] in front else ""]
                 for r in sorted(self.rows, key=lambda r: r["size"])]
 
     COLUMNS = ("recipe", "kind", "size MB", "bpw", "PPL", "mean KLD", "KLD 99%", "KLD 99.9%", "same top %",
-               "Pareto")
+               "weights stored as", "Pareto")
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
@@ -691,17 +692,17 @@ def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: i
         types_file = work / "recipe.tensor-types"
         types_file.write_text(r.tensor_types_text())
     with stages(f"llama-quantize {r.label}" + (" (per-tensor recipe)" if r.dynamic else "")):
-        quantize(ref, out, r.base, imatrix=imatrix, tensor_type_file=types_file,
-                 allow_requantize=False)
+        quantize(ref, out, r.base, imatrix=imatrix, tensor_type_file=types_file, allow_fallback=True)
     _check_overrides(out, r)
     bpw_all = _bpw_all(out)
+    mix = type_mix(out)
     with stages(f"llama-perplexity --kl-divergence {r.label}"):
         text = _tool([build.tool("llama-perplexity"), "-m", out, "--kl-divergence-base", base, "--kl-divergence",
                       "-c", ctx, "-t", _threads(threads)], f"llama-perplexity --kl-divergence ({r.label})")
         (work / f"{out.stem}.kld.log").write_text(text)
         stats = parse_kld_output(text)
     row = {"recipe": r.label, "base": r.base, "dynamic": r.dynamic, "overrides": [list(p) for p in r.overrides],
-           "size": out.stat().st_size, "bpw": bpw_all, **stats}
+           "size": out.stat().st_size, "bpw": bpw_all, "types": mix, **stats}
     if keep:
         kept = quality_dir() / "quants" / out.name
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -723,8 +724,22 @@ def _bpw_all(path: Path) -> float:
     return 8 * sum(t.n_bytes for t in tensors) / sum(math.prod(t.shape) for t in tensors)
 
 
+def type_mix(path: Path) -> dict[str, float]:
+    """Share of the weights (quantizable tensors) stored in each type, largest first: what a type name
+    really became (K/IQ types fall back where rows are not multiples of 256)."""
+    counts: dict[str, int] = {}
+    for t in read_header(path).tensors:
+        if quantizable(t.name, len(t.shape)):
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + math.prod(t.shape)
+    total = sum(counts.values()) or 1
+    return {k: round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
 def _check_overrides(path: Path, r: Recipe) -> None:
-    """Every tensor a recipe pattern claims must carry that type (llama-quantize may fall back silently)."""
+    """Every tensor a recipe pattern claims must carry that type, unless its rows cannot hold the type's
+    blocks (llama-quantize's fallback, which it announces)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     if not r.dynamic:
         return
     wrong = []
@@ -732,6 +747,8 @@ def _check_overrides(path: Path, r: Recipe) -> None:
         if not quantizable(t.name, len(t.shape)):
             continue
         want = next((q for p, q in r.overrides if re.search(p, t.name)), None)
+        if want is not None and t.shape[0] % GGML_QUANT_SIZES[GGMLQuantizationType[want]][0]:
+            continue  # a fallback: the row length is not a multiple of the type's block
         if want is not None and t.tensor_type.name != want:
             wrong.append(f"{t.name}: {t.tensor_type.name} (recipe: {want})")
     if wrong:
