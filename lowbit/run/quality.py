@@ -279,8 +279,10 @@ def _take(pool: list[str], chars: int) -> str:
 def count_tokens(model: Path, text: str) -> int:
     """Tokens llama.cpp makes of `text` with this model's vocabulary (a vocab-only load, BOS included)."""
     import llama_cpp  # heavy (loads the shared libraries): only when a text must be counted
+    from llama_cpp._utils import suppress_stdout_stderr
 
-    llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    with suppress_stdout_stderr(disable=False):  # llama.cpp's own context lines would reach the notebook
+        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     try:
         return len(llm.tokenize(text.encode(), add_bos=True, special=False))
     finally:
@@ -510,12 +512,6 @@ class QualityReport:
         lines += ["| " + " | ".join(row) + " |" for row in self.table_rows()]
         return "\n".join(lines)
 
-    def dataframe(self):
-        """The table as a pandas DataFrame (for notebooks), sorted by size."""
-        import pandas as pd  # notebooks have pandas (papermill needs it); the CLI does not import it
-
-        return pd.DataFrame(self.table_rows(), columns=list(self.COLUMNS))
-
 
 def pareto_front(rows: Sequence[dict]) -> list[str]:
     """Recipes no other recipe beats on both size and mean KLD (smaller file and lower KLD), by size."""
@@ -551,6 +547,20 @@ def seed_order_holds(rows: Sequence[dict], order: Sequence[str] = SEED_ORDER) ->
     if not all(label in by for label in order):
         return None
     return all(by[a] > by[b] for a, b in zip(order, order[1:], strict=False))
+
+
+def more_bits_violations(rows: Sequence[dict], sigmas: float = 3.0) -> list[str]:
+    """Pairs of uniform quants where the one with more bits per weight has a higher mean KLD than the one
+    with fewer, beyond `sigmas` combined standard errors (empty: more bits never cost quality)."""
+    uniform = sorted((r for r in rows if not r["dynamic"]), key=lambda r: r["bpw"])
+    bad = []
+    for i, low in enumerate(uniform):
+        for high in uniform[i + 1:]:
+            noise = sigmas * math.hypot(low.get("mean_kld_err", 0.0), high.get("mean_kld_err", 0.0))
+            if high["bpw"] > low["bpw"] and high["mean_kld"] > low["mean_kld"] + noise:
+                bad.append(f"{high['recipe']} ({high['bpw']:.2f} bpw) KLD {high['mean_kld']:.5f} > "
+                           f"{low['recipe']} ({low['bpw']:.2f} bpw) KLD {low['mean_kld']:.5f}")
+    return bad
 
 
 def plot(report: QualityReport, path: Path | None = None):
