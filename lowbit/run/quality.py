@@ -36,6 +36,7 @@ MIN_REFERENCE_BPW = 4.0  # below this a "reference" is itself a low-bit quant: r
 EQUAL_SIZE = 0.03  # dynamic vs uniform: "the same size" means within +-3 % of the file size
 FULL_PRECISION = {"F32", "F16", "BF16"}
 TOOL_TIMEOUT = 6 * 3600  # seconds; no llama.cpp child runs unbounded
+MAX_TEXT_BYTES = 64_000_000
 
 TEXT_SOURCE = ("Python's own documentation: the topic help texts in the standard library module "
                "`pydoc_data.topics`, shipped with every CPython; Copyright Python Software Foundation, "
@@ -622,8 +623,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
     if eval_text or calibration_text:
         if not (eval_text and calibration_text):
             raise LowbitError("give both --eval-text and --calibration-text (or neither, for the built-in texts)")
-        evaluation = Path(eval_text).read_text(errors="replace")
-        calibration = Path(calibration_text).read_text(errors="replace")
+        evaluation, calibration = _read_text(eval_text), _read_text(calibration_text)
         if shared_lines(calibration, evaluation):
             raise LowbitError(f"{calibration_text} and {eval_text} share lines: a quant calibrated on the text "
                               "it is measured on looks better than it is; use disjoint texts")
@@ -658,6 +658,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
     for label in rows:
         ui.step(f"{label}: cached result")
     if todo:
+        _remove_stale_work()
         work = quality_dir() / f"work-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -692,6 +693,17 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
     report = QualityReport(ref, [rows[r.label] for r in parsed], ctx, chunks, chunks * ctx,
                            {**texts, "reference_ppl": (base_info or {}).get("ppl")}, build.key, stages.seconds)
     return report
+
+
+def _remove_stale_work() -> None:
+    """Delete work folders (GBs of base logits) that a killed run left: their process is gone."""
+    for folder in quality_dir().glob("work-*"):
+        try:
+            os.kill(int(folder.name.split("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # someone else's live process
+            pass
 
 
 def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: int, threads: int | None,
@@ -763,6 +775,17 @@ def _check_overrides(path: Path, r: Recipe) -> None:
             wrong.append(f"{t.name}: {t.tensor_type.name} (recipe: {want})")
     if wrong:
         raise LowbitError(f"{r.label}: the quantized file does not match the recipe:\n  " + "\n  ".join(wrong[:20]))
+
+
+def _read_text(path: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """A user's text file, bounded (tokenizing and llama-perplexity would read all of it)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise LowbitError(f"{path} is not a file")
+    if p.stat().st_size > limit:
+        raise LowbitError(f"{path} is {p.stat().st_size / 1e6:.0f} MB; texts are limited to {limit / 1e6:.0f} MB "
+                          "(a few hundred KB give ~100k tokens)")
+    return p.read_text(errors="replace")
 
 
 def _read_json(path: Path) -> dict | None:
