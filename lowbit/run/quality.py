@@ -574,9 +574,9 @@ def plot(report: QualityReport, path: Path | None = None):
         if pts:
             ax.scatter([r["size"] / 1e6 for r in pts], [max(r["mean_kld"], 1e-7) for r in pts], marker=marker,
                        s=40, label=name, zorder=3)
-            for r in pts:
-                ax.annotate(r["recipe"], (r["size"] / 1e6, max(r["mean_kld"], 1e-7)), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
+    for i, r in enumerate(sorted(report.rows, key=lambda r: r["size"])):  # alternate sides: close sizes
+        ax.annotate(r["recipe"], (r["size"] / 1e6, max(r["mean_kld"], 1e-7)), textcoords="offset points",
+                    xytext=(5, 4) if i % 2 == 0 else (-5, -11), ha="left" if i % 2 == 0 else "right", fontsize=8)
     front = [report.row(label) for label in pareto_front(report.rows)]
     ax.plot([r["size"] / 1e6 for r in front], [max(r["mean_kld"], 1e-7) for r in front], "k--", lw=1,
             label="Pareto front", zorder=2)
