@@ -231,3 +231,12 @@ def test_r1_ladder_measured_cached_and_plotted(cache, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["pareto_front"] == q.pareto_front(report.rows)
     assert "Pareto front" in (out / "results.md").read_text()
+
+
+def test_task_declares_repeatable_recipe_flag():
+    out = subprocess.run([sys.executable, "-m", "invoke", "--help", "quality"], capture_output=True, text=True,
+                         cwd=kit_root())
+    assert out.returncode == 0, out.stderr
+    for flag in ("--model", "--recipe", "--tokens", "--ctx", "--allow-quantized-reference", "--eval-text",
+                 "--keep-quants"):
+        assert flag in out.stdout
