@@ -431,18 +431,43 @@ def _threads(threads: int | None) -> int:
     return threads or max(1, os.cpu_count() or 1)
 
 
-def _tool(cmd: Sequence[object], what: str, timeout: float = TOOL_TIMEOUT) -> str:
-    """Run a llama.cpp tool (no stdin, bounded time); return stdout+stderr; failures raise with the tail."""
+_CHUNK_DONE = re.compile(rb"\[(\d+)\]\d|^\s*(\d+)\s+[\d.]+ \xc2\xb1", re.M)  # base: "[3]12.3,"; KLD: table rows
+
+
+def _tool(cmd: Sequence[object], what: str, timeout: float = TOOL_TIMEOUT, chunks: int = 0) -> str:
+    """Run a llama.cpp tool (no stdin, bounded time); return its output; failures raise with the tail.
+    With `chunks`, llama-perplexity's per-chunk output is followed and every quarter reported."""
+    import threading
+
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    out = bytearray()
+    started, reported = time.monotonic(), 0
     try:
-        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace",
-                              stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise LowbitError(f"{what} ran longer than {timeout:.0f} s and was stopped") from None
-    out = proc.stdout + proc.stderr
+        assert proc.stdout is not None
+        for block in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            out += block
+            if chunks:
+                done = max((int(m.group(1) or m.group(2)) for m in _CHUNK_DONE.finditer(out)), default=0)
+                quarter = 4 * min(done, chunks) // chunks
+                if quarter > reported and quarter < 4:
+                    reported = quarter
+                    ui.step(f"    chunk {done}/{chunks}, {time.monotonic() - started:.0f} s")
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
     if proc.returncode != 0:
-        tail = "\n".join(out.strip().splitlines()[-20:])
+        if time.monotonic() - started >= timeout:
+            raise LowbitError(f"{what} ran longer than {timeout:.0f} s and was stopped")
+        tail = "\n".join(text.strip().splitlines()[-20:])
         raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return out
+    return text
 
 
 class _Stages:
@@ -677,7 +702,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
             with stages(f"llama-perplexity --kl-divergence-base: reference logits ({chunks} x {ctx} tokens)"):
                 out = _tool([build.tool("llama-perplexity"), "-m", ref_path, "-f", work / "evaluation.txt",
                              "--kl-divergence-base", base, "-c", ctx, "--chunks", chunks, "-t", _threads(threads)],
-                            "llama-perplexity --kl-divergence-base")
+                            "llama-perplexity --kl-divergence-base", chunks=chunks)
                 ppl, ppl_err = parse_final_ppl(out)
                 base_info = {"ppl": ppl, "ppl_err": ppl_err, "base_bytes": base.stat().st_size}
                 _write_json(results / f"{key('base')}.json", base_info)
@@ -693,6 +718,15 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
     report = QualityReport(ref, [rows[r.label] for r in parsed], ctx, chunks, chunks * ctx,
                            {**texts, "reference_ppl": (base_info or {}).get("ppl")}, build.key, stages.seconds)
     return report
+
+
+def _chunks_of(base: Path) -> int:
+    """Chunks in a --kl-divergence-base file (its header: magic, n_ctx, n_vocab, n_chunk)."""
+    import struct
+
+    with open(base, "rb") as f:
+        head = f.read(20)
+    return struct.unpack_from("<i", head, 16)[0] if len(head) == 20 else 0
 
 
 def _remove_stale_work() -> None:
@@ -720,7 +754,8 @@ def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: i
     mix = type_mix(out)
     with stages(f"llama-perplexity --kl-divergence {r.label}"):
         text = _tool([build.tool("llama-perplexity"), "-m", out, "--kl-divergence-base", base, "--kl-divergence",
-                      "-c", ctx, "-t", _threads(threads)], f"llama-perplexity --kl-divergence ({r.label})")
+                      "-c", ctx, "-t", _threads(threads)], f"llama-perplexity --kl-divergence ({r.label})",
+                     chunks=_chunks_of(base))
         (work / f"{out.stem}.kld.log").write_text(text)
         stats = parse_kld_output(text)
     row = {"recipe": r.label, "base": r.base, "dynamic": r.dynamic, "overrides": [list(p) for p in r.overrides],
