@@ -270,9 +270,36 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
 def compare(c, models="smollm2,gemma3-270m,r1", prompts="seeds", max_tokens=None, threads=0, out=None):
     """The seeds' prompts on several models, graded side by side: table, plot, JSON record."""
     _kit(c, "lowbit.lessons.compare:compare_command", models=models, prompts=prompts,
-         max_tokens=int(max_tokens) if max_tokens else None, threads=int(threads), out=out)
+         max_tokens=max_tokens, threads=threads, out=out)
 
 # --- fetch, shards, mirror, ollama (lowbit.hub, lowbit.shards, lowbit.mirror, lowbit.ollama) -------
+
+
+@task(
+    help={
+        "model": "catalog name (smollm2, gemma3-270m, r1 ...) or a GGUF path",
+        "recipe": "Q4_K_M, IQ1_S, a named recipe (UD-IQ1_S, DYN-IQ1_S) or BASE:PATTERN=TYPE:...; repeatable",
+        "tokens": "evaluation tokens (default 10240)",
+        "ctx": "context per chunk (default 512)",
+        "threads": "threads for the llama.cpp tools (default: all cores)",
+        "calibration_chunks": "llama-imatrix chunks of ctx tokens (default 16)",
+        "allow_quantized_reference": "measure against a reference below 4 bpw (labelled as such)",
+        "eval_text": "your own evaluation text (with --calibration-text; they must not overlap)",
+        "calibration_text": "your own calibration text for the importance matrix",
+        "out": "folder for results.json, results.md, kld_vs_size.png (default runs/<time>-quality-<model>)",
+        "force": "re-measure even when cached",
+        "keep_quants": "keep the quantized GGUFs (default: deleted after measuring)",
+    },
+    iterable=["recipe"],
+)
+def quality(c, model, recipe=None, tokens=10240, ctx=512, threads=None, calibration_chunks=16,
+            allow_quantized_reference=False, eval_text=None, calibration_text=None, out=None, force=False,
+            keep_quants=False):
+    """What do the bits cost? Quants vs the reference: size, bpw, PPL, KLD (mean, 99%, 99.9%), same top %."""
+    _kit(c, "lowbit.run.quality:quality_command", model=model, recipe=list(recipe or []) or None, tokens=tokens,
+         ctx=ctx, threads=threads, calibration_chunks=calibration_chunks,
+         allow_quantized_reference=allow_quantized_reference, eval_text=eval_text,
+         calibration_text=calibration_text, out=out, force=force, keep_quants=keep_quants)
 
 
 @task(
@@ -384,7 +411,7 @@ def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4
 def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
     """Run a llama.cpp RPC worker (ggml-rpc-server) that a client reaches with --rpc host:port."""
     _kit(c, "lowbit.rpc:rpc_worker_command", host=host, port=port,
-         mem=float(mem) if mem is not None else None, threads=int(threads) if threads is not None else None)
+         mem=mem, threads=threads)
 
 # --- notebooks and pipelines ----------------------------------------------------------------
 
@@ -510,7 +537,7 @@ def bitnet_check(c, model, gguf=None, positions=256, activation=None):
 def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None, engine="llama.cpp"):
     """Perplexity of a BitNet GGUF with llama-perplexity (correctness gate for real downloads)."""
     _kit(c, "lowbit.bitnet:perplexity_command", gguf=gguf, text=text, ctx=int(ctx),
-         chunks=int(chunks) if chunks else None, max_ppl=float(max_ppl) if max_ppl else None, engine=engine)
+         chunks=chunks, max_ppl=max_ppl, engine=engine)
 
 
 @task(

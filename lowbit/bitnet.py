@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, flag_number
 from lowbit.procs import run_checked
 
 ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM")
@@ -620,6 +620,7 @@ def perplexity_command(
     engine: str = "llama.cpp",
 ) -> int:
     """`invoke bitnet-perplexity`: print PPL; with --max-ppl, fail above it (real-model gate: ≈17)."""
+    chunks, max_ppl = flag_number("chunks", chunks, int, 1), flag_number("max_ppl", max_ppl, float)
     ppl = perplexity(Path(gguf), Path(text), ctx=ctx, chunks=chunks, engine=engine)
     print(f"perplexity {ppl:.3f} on {text} (ctx {ctx}, {engine})")
     if max_ppl is not None and not ppl <= max_ppl:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, flag_number
 from lowbit.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
 DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
@@ -217,9 +217,9 @@ def run_model(
     from lowbit.ui import step, warn
 
     # invoke hands untyped flags over as strings: type them here, once
-    ctx = int(ctx) if ctx not in (None, "") else None
-    ram = float(ram) if ram not in (None, "") else None
-    threads = int(threads) if threads not in (None, "") else None
+    ctx = flag_number("ctx", ctx, int, 1)
+    ram = flag_number("ram", ram, float, 0)
+    threads = flag_number("threads", threads, int, 1)
     n_predict = int(n_predict)
     path = planner.model_path(model)
     meta = read_model(path)  # a missing shard or a cut file fails here

@@ -640,19 +640,25 @@ def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Pat
     return out
 
 
-def run_imatrix(model: Path, text: Path, out: Path) -> Path:
+def run_imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | None = None,
+                threads: int | None = None) -> Path:
+    """llama-imatrix over `text` (all of it, or the first `chunks` contexts of `ctx` tokens)."""
     from lowbit.build import active_build
 
-    _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", "128",
-          "-t", str(_threads()), "--no-ppl"], "llama-imatrix")
+    extra = ["--chunks", str(chunks)] if chunks else []
+    _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", str(ctx), *extra,
+          "-t", str(threads or _threads()), "--no-ppl"], "llama-imatrix")
     if not out.exists():
         raise LowbitError(f"llama-imatrix wrote no {out.name}")
     return out
 
 
 def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
-             tensor_type_file: Path | None = None, allow_requantize: bool = False) -> Path:
-    """llama-quantize with optional imatrix and per-tensor types. Any fallback quantization is an error."""
+             tensor_type_file: Path | None = None, allow_requantize: bool = False,
+             allow_fallback: bool = False) -> Path:
+    """llama-quantize with optional imatrix and per-tensor types. Any fallback quantization is an error,
+    unless `allow_fallback` (rows too short for the type are then stored in llama.cpp's fallback type, with
+    a warning): what a type means on a model whose widths are not multiples of 256."""
     from lowbit.build import active_build
 
     tmp = dst.with_name(dst.name + ".part")
@@ -665,7 +671,11 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
     try:
         out = _run(cmd, f"llama-quantize {base_type}")
         fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", out)
-        if fallback:
+        if fallback and allow_fallback:
+            from lowbit import ui
+
+            ui.warn(f"llama-quantize {base_type}: {fallback.group(0)} (rows not a multiple of the type's block)")
+        elif fallback:
             lines = "\n".join(line for line in out.splitlines() if "falling back" in line)
             raise LowbitError(f"llama-quantize {base_type}: {fallback.group(0)} — the recipe must name a "
                               f"type that fits every tensor's rows:\n{lines}")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowbit import LowbitError, procs
+from lowbit import LowbitError, flag_number, procs
 
 DEFAULT_PORT = 50052
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -206,7 +206,7 @@ def rpc_worker_command(host: str = "127.0.0.1", port: int = DEFAULT_PORT, mem: f
     if not procs.is_loopback(host):
         warn(f"binding to {host}, not loopback: every machine that can route to {host}:{port} can connect. "
              "Firewall the port to the client's address.")
-    worker = start_worker(host, port, threads=threads, cache=cache)
+    worker = start_worker(host, port, threads=flag_number("threads", threads, int, 1), cache=cache)
     address = procs.lan_address() if host in ("0.0.0.0", "::") else host
     step(f"RPC worker ready on {host}:{port} (log: {worker.log_path})")
     print(f"On the client add:  --rpc {Endpoint(address or host, port)}")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit import LowbitError
+from lowbit import LowbitError, flag_number
 from lowbit.run.seeds import SeedPrompt, grade, select_prompts, split_thinking
 
 DEFAULT_MODELS = "smollm2,gemma3-270m,r1"
@@ -225,7 +225,8 @@ def compare_command(models: str = DEFAULT_MODELS, prompts: str = "seeds", max_to
     """`invoke compare`: run, grade, print the table; write compare.json, table.md, compare.png."""
     from lowbit.ui import print_table, step
 
-    result = compare(models, prompts, int(max_tokens) if max_tokens else None, int(threads or 0),
+    result = compare(models, prompts, flag_number("max_tokens", max_tokens, int, 1),
+                     flag_number("threads", threads, int, 0) or 0,
                      Path(out) if out else None)
     print_table("seeds' prompts, graded (PASS/fail · generation tok/s · thinking tokens)",
                 ["model", *result.prompts, "passed"], rows(result))

@@ -1,1 +1,1 @@
-"""Running models and judging what they produce: limited subprocesses, answer checkers."""
+"""Running models and judging what they produce: limited subprocesses, answer checkers, quality of quants."""
