@@ -13,6 +13,7 @@ from conftest import requires_gpu
 
 from lowbit import LowbitError, engine
 from lowbit.gguf_layout import runnable_deepseek2
+from lowbit.paths import kit_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +224,21 @@ def test_plan_json_stdout_is_json_only_under_a_terminal():
     data = json.loads(b"".join(chunks).decode())  # nothing but JSON
     assert data["model"] == "r1"
     assert "larger than RAM + VRAM" in err  # the warning went to stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "kwargs", "flag"),
+    [
+        ("lowbit.lessons.compare:compare_command", {"max_tokens": "many"}, "--max-tokens"),
+        ("lowbit.run.quality:quality_command", {"model": "r1", "threads": "two"}, "--threads"),
+        ("lowbit.rpc:rpc_worker_command", {"threads": "1.5"}, "--threads"),
+        ("lowbit.bitnet:perplexity_command", {"gguf": "x.gguf", "text": "t.txt", "chunks": "x"}, "--chunks"),
+        ("lowbit.engine:run_command", {"model": "r1", "ctx": "4k"}, "--ctx"),
+    ],
+)
+def test_bad_numbers_are_named_not_tracebacks(target, kwargs, flag):
+    """invoke hands over text for flags whose default is None: the package names a bad value (exit 2)."""
+    proc = subprocess.run([sys.executable, "-m", "lowbit", target, json.dumps(kwargs)], capture_output=True,
+                          text=True, timeout=120, cwd=kit_root())  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert flag in proc.stderr
