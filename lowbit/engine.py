@@ -271,7 +271,7 @@ def run_model(
     log = stderr + stdout
     tail = "\n".join(line for line in stderr.strip().splitlines()[-15:] if not line.startswith("#"))
     if proc.returncode != 0:
-        if workers and worker_failure(stderr):
+        if workers and worker_failure(stderr, proc.returncode, workers):
             raise LowbitError(f"llama-completion stopped: {RPC_WORKER_GONE}.\n{tail}\ncommand: {shlex.join(cmd)}")
         raise LowbitError(
             f"llama-completion exited with {proc.returncode}:\n{tail}\ncommand: {shlex.join(cmd)}"

@@ -68,9 +68,11 @@ class LabServer:
             if info_file.exists():
                 try:
                     self.info = json.loads(info_file.read_text())
-                    return self
                 except ValueError:
-                    pass  # being written
+                    self.info = {}  # being written
+                # the server file can appear before the socket answers (seen on a loaded machine)
+                if self.info.get("port") and procs.can_connect("127.0.0.1", int(self.info["port"]), 1.0):
+                    return self
             time.sleep(0.2)
         self.stop()
         raise LowbitError(f"JupyterLab did not start within {timeout:.0f} s")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
@@ -80,10 +81,16 @@ def rpc_flags(rpc: str | Iterable[str] | None) -> list[str]:
 RPC_WORKER_GONE = "an RPC worker went away or could not be reached; restart the workers, then run again"
 
 
-def worker_failure(log: str) -> bool:
-    """Whether a llama.cpp log shows an RPC worker lost or unreachable (ggml-rpc's own messages)."""
-    return "RPC" in log and any(s in log for s in ("crashed", "send failed", "recv failed", "Failed to connect",
-                                                   "failed to connect"))
+def worker_failure(log: str, returncode: int | None = None, endpoints: Iterable[Endpoint] = ()) -> bool:
+    """Whether an RPC worker was lost: ggml-rpc's own messages in the llama.cpp log, or — when the client died
+    before it could log anything — a death by SIGPIPE (it wrote to the worker's closed socket) or a worker
+    that no longer accepts connections."""
+    if "RPC" in log and any(s in log for s in ("crashed", "send failed", "recv failed", "Failed to connect",
+                                               "failed to connect")):
+        return True
+    if returncode is not None and returncode == -getattr(signal, "SIGPIPE", 13):
+        return True
+    return any(not procs.can_connect(ep.host, ep.port, 1.0) for ep in endpoints)
 
 
 def check_reachable(rpc: str | Iterable[str] | None, timeout: float = 3.0) -> list[Endpoint]:

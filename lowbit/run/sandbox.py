@@ -93,6 +93,8 @@ def run_limited(cmd: list[str], cwd: Path, timeout: float = 60, mem_bytes: int =
                 except ProcessLookupError:
                     pass
                 proc.wait()
+        # the CPU-time limit (SIGXCPU, then SIGKILL at the hard limit) is a time limit too
+        timed_out = timed_out or proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
         out.seek(0)
         err.seek(0)
         stdout = out.read(output_limit).decode("utf-8", "replace")
