@@ -68,7 +68,8 @@ class Kernels:
         for name, restype, argtypes in (
                 ("ggml_init", ctypes.c_void_p, [_InitParams]),
                 ("ggml_free", None, [ctypes.c_void_p]),
-                ("ggml_new_tensor_2d", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+                ("ggml_new_tensor_2d", ctypes.c_void_p,
+                 [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
                 ("ggml_get_data", ctypes.c_void_p, [ctypes.c_void_p]),
                 ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
                 ("ggml_mul_mat", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),

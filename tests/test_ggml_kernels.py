@@ -3,8 +3,9 @@
 Each dot product is called exactly as the matmul calls it (ggml's CPU type traits: weights from ggml's quantizer,
 activations from the `from_float` of the kernel's `vec_dot_type`) and compared with float64 numpy over the
 dequantized values; whole matrix products go through `ggml_mul_mat` on the CPU backend, where several activation
-columns (a prompt) take the mat-mat path and one column (decode) the dot products. The integer part of these kernels is exact, so only float rounding differs (bounded below): a
-wrong field order, lane, scale or ternary offset is off by far more than that tolerance.
+columns (a prompt) take the mat-mat path and one column (decode) the dot products. The integer part of these
+kernels is exact, so only float rounding differs (bounded below): a wrong field order, lane, scale or ternary
+offset is off by far more than that tolerance.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def test_ternary_matmul_extremes_and_positions(kernels):
     a = (np.arange(n * k).reshape(n, k) % 97 - 48).astype(np.float64)
     _check_matmul(kernels, "TQ2_0", w, a)
     rng = np.random.default_rng(5)
-    w = np.concatenate([np.ones((8, k)), -np.ones((8, k)), np.zeros((8, k)), np.tile([1.0, 0.0, -1.0, 1.0], (8, k // 4))])
+    w = np.concatenate([np.ones((8, k)), -np.ones((8, k)), np.zeros((8, k)),
+                        np.tile([1.0, 0.0, -1.0, 1.0], (8, k // 4))])
     big = np.where(rng.random((n, k)) < 0.5, 1.0, -1.0) * 100.0
     _check_matmul(kernels, "TQ2_0", w, np.concatenate([np.full((4, k), 100.0), np.full((4, k), -100.0), big]), 2)
 
