@@ -189,6 +189,27 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     return got
 
 
+def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None = None) -> float:
+    """Prompt tokens per CPU-second of one llama-bench thread (pp`p`).
+
+    The user time of `-r reps+1` minus that of `-r 1`: model loading and the warm-up run cancel out. CPU time
+    barely moves when other processes share the machine, where wall-clock tok/s at 2 threads swings
+    several-fold; it still includes the cache misses the neighbours cause, so compare builds in the same run.
+    """
+    import resource
+
+    from lowbit.build import active_build
+    from lowbit.procs import run_checked
+
+    tool = tool or active_build().tool("llama-bench")
+    used = []
+    for r in (reps + 1, 1):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+        run_checked([str(tool), "-m", str(model), "-t", "1", "-p", str(p), "-n", "0", "-r", str(r)], "llama-bench")
+        used.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
+    return reps * p / max(used[0] - used[1], 1e-9)
+
+
 def _busy_cpu_seconds() -> float | None:
     """CPU-seconds all processes have run (user, nice, system, irq, softirq, steal), or None off Linux."""
     try:
@@ -345,6 +366,10 @@ def run_benchmark(
                     for kind, value in got.items():
                         samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
+        for qtype, path in files.items():  # prompt speed per CPU-second: the measure that survives a busy machine
+            for prefix, tool in tools.items():
+                samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
+                others.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(0.0)  # not disturbed by design
         for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
             bw_samples.setdefault(t, []).append(read_bandwidth(t))
     speed, quiet = {}, {}
@@ -448,6 +473,15 @@ def report(result: dict) -> None:
     if vs:
         title += f" [ratio to the baseline build {result.get('baseline')}]"
     print_table(title, cols, rows)
+    cpu_rows = []
+    for qtype in TYPES:
+        v, ref = s.get(f"{qtype}/pp_cpu/t1"), s.get("Q4_0/pp_cpu/t1")
+        if v and ref:
+            base = vs.get(f"{qtype}/pp_cpu/t1")
+            cpu_rows.append([qtype, f"{v:.1f} ({v / ref:.2f}x)" + (f" [{base:.2f}x base]" if base else "")])
+    if cpu_rows:
+        print_table("pp64 tokens per CPU-second, 1 thread (ratio to Q4_0) [to the baseline build]",
+                    ["type", "pp64 tok/CPU-s"], cpu_rows)
     quiet = result.get("quiet_samples") or {}
     disturbed = sorted(k for k, n in quiet.items() if n == 0)
     if disturbed:

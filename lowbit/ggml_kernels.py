@@ -1,9 +1,11 @@
 """ggml's CPU quantization kernels of one llama.cpp build, called through ctypes.
 
-The BitNet speed work patches llama.cpp's CPU dot products (`patches/0003-...`). This module reaches the very
-functions the matrix multiplications call — `ggml_get_type_traits_cpu(type)->vec_dot` and the activation
+The BitNet speed work patches llama.cpp's CPU dot products (`patches/0003-...`, `0005-...`). This module reaches
+the very functions the matrix multiplications call — `ggml_get_type_traits_cpu(type)->vec_dot` and the activation
 quantizer `from_float` of its `vec_dot_type` — plus ggml's reference quantizer and dequantizer, so a test can
-compare a kernel with numpy over the dequantized values and a benchmark can time it in isolation.
+compare a kernel with numpy over the dequantized values and a benchmark can time it in isolation. `mul_mat`
+runs a whole `ggml_mul_mat` on ggml's CPU backend, which is how the mat-mat paths (prompt processing: several
+activation columns per call, e.g. patch 0005's TQ2_0 GEMM) are reached.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from lowbit import LowbitError
 
 # enum ggml_type values (ggml.h at the pinned commit)
-TYPES = {"Q4_0": 2, "Q8_0": 8, "Q6_K": 14, "Q8_K": 15, "TQ1_0": 34, "TQ2_0": 35}
+TYPES = {"F32": 0, "Q4_0": 2, "Q8_0": 8, "Q6_K": 14, "Q8_K": 15, "TQ1_0": 34, "TQ2_0": 35}
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -33,6 +35,10 @@ class _TypeTraits(ctypes.Structure):  # struct ggml_type_traits (ggml.h)
 class _CpuTraits(ctypes.Structure):  # struct ggml_type_traits_cpu (ggml-cpu.h)
     _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
                 ("nrows", ctypes.c_int64)]
+
+
+class _InitParams(ctypes.Structure):  # struct ggml_init_params (ggml.h)
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
 class Kernels:
@@ -59,6 +65,20 @@ class Kernels:
                                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         self.cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_CpuTraits)
         self.cpu.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+        for name, restype, argtypes in (
+                ("ggml_init", ctypes.c_void_p, [_InitParams]),
+                ("ggml_free", None, [ctypes.c_void_p]),
+                ("ggml_new_tensor_2d", ctypes.c_void_p,
+                 [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+                ("ggml_get_data", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
+                ("ggml_mul_mat", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
+                ("ggml_new_graph", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("ggml_build_forward_expand", None, [ctypes.c_void_p, ctypes.c_void_p])):
+            getattr(self.base, name).restype = restype
+            getattr(self.base, name).argtypes = argtypes
+        self.cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+        self.cpu.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self.cpu.ggml_cpu_init()  # fp16 tables, CPU feature detection
 
     @staticmethod
@@ -113,6 +133,39 @@ class Kernels:
         s = ctypes.c_float()
         self.vec_dot_fn(qtype)(n, ctypes.addressof(s), 0, xq.ctypes.data, 0, yq.ctypes.data, 0, 1)
         return float(s.value)
+
+    def mul_mat(self, qtype: str, wq, m: int, k: int, y, threads: int = 1):
+        """`ggml_mul_mat` of m quantized weight rows (`wq`, k values each, from `quantize`) with the float
+        activations `y` (n x k) on ggml's CPU backend: the path a prompt of n tokens takes. Returns n x m."""
+        import numpy as np
+
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        n = y.shape[0]
+        if y.shape != (n, k) or wq.size != m * self.row_size(qtype, k):
+            raise LowbitError(f"mul_mat: {m}x{k} {qtype} weights ({wq.size} bytes) and activations {y.shape} "
+                              "do not fit together")
+        # tensors + graph + the work buffer ggml_graph_compute_with_ctx takes from the context (activations
+        # quantized to the dot type, about n*k bytes) with room to spare
+        size = 2 * (wq.size + y.nbytes + 4 * n * m) + 4 * n * k + (16 << 20)
+        ctx = self.base.ggml_init(_InitParams(size, None, False))
+        if not ctx:
+            raise LowbitError(f"ggml_init could not allocate {size} bytes")
+        try:
+            w_t = self.base.ggml_new_tensor_2d(ctx, self.type_id(qtype), k, m)
+            y_t = self.base.ggml_new_tensor_2d(ctx, TYPES["F32"], k, n)
+            ctypes.memmove(self.base.ggml_get_data(w_t), wq.ctypes.data, wq.size)
+            ctypes.memmove(self.base.ggml_get_data(y_t), y.ctypes.data, y.nbytes)
+            out = self.base.ggml_mul_mat(ctx, w_t, y_t)
+            graph = self.base.ggml_new_graph(ctx)
+            self.base.ggml_build_forward_expand(graph, out)
+            status = self.cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+            if status != 0:
+                raise LowbitError(f"ggml_graph_compute failed (status {status})")
+            res = np.empty((n, m), dtype=np.float32)
+            ctypes.memmove(res.ctypes.data, self.base.ggml_get_data(out), res.nbytes)
+            return res
+        finally:
+            self.base.ggml_free(ctx)
 
     def dot_rate(self, qtype: str, n: int = 256 * 1024, seconds: float = 0.3) -> float:
         """Weight bytes/s one thread's `vec_dot` consumes on a cache-resident row (its compute ceiling).

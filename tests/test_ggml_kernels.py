@@ -1,9 +1,11 @@
-"""The CPU dot products BitNet decode runs on (patch 0003's AVX-512 TQ2_0 kernel among them), against numpy.
+"""The CPU kernels BitNet runs on (patch 0003's AVX-512 TQ2_0 dot product, patch 0005's TQ2_0 GEMM), against numpy.
 
-Each kernel is called exactly as the matmul calls it (ggml's CPU type traits: weights from ggml's quantizer,
+Each dot product is called exactly as the matmul calls it (ggml's CPU type traits: weights from ggml's quantizer,
 activations from the `from_float` of the kernel's `vec_dot_type`) and compared with float64 numpy over the
-dequantized values. The integer part of these kernels is exact, so only float rounding differs (bounded below): a
-wrong field order, lane, scale or ternary offset is off by far more than that tolerance.
+dequantized values; whole matrix products go through `ggml_mul_mat` on the CPU backend, where several activation
+columns (a prompt) take the mat-mat path and one column (decode) the dot products. The integer part of these
+kernels is exact, so only float rounding differs (bounded below): a wrong field order, lane, scale or ternary
+offset is off by far more than that tolerance.
 """
 
 from __future__ import annotations
@@ -78,3 +80,68 @@ def test_control_types_match_numpy(kernels):
                                 kernels.dequantize(kernels.dot_type(qtype), yq, n).astype(np.float64)))
             got = kernels.vec_dot(qtype, xq, yq, n)
             assert abs(got - want) <= 1e-3 * max(1.0, abs(want)), (qtype, n, got, want)
+
+
+def _check_matmul(kernels: Kernels, qtype: str, w: np.ndarray, a: np.ndarray, threads: int = 1) -> None:
+    """`ggml_mul_mat(w, a)` against float64 numpy over the dequantized weights and Q8_K activations."""
+    (m, k), n = w.shape, a.shape[0]
+    wq = kernels.quantize(qtype, w)  # blocks never cross rows (k is a multiple of 256)
+    x = kernels.dequantize(qtype, wq, m * k).astype(np.float64).reshape(m, k)
+    dot_type = kernels.dot_type(qtype)
+    y = np.stack([kernels.dequantize(dot_type, kernels.quantize_activations(qtype, col), k) for col in a])
+    y = y.astype(np.float64)
+    want = y @ x.T
+    got = kernels.mul_mat(qtype, wq, m, k, a, threads)
+    d = np.repeat(np.abs(x).reshape(m, -1, 256).max(axis=2), 256, axis=1)
+    scale = np.abs(y) @ (np.abs(x) + d).T + 1e-30
+    err = np.abs(got - want) / scale
+    worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    assert err.max() <= 1e-5, (f"{qtype} {m}x{k} @ {n} columns, {threads} thread(s): column {worst[0]} row "
+                               f"{worst[1]}: {got[worst]} vs numpy {want[worst]}")
+
+
+def _ternary(rng, m: int, k: int) -> np.ndarray:
+    """Ternary rows whose magnitude changes block to block and row to row (TQ2_0 stores one f16 per block)."""
+    return rng.integers(-1, 2, (m, k)) * rng.uniform(0.01, 2.0, (m, k // 256)).repeat(256, axis=1)
+
+
+@pytest.mark.parametrize("m,k,n,threads", [
+    (16, 256, 8, 1),      # one tile of rows, the fewest columns the GEMM takes
+    (32, 512, 8, 2),      # one full column group per thread
+    (48, 2560, 13, 2),    # a column group and a remainder of 5; 3 row tiles over 2 threads
+    (64, 6912, 23, 1),    # BitNet's FFN width, a remainder of 7
+    (16, 512, 9, 2),      # a remainder of 1; one tile, so the second thread has none
+    (32, 256, 11, 1),     # a remainder of 3
+    (24, 512, 9, 2),      # rows not a multiple of the tile: the generic path
+    (32, 512, 7, 1),      # below the GEMM's column minimum: the dot products
+    (32, 512, 1, 2),      # one column: matrix-vector (decode)
+])
+def test_ternary_matmul_matches_numpy(kernels, m, k, n, threads):
+    rng = np.random.default_rng(m * 7 + n)
+    a = rng.standard_normal((n, k)) * rng.uniform(0.1, 10, (n, 1))
+    _check_matmul(kernels, "TQ2_0", _ternary(rng, m, k), a, threads)
+
+
+def test_ternary_matmul_extremes_and_positions(kernels):
+    """Every row a different single +1 (one per lane of a tile, at block and field boundaries), then all
+    +1 / -1 rows against activations at the int8 limits: catches a lane, field or column read from the
+    wrong place and any overflow of the integer sums."""
+    k, n = 512, 8
+    positions = (0, 1, 3, 4, 31, 32, 63, 64, 127, 128, 200, 255, 256, 300, 447, 511)
+    w = np.zeros((len(positions), k))
+    w[np.arange(len(positions)), positions] = 1.0
+    a = (np.arange(n * k).reshape(n, k) % 97 - 48).astype(np.float64)
+    _check_matmul(kernels, "TQ2_0", w, a)
+    rng = np.random.default_rng(5)
+    w = np.concatenate([np.ones((8, k)), -np.ones((8, k)), np.zeros((8, k)),
+                        np.tile([1.0, 0.0, -1.0, 1.0], (8, k // 4))])
+    big = np.where(rng.random((n, k)) < 0.5, 1.0, -1.0) * 100.0
+    _check_matmul(kernels, "TQ2_0", w, np.concatenate([np.full((4, k), 100.0), np.full((4, k), -100.0), big]), 2)
+
+
+def test_control_matmul_matches_numpy(kernels):
+    """Q4_0 (llamafile's tinyBLAS) and TQ1_0 (dot products) through the same mul_mat harness."""
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((6, 512))
+    _check_matmul(kernels, "TQ1_0", _ternary(rng, 32, 512), a)
+    _check_matmul(kernels, "Q4_0", rng.standard_normal((32, 512)), a)
