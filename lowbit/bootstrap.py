@@ -18,7 +18,7 @@ from pathlib import Path
 from lowbit import LowbitError
 from lowbit.paths import active_conda_env, kit_root, state_dir, venv_dir, venv_python
 
-EXTRAS = "replicas,notebooks,dev"
+EXTRAS = "replicas,notebooks,dev,checks"
 
 
 def choose_environment() -> tuple[Path, str]:

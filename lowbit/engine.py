@@ -127,6 +127,19 @@ def format_prompt(prompt: str, arch: str, raw: bool = False) -> str:
     return f"{R1_USER}{prompt}{R1_ASSISTANT}"
 
 
+def chat_prompt(model: Path, prompt: str, arch: str, raw: bool = False) -> str:
+    """The prompt llama-completion gets: R1's turn for DeepSeek models, else the GGUF's own chat template
+    (sandboxed, exactly one BOS) when it has one, else the text as is."""
+    if raw or arch.startswith("deepseek") or R1_USER in prompt:
+        return format_prompt(prompt, arch, raw)
+    from lowbit.chat import build_prompt
+    from lowbit.gguf_meta import read_header
+
+    if not read_header(model).value("tokenizer.chat_template"):
+        return prompt  # a base model (e.g. gemma3-270m): plain text to continue
+    return build_prompt(model, [{"role": "user", "content": prompt}]).text
+
+
 def build_command(
     model: Path,
     placement: list[str],
@@ -203,7 +216,7 @@ def run_model(
     cmd = build_command(
         Path(meta.shards[0]),
         option.flags,
-        format_prompt(prompt, meta.arch, raw),
+        chat_prompt(Path(meta.shards[0]), prompt, meta.arch, raw),
         n_predict,
         greedy,
         extra,

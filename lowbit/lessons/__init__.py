@@ -1,0 +1,1 @@
+"""Lesson helpers by concern: side-by-side comparisons of models on the seeds' prompts."""

@@ -1,0 +1,1 @@
+"""Running models and judging what they produce: limited subprocesses, answer checkers."""
