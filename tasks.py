@@ -156,6 +156,35 @@ def plan(c, model=None, vram=None, ram=None, ctx=None, cache_type_k="q4_0", cach
          gpu_bw=gpu_bw, cpu_bw=cpu_bw, json=json, layers=layers, seed_table=seed_table)
 
 
+@task(help={"refresh": "measure again even if this CPU + build is calibrated", "json": "print only JSON"})
+def calibrate(c, refresh=False, json=False):
+    """Calibrate this machine once (memory bandwidth, ggml kernels per quant type, disk, overhead): cached."""
+    _kit(c, "lowbit.run.predict:calibrate_command", refresh=refresh, json_out=json)
+
+
+@task(
+    help={
+        "model": "catalog name or GGUF path",
+        "threads": "CPU threads (default: physical cores)",
+        "n_prompt": "prompt tokens (prefill, llama-bench -p)",
+        "n_gen": "generated tokens (decode, llama-bench -n)",
+        "depth": "tokens already in the context (llama-bench -d)",
+        "cache_type_k": "KV cache type for K",
+        "cache_type_v": "KV cache type for V",
+        "ubatch": "micro-batch (-ub)",
+        "ctx": "context size for the memory prediction (default: prompt + generated + depth)",
+        "no_repack": "predict --no-repack (llama-bench --repack 0), as out-of-core runs need",
+        "json": "print only JSON",
+    }
+)
+def predict(c, model, threads=None, n_prompt=512, n_gen=128, depth=0, cache_type_k="f16", cache_type_v="f16",
+            ubatch=512, ctx=None, no_repack=False, json=False):
+    """Predict prefill/decode tokens/s and peak RSS from the GGUF header and this machine's calibration."""
+    _kit(c, "lowbit.run.predict:predict_command", model=model, threads=threads, n_prompt=n_prompt, n_gen=n_gen,
+         depth=depth, cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=ubatch, ctx=ctx,
+         no_repack=no_repack, json_out=json)
+
+
 @task(
     iterable=["vram"],
     help={

@@ -76,9 +76,9 @@ def cached(key: str | None = None) -> dict | None:
 
 
 def physical_cores() -> int:
-    from lowbit.plan import physical_cores as cores
+    import psutil
 
-    return cores()
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
 def others_busy(seconds: float = 0.5) -> float:

@@ -179,9 +179,14 @@ def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True) -> float:
 
 
 def _cache_bytes(cache_type: str) -> float:
-    from lowbit.plan import cache_type_bytes
+    """Bytes per element of a KV cache type (q4_0: 18/32)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    return cache_type_bytes(cache_type)
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+    except KeyError:
+        raise LowbitError(f"unknown KV cache type {cache_type!r} (llama.cpp: f16, q8_0, q4_0, ...)") from None
+    return size / block
 
 
 def kv_bytes_per_token(meta: ModelMeta, cache_type_k: str, cache_type_v: str) -> float:
@@ -490,3 +495,62 @@ def calibration(refresh: bool = False) -> dict:
         cal["overhead"] = fit_overhead(cal)
         calibrate.save(cal)
     return cal
+
+
+# ---------------------------------------------------------------------------------------------
+# `invoke calibrate`, `invoke predict`
+
+
+def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
+    """`invoke calibrate`: measure (or show the cached) calibration of this machine and build."""
+    from lowbit.ui import print_table
+
+    cal = calibration(refresh=refresh)
+    if json_out:
+        print(json.dumps(cal, indent=1))
+        return 0
+    threads = sorted(cal["bandwidth_gbs"], key=int)
+    print_table(f"calibration {cal['fingerprint']} ({cal.get('measured_at', '?')}, other load "
+                f"{cal.get('busy_cpus', '?')} CPUs)", ["threads", "read GB/s", "decode overhead ms (a + b x layers)"],
+                [(t, cal["bandwidth_gbs"][t], "{:.3f} + {:.4f} x L".format(
+                    cal["overhead"]["threads"][t]["decode_a"] * 1e3, cal["overhead"]["threads"][t]["decode_b"] * 1e3))
+                 for t in threads])
+    rows = []
+    for qtype, r in cal["kernels"][threads[-1]].items():
+        if "mv" in r:
+            rows.append((qtype, f"{r['mv'] / 1e9:.1f}", f"{r['mm'] / 1e9:.1f}",
+                         f"{r['mv_norepack'] / 1e9:.1f} / {r['mm_norepack'] / 1e9:.1f}" if "mv_norepack" in r else ""))
+    print_table(f"ggml mul_mat at {threads[-1]} threads, weight GB/s (mat-mat: x batch {calibrate.MM_BATCH})",
+                ["type", "mat-vec", "mat-mat", "no repack mv / mm"], rows)
+    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s")
+    return 0
+
+
+def predict_command(model: str, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128, depth: int = 0,
+                    cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
+                    no_repack: bool = False, json_out: bool = False) -> int:
+    """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
+    from lowbit.plan import model_path
+    from lowbit.ui import print_table
+
+    cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
+                 depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
+                 n_ctx=int(ctx) if ctx else None, repack=not no_repack)
+    p = predict(model_path(model), cfg)
+    if json_out:
+        print(json.dumps(p.to_dict(), indent=1))
+        return 0
+    band = p.band
+
+    def rng(v: float | None, b: float) -> str:
+        return f"{v:.1f}  ({v * (1 - b):.1f} - {v * (1 + b):.1f})" if v else "-"
+
+    print_table(f"{p.model}: predicted, {cfg.threads} threads, depth {cfg.depth} (band: worst error of the "
+                "validation benchmark)", ["what", "predicted", "breakdown"],
+                [(f"prefill pp{cfg.n_prompt} tok/s", rng(p.prefill_tps, band["prefill"]),
+                  " ".join(f"{k} {v:.1f} ms" for k, v in p.prefill_ms.items())),
+                 (f"decode tg{cfg.n_gen} tok/s", rng(p.decode_tps, band["decode"]),
+                  f"{p.bound}-bound; " + " ".join(f"{k} {v:.2f} ms" for k, v in p.decode_ms.items())),
+                 ("peak RSS MB", f"{p.rss_bytes / 1e6:.0f} (±{band['rss']:.0%} or 100 MB)",
+                  " ".join(f"{k} {v / 1e6:.0f}" for k, v in p.rss_parts.items()))])
+    return 0
