@@ -156,6 +156,23 @@ def plan(c, model=None, vram=None, ram=None, ctx=None, cache_type_k="q4_0", cach
          gpu_bw=gpu_bw, cpu_bw=cpu_bw, json=json, layers=layers, seed_table=seed_table)
 
 
+@task(
+    help={
+        "model": "a MoE GGUF (default: an R1-layout MoE written once, ~0.5 GB)",
+        "limit_mb": "memory cgroup limit in MiB (default: file size / ratio)",
+        "ratio": "how many times the model exceeds the limit (default 3)",
+        "threads": "CPU threads (default: physical cores)",
+        "n_gen": "tokens to generate",
+        "ram_gb": "RAM for the R1-0528 IQ1_S prediction (default 64)",
+        "json": "print only JSON",
+    }
+)
+def bigger_than_ram(c, model=None, limit_mb=None, ratio=3.0, threads=None, n_gen=16, ram_gb=64.0, json=False):
+    """Run a MoE model several times larger than a memory cgroup (root, cgroup v1); measured vs predicted."""
+    _kit(c, "lowbit.run.out_of_core:bigger_than_ram_command", model=model, limit_mb=limit_mb, ratio=ratio,
+         threads=threads, n_gen=n_gen, ram_gb=ram_gb, json_out=json)
+
+
 @task(help={"refresh": "measure again even if this CPU + build is calibrated", "json": "print only JSON"})
 def calibrate(c, refresh=False, json=False):
     """Calibrate this machine once (memory bandwidth, ggml kernels per quant type, disk, overhead): cached."""
