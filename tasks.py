@@ -372,11 +372,14 @@ def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
         "name": "lesson to run (default 00_quickstart; `invoke notebooks` lists them)",
         "param": "key=value, repeatable (-p model=r1 -p n_predict=16); typed by the lesson's parameters cell",
         "params_file": "YAML/JSON file of parameters (-p values override it)",
+        "store": "replace the lesson's stored executed copy in notebooks/ with this run (quiet machines only)",
+        "allow_busy": "store even if other processes used the CPUs during the run",
     },
 )
-def run_notebook(c, name="00_quickstart", param=None, params_file=None):
+def run_notebook(c, name="00_quickstart", param=None, params_file=None, store=False, allow_busy=False):
     """Run a lesson with papermill into runs/<time>-<name>/ (notebook, HTML, metrics.json, log)."""
-    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file)
+    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file,
+         store=store, allow_busy=allow_busy)
 
 
 @task(

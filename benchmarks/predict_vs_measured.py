@@ -20,12 +20,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BUSY_ROW = 0.3  # CPUs of other work during a run that mark it busy
 BUSY_START = 1.5
 
 
@@ -75,7 +73,6 @@ def main() -> int:
     ap.add_argument("--no-rss", action="store_true")
     args = ap.parse_args()
 
-    from lowbit.bitnet_bench import _busy_cpu_seconds, _children_cpu_seconds
     from lowbit.notebooks import new_run_dir
     from lowbit.plan import physical_cores
     from lowbit.run import calibrate
@@ -96,18 +93,14 @@ def main() -> int:
         w = P.workload(path)
         cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
         pred = P.predict(w, cfg, cal)
-        b0, own0, t0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
-        got = P.llama_bench_json(path, threads, 64, 32, args.reps, depth=depth)
-        others = 0.0
-        if b0 is not None:
-            others = max(0.0, ((_busy_cpu_seconds() or b0) - b0 - (_children_cpu_seconds() - own0))
-                         / max(time.monotonic() - t0, 1e-9))
-        for test, predicted, prefill in (("pp64", pred.prefill_tps, True), ("tg32", pred.decode_tps, False)):
-            measured = P._median_ts(got, prefill)
+        got = P.measure(path, cfg, args.reps)
+        others = got["others_cpus"]
+        for test, predicted, kind in (("pp64", pred.prefill_tps, "prefill"), ("tg32", pred.decode_tps, "decode")):
+            measured = got[kind]
             rows.append({"model": name, "threads": threads, "depth": depth, "test": test,
                          "predicted": predicted, "measured": round(measured, 2),
-                         "error": round(predicted / measured - 1, 4), "others_cpus": round(others, 2),
-                         "busy": others > BUSY_ROW, "bound": pred.bound if not prefill else ""})
+                         "error": round(predicted / measured - 1, 4), "others_cpus": others,
+                         "busy": got["busy"], "bound": pred.bound if kind == "decode" else ""})
         print(f"{name:22s} t={threads} d={depth:5d}  pp64 {pred.prefill_tps:9.1f} vs {rows[-2]['measured']:9.1f}"
               f"  tg32 {pred.decode_tps:8.1f} vs {rows[-1]['measured']:8.1f}  others {others:.2f}", flush=True)
     rss_rows = []
@@ -144,7 +137,7 @@ def main() -> int:
         if isinstance(s, dict):
             print(f"{what}: n={s['n']} median |err| {s['median']:.1%}, worst {s['worst']:.1%} ({s['worst_row']})")
     if summary["busy_rows"]:
-        warn(f"{summary['busy_rows']} of {len(rows)} rows ran while other processes used > {BUSY_ROW} CPUs: "
+        warn(f"{summary['busy_rows']} of {len(rows)} rows ran while other processes used > {P.BUSY_CPUS} CPUs: "
              "their errors measure the machine's load, not the model")
     print(f"results: {run / 'results.json'}")
     return 0

@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -486,6 +487,87 @@ def measure_peak_rss(cmd: list[str], timeout: float = 600) -> tuple[int, str]:
     if proc.returncode != 0:
         raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
     return peak, log
+
+
+BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a busy one
+
+
+def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
+    """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
+    and how many CPUs other processes used meanwhile (`busy` above BUSY_CPUS: the numbers measure the load)."""
+    from lowbit.bitnet_bench import _busy_cpu_seconds, _children_cpu_seconds
+
+    extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
+             "--repack", "1" if cfg.repack else "0"]
+    b0, own0, t0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
+    rows = llama_bench_json(Path(path), cfg.threads, cfg.n_prompt, cfg.n_gen, reps, depth=cfg.depth, extra=extra)
+    others = 0.0
+    if b0 is not None:
+        others = max(0.0, ((_busy_cpu_seconds() or b0) - b0 - (_children_cpu_seconds() - own0))
+                     / max(time.monotonic() - t0, 1e-9))
+    out = {"others_cpus": round(others, 2), "busy": others > BUSY_CPUS}
+    if cfg.n_prompt:
+        out["prefill"] = _median_ts(rows, True)
+    if cfg.n_gen:
+        out["decode"] = _median_ts(rows, False)
+    return out
+
+
+def predict_then_measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None,
+                         show: bool = True) -> list[dict]:
+    """Print the prediction (with its band), run llama-bench, print the measurement and the error: one row per
+    test (prefill, decode) with `within` (inside the stated band) and `busy`."""
+    w = workload(path)
+    p = predict(w, cfg, cal)
+    tests = [("prefill", f"pp{cfg.n_prompt}", p.prefill_tps), ("decode", f"tg{cfg.n_gen}", p.decode_tps)]
+    tests = [t for t in tests if t[2]]
+    if show:
+        print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
+            f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
+    got = measure(path, cfg, reps)
+    rows = []
+    for kind, name, v in tests:
+        m = got[kind]
+        rows.append({"test": name, "kind": kind, "threads": cfg.threads, "depth": cfg.depth, "predicted": v,
+                     "measured": round(m, 2), "error": round(v / m - 1, 4), "band": p.band[kind],
+                     "within": p.within(kind, m), "busy": got["busy"], "others_cpus": got["others_cpus"]})
+    if show:
+        print("    measured: " + ", ".join(
+            f"{r['test']} {r['measured']:.1f} tok/s ({r['error']:+.0%}{'' if r['within'] else ', OUTSIDE the band'})"
+            for r in rows) + (f"  [busy: others used {got['others_cpus']} CPUs]" if got["busy"] else ""))
+    return rows
+
+
+def plot_predicted_vs_measured(rows: list[dict], path: Path) -> Path:
+    """Predicted against measured tok/s on log axes, the band as a shaded cone; busy rows hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    values = [r["measured"] for r in rows] + [r["predicted"] for r in rows]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    band = max(r["band"] for r in rows)
+    xs = [lo, hi]
+    ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="0.9",
+                    label=f"±{band:.0%} band")
+    ax.plot(xs, xs, color="0.5", lw=1)
+    for kind, marker in (("prefill", "s"), ("decode", "o")):
+        for busy in (False, True):
+            sel = [r for r in rows if r["kind"] == kind and r["busy"] == busy]
+            if sel:
+                ax.scatter([r["measured"] for r in sel], [r["predicted"] for r in sel], marker=marker,
+                           facecolors="none" if busy else None, edgecolors="C0" if kind == "decode" else "C1",
+                           color=None if busy else ("C0" if kind == "decode" else "C1"),
+                           label=kind + (" (busy machine)" if busy else ""))
+    ax.set(xscale="log", yscale="log", xlim=xs, ylim=xs, xlabel="measured tok/s (llama-bench)",
+           ylabel="predicted tok/s (header + calibration)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def calibration(refresh: bool = False) -> dict:
