@@ -52,11 +52,12 @@ def models() -> dict[str, Path]:
     return found
 
 
-def configs(quick: bool, cores: int) -> list[tuple[str, int, int]]:
+def configs(quick: bool, cores: int, only_threads: int | None = None) -> list[tuple[str, int, int]]:
     """(model, threads, depth) triples; each gives one prefill and one decode row."""
     out = []
     for name in models():
         threads = [cores] if quick or name.startswith(("bitnet", "distill-llama")) else list(range(1, cores + 1))
+        threads = [only_threads] if only_threads else threads
         depths = [0]
         if not quick and not name.startswith(("bitnet", "distill")):
             depths.append(2048)
@@ -71,6 +72,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--allow-busy", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="only this thread count")
     args = ap.parse_args()
 
     from lowbit.notebooks import new_run_dir
@@ -88,7 +90,7 @@ def main() -> int:
     cores = physical_cores()
     found = models()
     rows = []
-    for name, threads, depth in configs(args.quick, cores):
+    for name, threads, depth in configs(args.quick, cores, args.threads):
         path = found[name]
         w = P.workload(path)
         cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)

@@ -90,6 +90,11 @@ class Kernels:
             ("ggml_build_forward_expand", None, [ctypes.c_void_p, ctypes.c_void_p]),
             ("ggml_get_data", ctypes.c_void_p, [ctypes.c_void_p]),
             ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
+            ("ggml_new_tensor_3d", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                                     ctypes.c_int64]),
+            ("ggml_flash_attn_ext", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                                                      ctypes.c_float, ctypes.c_float]),
             ("ggml_quantize_requires_imatrix", ctypes.c_bool, [ctypes.c_int]),
         ):
             fn = getattr(self.base, name)
@@ -266,29 +271,61 @@ class Kernels:
             y = self.base.ggml_mul_mat(ctx, w, x)
             graph = self.base.ggml_new_graph(ctx)
             self.base.ggml_build_forward_expand(graph, y)
-            # a persistent, polling thread pool as llama.cpp uses (ggml's default would start threads per call)
-            params = ctypes.create_string_buffer(4096)  # struct ggml_threadpool_params (~530 bytes)
-            self.base.ggml_threadpool_params_init(params, threads)
-            pool = self.cpu.ggml_threadpool_new(params)
-            plan = self.cpu.ggml_graph_plan(graph, threads, pool)
-            work = np.zeros(max(plan.work_size, 1), dtype=np.uint8)  # activations quantized for the kernel
-            plan.work_data = work.ctypes.data
-            best, calls, start = float("inf"), 0, time.perf_counter()
-            try:
-                while time.perf_counter() - start < seconds or calls < min_calls:
-                    t = time.perf_counter()
-                    if self.cpu.ggml_graph_compute(graph, ctypes.byref(plan)) != 0:
-                        raise LowbitError(f"ggml could not compute a {qtype} matmul")
-                    best = min(best, time.perf_counter() - t)
-                    calls += 1
-            finally:
-                self.cpu.ggml_threadpool_free(pool)
-            return best
+            return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} matmul")
         finally:
             self.base.ggml_free(ctx)
             if buffer:
                 self.base.ggml_backend_buffer_free(buffer)
             self.base.ggml_free(wctx)
+
+    def _time_graph(self, graph, threads: int, seconds: float, min_calls: int, what: str) -> float:
+        """Best wall time of computing `graph` on a persistent, polling thread pool as llama.cpp uses (ggml's
+        default would start threads on every call)."""
+        import numpy as np
+
+        params = ctypes.create_string_buffer(4096)  # struct ggml_threadpool_params (~530 bytes)
+        self.base.ggml_threadpool_params_init(params, threads)
+        pool = self.cpu.ggml_threadpool_new(params)
+        plan = self.cpu.ggml_graph_plan(graph, threads, pool)
+        work = np.zeros(max(plan.work_size, 1), dtype=np.uint8)  # e.g. activations quantized for the kernel
+        plan.work_data = work.ctypes.data
+        best, calls, start = float("inf"), 0, time.perf_counter()
+        try:
+            while time.perf_counter() - start < seconds or calls < min_calls:
+                t = time.perf_counter()
+                if self.cpu.ggml_graph_compute(graph, ctypes.byref(plan)) != 0:
+                    raise LowbitError(f"ggml could not compute {what}")
+                best = min(best, time.perf_counter() - t)
+                calls += 1
+        finally:
+            self.cpu.ggml_threadpool_free(pool)
+        return best
+
+    def flash_attn_seconds(self, head_dim: int, n_head: int, n_head_kv: int, n_kv: int, n_tokens: int,
+                           threads: int, kv_type: str = "F16", seconds: float = 0.1, min_calls: int = 3,
+                           value_dim: int | None = None) -> float:
+        """Best wall time of ggml's CPU `flash_attn_ext` (what llama.cpp runs with flash attention, the CPU
+        default): `n_tokens` queries of `n_head` heads over `n_kv` cached positions of `n_head_kv` heads."""
+        value_dim = value_dim or head_dim
+        kv = self.type_id(kv_type)
+        sizes = [4 * head_dim * n_tokens * n_head, self.row_size(kv_type, head_dim) * n_kv * n_head_kv,
+                 self.row_size(kv_type, value_dim) * n_kv * n_head_kv, 4 * value_dim * n_tokens * n_head]
+        mem = sum(sizes) + 8 * self.base.ggml_tensor_overhead() + self.base.ggml_graph_overhead() + 4096
+        ctx = self.base.ggml_init(_InitParams(mem, None, False))
+        if not ctx:
+            raise LowbitError(f"ggml_init could not allocate {mem} bytes for flash attention")
+        try:
+            q = self.base.ggml_new_tensor_3d(ctx, TYPES["F32"], head_dim, n_tokens, n_head)
+            k = self.base.ggml_new_tensor_3d(ctx, kv, head_dim, n_kv, n_head_kv)
+            v = self.base.ggml_new_tensor_3d(ctx, kv, value_dim, n_kv, n_head_kv)
+            for t in (q, k, v):  # bytes 0x20: small normal f16/f32 values and valid quant blocks
+                ctypes.memset(self.base.ggml_get_data(t), 0x20, self.base.ggml_nbytes(t))
+            out = self.base.ggml_flash_attn_ext(ctx, q, k, v, None, 1.0 / head_dim**0.5, 0.0, 0.0)
+            graph = self.base.ggml_new_graph(ctx)
+            self.base.ggml_build_forward_expand(graph, out)
+            return self._time_graph(graph, threads, seconds, min_calls, "flash attention")
+        finally:
+            self.base.ggml_free(ctx)
 
     def _cpu_buft(self):
         self.cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p

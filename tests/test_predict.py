@@ -18,8 +18,11 @@ Q8_ROW = 272  # bytes of one Q8_0 row of 256 values (8 blocks x 34 bytes)
 
 def _cal(overhead: dict | None = None) -> dict:
     rates = {"Q8_0": {"mv": 5e9, "mm": 20e9}, "F16": {"mv": 8e9, "mm": 40e9}, "F32": {"mv": 8e9, "mm": 40e9}}
+    attention = {"decode": {"a": 1e-7, "b": 1e-10}, "prefill": {"a": 1e-8, "b": 1e-10}}  # s per query x head x pos
     return {"fingerprint": "test", "cores": 2, "bandwidth_gbs": {"1": 10.0, "2": 20.0},
             "kernels": {"1": rates, "2": {k: {kk: 2 * vv for kk, vv in v.items()} for k, v in rates.items()}},
+            "attention": {"1": attention,
+                          "2": {k: {kk: vv / 2 for kk, vv in v.items()} for k, v in attention.items()}},
             "overhead": {"threads": {"1": overhead or {"decode_a": 0, "decode_b": 0, "prefill_a": 0,
                                                        "prefill_b": 0}}}}
 
@@ -65,9 +68,10 @@ def test_decode_attention_grows_with_depth_and_overhead_adds_per_layer():
     d1000 = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
     kv_per_token = 4 * 64 * 2 + 4 * 64 * 2  # K and V, f16, 4 KV heads of 64
     read = 1000 * kv_per_token / 10e9  # 102.4 us per layer
-    macs = 4 * 1000 * (64 + 64) / (8e9 / 2)  # f16 rate in elements: 128 us per layer (compute-bound)
-    assert 1 / d1000.decode_tps - 1 / d0.decode_tps == pytest.approx(2 * max(read, macs), rel=1e-3)
-    assert d0.decode_ms["overhead"] == pytest.approx((1e-3 + 2 * 1e-4) * 1e3)
+    flash = 4 * 1000 * (1e-7 + 1e-10 * (64 + 64))  # heads x positions x calibrated cost: 451.2 us (compute-bound)
+    assert 1 / d1000.decode_tps - 1 / d0.decode_tps == pytest.approx(2 * max(read, flash), rel=1e-3)
+    assert w.block_tensors == 6  # 3 tensors in each of 2 blocks: the graph's size
+    assert d0.decode_ms["overhead"] == pytest.approx((1e-3 + 6 * 1e-4) * 1e3)
 
 
 def test_prefill_hand_computed_batch_reads_weights_once():
@@ -78,7 +82,7 @@ def test_prefill_hand_computed_batch_reads_weights_once():
     touched = 1 - (1 - 2 / 8) ** b
     experts = max(8 * 512 * Q8_ROW * touched / bw, b * 2 / 8 * 8 * 512 * Q8_ROW / 20e9)
     output = max(1000 * Q8_ROW / bw, 1000 * Q8_ROW / 5e9)  # logits of the last token only
-    attention = max(32 * 1024 / bw, b * 4 * 32 * 128 / (40e9 / 2))  # mean context b/2 = 32
+    attention = max(32 * 1024 / bw, b * 4 * 32 * (1e-8 + 1e-10 * 128))  # mean context b/2 = 32
     expected = 2 * (attn_q + experts + attention) + output
     assert pred.prefill_tps == pytest.approx(b / expected, rel=1e-3)
     assert pred.decode_tps is None
@@ -213,16 +217,18 @@ def test_fingerprint_names_cpu_and_build(monkeypatch, llama_build):
 
 
 def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
-    """Measurements made of prediction + (a + b x layers) give back a and b, per thread count."""
+    """Measurements made of prediction + (a + b x block tensors + c x tokens x activations) give back a, b, c
+    per thread count."""
     cal = {**_cal(), "cores": 2}
-    truth = {1: (2e-3, 3e-4, 5e-3, 1e-3), 2: (4e-3, 1e-4, 6e-3, 2e-3)}
+    truth = {1: (2e-3, 3e-4, 5e-3, 1e-3, 2e-9), 2: (4e-3, 1e-4, 6e-3, 2e-3, 1e-9)}
 
     def fake_bench(model, threads, n_prompt, n_gen, reps, depth=0, extra=None, timeout=900):
         pred = P.predict(model, P.Config(threads=threads, n_prompt=n_prompt, n_gen=n_gen), {**cal, "overhead": {}})
-        n = P.workload(model).meta.n_layers
-        da, db, pa, pb = truth[threads]
+        w = P.workload(model)
+        n, act = w.block_tensors, w.activations
+        da, db, pa, pb, pc = truth[threads]
         tg = 1 / (1 / pred.decode_tps + da + db * n)
-        pp = n_prompt / (n_prompt / pred.prefill_tps + pa + pb * n)
+        pp = n_prompt / (n_prompt / pred.prefill_tps + pa + pb * n + pc * n_prompt * act)
         return [{"n_prompt": n_prompt, "n_gen": 0, "avg_ts": pp, "samples_ts": [pp]},
                 {"n_prompt": 0, "n_gen": n_gen, "avg_ts": tg, "samples_ts": [tg * 0.9, tg, tg * 1.1]}]
 
@@ -231,10 +237,12 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
                         + sum(P.peak_rss(P.workload(path), P.Config(threads=1, n_prompt=8, n_gen=16,
                                                                        n_ctx=P.RSS_CTX), {})[1].values()))
     fit = P.fit_overhead(cal, tmp_path)
-    for t, (da, db, pa, pb) in truth.items():
+    for t, (da, db, pa, pb, pc) in truth.items():
         got = fit["threads"][str(t)]
         assert got["decode_a"] == pytest.approx(da, rel=1e-3) and got["decode_b"] == pytest.approx(db, rel=1e-3)
+        assert got["decode_c"] == pytest.approx(0, abs=1e-12)
         assert got["prefill_a"] == pytest.approx(pa, rel=1e-3) and got["prefill_b"] == pytest.approx(pb, rel=1e-3)
+        assert got["prefill_c"] == pytest.approx(pc, rel=1e-3)
     assert fit["runtime_a"] == pytest.approx(50e6, rel=1e-6) and fit["runtime_b"] == pytest.approx(40, rel=1e-6)
 
 
@@ -243,6 +251,8 @@ def test_real_kernel_probe_sees_repacking(llama_build):
     faster there than plain; Q8_0 has no x86 repack and carries one rate."""
     from lowbit.ggml_kernels import Kernels
 
+    attention = calibrate.attention_rates(1, seconds=0.01)
+    assert all(v["a"] >= 0 and v["b"] >= 0 and v["a"] + v["b"] > 0 for v in attention.values())
     rates = calibrate.kernel_rates(1, ("Q4_0", "Q8_0"), seconds=0.02)
     assert rates["Q8_0"]["mv"] > 1e8 and rates["Q8_0"]["mm"] > 1e8 and "mv_norepack" not in rates["Q8_0"]
     if Kernels.repacks("Q4_0"):

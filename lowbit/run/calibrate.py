@@ -7,6 +7,7 @@ cache): a different CPU or build recalibrates, the same one reads the cache.
   token's weight stream sees, not the best single pass);
 - ggml's own CPU `mul_mat` per quant type (`lowbit.ggml_kernels`): mat-vec (one token) and mat-mat
   (a 64-token batch) on cache-resident weights, for every thread count — the compute ceilings;
+- ggml's CPU flash attention (llama.cpp's default on CPU) per query x head x cached position;
 - disk read bandwidth of a memory-mapped file, cold (pages evicted with posix_fadvise DONTNEED).
 
 The fixed per-token overhead is fitted by `lowbit.run.predict.fit_overhead` on a synthetic calibration
@@ -27,7 +28,7 @@ from pathlib import Path
 from lowbit import LowbitError
 
 CALIBRATION_FILE = "calibration.json"
-FORMAT = 1  # bump when what is measured changes: every machine recalibrates once
+FORMAT = 3  # bump when what is measured changes: every machine recalibrates once
 # weight types the cost model can meet in a GGUF (KV cache types are among them)
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                 "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
@@ -144,6 +145,28 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
     return out
 
 
+FA_PROBE = {"n_head": 8, "n_head_kv": 2, "n_kv": 2048, "dims": (64, 128)}
+
+
+def attention_rates(threads: int, seconds: float = 0.05) -> dict:
+    """ggml's CPU flash attention (llama.cpp's CPU default) as seconds per query x head x cached position,
+    `a + b x (k_dim + v_dim)`, for one query (decode) and a 64-token batch (prefill), f16 cache."""
+    from lowbit.ggml_kernels import Kernels
+
+    kernels = Kernels()
+    out = {}
+    for kind, n_tokens in (("decode", 1), ("prefill", MM_BATCH)):
+        points = []
+        for d in FA_PROBE["dims"]:
+            t = kernels.flash_attn_seconds(d, FA_PROBE["n_head"], FA_PROBE["n_head_kv"], FA_PROBE["n_kv"], n_tokens,
+                                           threads, seconds=seconds)
+            points.append((2 * d, t / (n_tokens * FA_PROBE["n_head"] * FA_PROBE["n_kv"])))
+        (x1, y1), (x2, y2) = points
+        b = max(0.0, (y2 - y1) / (x2 - x1))
+        out[kind] = {"a": max(0.0, y1 - b * x1), "b": b}
+    return out
+
+
 def disk_read_gbs(directory: Path, mib: int = DISK_PROBE_MIB) -> dict:
     """Cold read bandwidth (GB/s) of a memory-mapped file in `directory` (the models' disk).
 
@@ -189,12 +212,14 @@ def measure(disk_dir: Path | None = None) -> dict:
         "cores": cores,
         "bandwidth_gbs": {},
         "kernels": {},
+        "attention": {},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "busy_cpus": round(busy, 2),
     }
     for t in range(1, cores + 1):
         cal["bandwidth_gbs"][str(t)] = read_bandwidth_gbs(t)
         cal["kernels"][str(t)] = kernel_rates(t)
+        cal["attention"][str(t)] = attention_rates(t)
     cal["disk"] = disk_read_gbs(disk_dir or models_dir())
     if busy > 0.5:
         from lowbit.ui import warn

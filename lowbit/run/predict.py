@@ -5,10 +5,11 @@ thread count asked for, with the rates this machine's calibration measured (`low
 
 - decode (one token): every weight matrix once (routed experts: `n_expert_used / n_expert` of their bytes),
   the output matrix (the embedding matrix when tied), one embedding row, and attention over the context
-  (K and V cache bytes read; `n_head x context x (k + v)` multiply-adds at the cache type's rate);
+  (K and V cache bytes read against `queries x heads x positions` at ggml's calibrated flash-attention cost);
 - prefill (a batch of B tokens per micro-batch): each matrix read once and multiplied B times at the
   mat-mat rate (experts: the share of experts B tokens route to); logits for the last token only;
-- plus a fixed overhead per token (graph, thread synchronisation), `a + b x layers` per thread count,
+- plus a fixed overhead per token (graph, thread synchronisation), `a + b x tensors in the blocks` per
+  thread count (the graph's size: a MoE/MLA block has about twice the nodes of a llama block),
   fitted once per machine on a synthetic calibration model (`fit_overhead`), never on a real model.
 
 Peak RSS: every weight byte (llama.cpp's warm-up touches all experts; mmap'd pages count once read), the
@@ -39,9 +40,10 @@ ERROR_BAND = {"decode": 0.25, "prefill": 0.25, "rss": 0.10}
 RSS_SLACK = 100 * 2**20  # or 100 MB, whichever is larger
 # Sliding-window layer patterns llama.cpp assumes when a GGUF does not state one (llama-model.cpp)
 SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
-CAL_SHAPE = {"n_embd": 256, "n_ff": 768, "n_head": 4}
 CAL_VOCABS = ("ggml-vocab-phi-3.gguf", "ggml-vocab-llama-bpe.gguf")  # 32k and 128k tokens: the RSS vocab slope
-CAL_LAYERS = (2, 12)  # two depths of the calibration model: the overhead's per-layer slope and constant
+# (width, layers) of the calibration models: two depths give the overhead's per-tensor slope and constant,
+# a wide one its per-activation term (norms, rope, activation quantization grow with the width)
+CAL_MODELS = ((256, 2), (256, 12), (1024, 2))
 CAL_TEST = {"n_prompt": 64, "n_gen": 32, "reps": 5}
 
 
@@ -71,8 +73,16 @@ class Workload:
     swa_layers: int = 0  # layers that attend only to the window
 
     @property
-    def matmuls(self) -> list[Tensor]:
-        return [t for t in self.tensors if t.rows > 1 and t.group != "embd"]
+    def activations(self) -> int:
+        """Activation values one token moves through the blocks' matrices (inputs + outputs): what norms, rope,
+        element-wise ops and activation quantization scale with."""
+        return sum(t.rows + t.cols for t in self.tensors if t.layer >= 0 and t.rows > 1)
+
+    @property
+    def block_tensors(self) -> int:
+        """Tensors inside the transformer blocks: the graph's size, what the per-token overhead scales with
+        (a MoE/MLA block has twice the nodes of a llama block, and each node costs a thread barrier)."""
+        return sum(1 for t in self.tensors if t.layer >= 0)
 
 
 def workload(path: str | os.PathLike) -> Workload:
@@ -163,11 +173,12 @@ class Prediction:
 # rates
 
 
-def _rates(cal: dict, threads: int) -> tuple[float, dict]:
-    """(bandwidth bytes/s, {type: {"mv", "mm"}}) at `threads` (above the calibrated range: the last)."""
+def _rates(cal: dict, threads: int) -> tuple[float, dict, dict]:
+    """(bandwidth bytes/s, {type: {"mv", "mm"}}, attention fit) at `threads` (above the calibrated range: the
+    last)."""
     keys = sorted(int(k) for k in cal["bandwidth_gbs"])
     t = str(min(max(threads, keys[0]), keys[-1]))
-    return cal["bandwidth_gbs"][t] * 1e9, cal["kernels"][t]
+    return cal["bandwidth_gbs"][t] * 1e9, cal["kernels"][t], cal["attention"][t]
 
 
 def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True) -> float:
@@ -198,16 +209,17 @@ def kv_bytes_per_token(meta: ModelMeta, cache_type_k: str, cache_type_v: str) ->
 
 
 def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
-                       kernels: dict, batch: bool) -> float:
-    """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers."""
+                       attn: dict, batch: bool) -> float:
+    """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers:
+    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost)."""
     meta = w.meta
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
-    k_rate = _kernel(kernels, cfg.cache_type_k, "mm" if batch else "mv") / _cache_bytes(cfg.cache_type_k)
+    fit = attn["prefill" if batch else "decode"]
+    per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
     total = 0.0
     for ctx in ctx_per_layer:
         read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
-        macs = tokens * meta.n_head * ctx * (meta.key_length + meta.value_length)
-        total += max(read / bw, macs / k_rate)
+        total += max(read / bw, tokens * meta.n_head * ctx * per)
     return total
 
 
@@ -224,7 +236,7 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
     meta = w.meta
     if cfg.threads < 1:
         raise LowbitError(f"threads must be at least 1, got {cfg.threads}")
-    bw, kernels = _rates(cal, cfg.threads)
+    bw, kernels, attn_fit = _rates(cal, cfg.threads)
     used = meta.n_expert_used / meta.n_expert if meta.n_expert else 1.0
     ov = _overhead(cal, cfg.threads)
     pred = Prediction(model=meta.name, config=asdict(cfg), calibration=cal.get("fingerprint", ""))
@@ -245,8 +257,8 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
             mem, comp = mem + m, comp + c
             weights += max(m, c)
         ctx = cfg.depth + (cfg.n_gen - 1) / 2  # mean context over the generated tokens
-        attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, kernels, batch=False)
-        overhead = ov["decode_a"] + ov["decode_b"] * meta.n_layers
+        attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, attn_fit, batch=False)
+        overhead = ov["decode_a"] + ov["decode_b"] * w.block_tensors + ov.get("decode_c", 0.0) * w.activations
         total = weights + attn + overhead
         pred.decode_tps = round(1 / total, 2)
         pred.decode_ms = {"weights": round(weights * 1e3, 4), "attention": round(attn * 1e3, 4),
@@ -272,11 +284,12 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
                     m, c = t.n_bytes / bw, b * t.n_bytes / rate
                 w_total += max(m, c)
             ctx = cfg.depth + done + b / 2
-            attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, kernels, batch=b > 1)
+            attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, attn_fit, batch=b > 1)
             done += b
         out = sum(max(t.n_bytes / bw, t.n_bytes / _kernel(kernels, t.qtype, "mv", cfg.repack))
                   for t in w.tensors if t.group == "output" and t.rows > 1)  # logits of the last token
-        overhead = n_ub * (ov["prefill_a"] + ov["prefill_b"] * meta.n_layers)
+        overhead = (n_ub * (ov["prefill_a"] + ov["prefill_b"] * w.block_tensors)
+                    + ov.get("prefill_c", 0.0) * cfg.n_prompt * w.activations)
         total = w_total + attn_total + out + overhead
         pred.prefill_tps = round(cfg.n_prompt / total, 2)
         pred.prefill_ms = {"weights": round((w_total + out) * 1e3, 3), "attention": round(attn_total * 1e3, 3),
@@ -331,7 +344,7 @@ def _overhead(cal: dict, threads: int) -> dict:
     return fits[str(min(max(threads, keys[0]), keys[-1]))]
 
 
-def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]) -> Path:
+def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0], n_embd: int = 256) -> Path:
     """A small random-weight llama GGUF (Q8_0 matrices, phi-3 vocabulary) for fitting the overhead."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
@@ -344,7 +357,7 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
     rng = np.random.default_rng(n_layers)
     vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file)
     n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
-    d, ff, h = CAL_SHAPE["n_embd"], CAL_SHAPE["n_ff"], CAL_SHAPE["n_head"]
+    d, ff, h = n_embd, 3 * n_embd, n_embd // 64
     tmp = dest.with_name(dest.name + ".tmp")
     wr = GGUFWriter(tmp, "llama")
     wr.add_context_length(4096)
@@ -408,39 +421,60 @@ def _median_ts(rows: list[dict], prefill: bool) -> float:
 
 
 def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
-    """Fit `overhead = a + b x layers` per thread count (decode per token, prefill per micro-batch) from
-    llama-bench on the synthetic calibration model at two depths, and its runtime RSS footprint."""
+    """Fit `overhead = a + b x block tensors + c x tokens x activations` per thread count (decode per token,
+    prefill per micro-batch) from llama-bench on three synthetic calibration models (two depths, two widths),
+    and the runtime's RSS footprint from two vocabularies."""
     from lowbit.ui import step
 
     folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
     folder.mkdir(parents=True, exist_ok=True)
-    models = {n: calibration_model(folder / f"calibration-llama-l{n}-q8_0.gguf", n) for n in CAL_LAYERS}
+    models = [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
+              for d, n in CAL_MODELS]
     bare = {**cal, "overhead": {}}
     fits = {}
     for t in range(1, int(cal["cores"]) + 1):
-        points = {}
-        for n, path in models.items():
-            step(f"fitting the per-token overhead: calibration model, {n} layers, {t} thread(s)")
+        xs, dec, pre = [], [], []
+        for path in models:
+            w = workload(path)
+            step(f"fitting the per-token overhead: {w.meta.name}, {t} thread(s)")
             rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-            cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
-            p = predict(path, cfg, bare)
-            dec = 1 / _median_ts(rows, False) - 1 / p.decode_tps
-            pre = CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps
-            points[n] = (dec, pre)
-        (l1, (d1, p1)), (l2, (d2, p2)) = sorted(points.items())
-        db, pb = max(0.0, (d2 - d1) / (l2 - l1)), max(0.0, (p2 - p1) / (l2 - l1))
-        fits[str(t)] = {"decode_a": max(0.0, d1 - db * l1), "decode_b": db,
-                        "prefill_a": max(0.0, p1 - pb * l1), "prefill_b": pb}
+            p = predict(w, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"]), bare)
+            xs.append((w.block_tensors, w.activations))
+            dec.append(1 / _median_ts(rows, False) - 1 / p.decode_tps)
+            pre.append(CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps)
+        da, db, dc = _fit_nonnegative(xs, dec, 1)
+        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
+        fits[str(t)] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb,
+                        "prefill_c": pc}
     rss_points = []
     for vocab_file in CAL_VOCABS:
-        path = calibration_model(folder / f"calibration-llama-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
+        path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
         w = workload(path)
         _, parts = peak_rss(w, Config(threads=1, n_prompt=8, n_gen=16, n_ctx=RSS_CTX), bare)
         rss_points.append((w.meta.n_vocab, _measure_rss(path) - sum(parts.values())))
     (v1, r1), (v2, r2) = rss_points
     rb = max(0.0, (r2 - r1) / (v2 - v1))
     return {"threads": fits, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
-            "model": f"synthetic llama {CAL_SHAPE['n_embd']}-wide, {CAL_LAYERS} layers, Q8_0"}
+            "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+
+
+def _fit_nonnegative(xs: list[tuple[int, int]], ys: list[float], tokens: int) -> tuple[float, float, float]:
+    """Least squares `y = a + b x tensors + c x tokens x activations` with a, b, c >= 0 (a negative term is
+    dropped and the rest refitted): the residual time the cost model leaves on the calibration models."""
+    import numpy as np
+
+    cols = np.array([[1.0, x[0], tokens * x[1]] for x in xs])
+    y = np.array(ys)
+    keep = [0, 1, 2]
+    while keep:
+        coef, *_ = np.linalg.lstsq(cols[:, keep], y, rcond=None)
+        if (coef >= 0).all():
+            out = [0.0, 0.0, 0.0]
+            for i, c in zip(keep, coef, strict=True):
+                out[i] = float(c)
+            return out[0], out[1], out[2]
+        keep.pop(int(np.argmin(coef)))
+    return 0.0, 0.0, 0.0
 
 
 RSS_CTX = 512
@@ -593,8 +627,9 @@ def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
         return 0
     threads = sorted(cal["bandwidth_gbs"], key=int)
     print_table(f"calibration {cal['fingerprint']} ({cal.get('measured_at', '?')}, other load "
-                f"{cal.get('busy_cpus', '?')} CPUs)", ["threads", "read GB/s", "decode overhead ms (a + b x layers)"],
-                [(t, cal["bandwidth_gbs"][t], "{:.3f} + {:.4f} x L".format(
+                f"{cal.get('busy_cpus', '?')} CPUs)",
+                ["threads", "read GB/s", "decode overhead ms (a + b x block tensors)"],
+                [(t, cal["bandwidth_gbs"][t], "{:.3f} + {:.5f} x T".format(
                     cal["overhead"]["threads"][t]["decode_a"] * 1e3, cal["overhead"]["threads"][t]["decode_b"] * 1e3))
                  for t in threads])
     rows = []
