@@ -153,10 +153,11 @@ def reported_buffers(log: str) -> dict[str, int]:
     for key, pattern in (("model", r"CPU_Mapped model buffer size =\s+([\d.]+) MiB"),
                          ("repack", r"CPU_REPACK model buffer size =\s+([\d.]+) MiB"),
                          ("kv", r"CPU KV buffer size =\s+([\d.]+) MiB"),
-                         ("compute", r"CPU compute buffer size =\s+([\d.]+) MiB")):
+                         ("compute", r"CPU compute buffer size =\s+([\d.]+) MiB"),
+                         ("fit_projected", r"projected to use\s+([\d.]+) MiB of host memory")):
         vals = [float(v) for v in re.findall(pattern, log)]
-        if vals:
-            out[key] = int(sum(vals) * 2**20)
+        if vals:  # the fit's dry run logs each buffer once more (as 0 MiB for mapped ones): the last load counts
+            out[key] = int(vals[-1] * 2**20) if key == "fit_projected" else int(max(vals) * 2**20)
     return out
 
 

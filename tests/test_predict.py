@@ -41,7 +41,7 @@ def _moe_workload(n_expert: int = 8, used: int = 2) -> P.Workload:
                     P.Tensor(f"blk.{i}.attn_norm.weight", "F32", 1024, 1, 256, 1, "other", i),
                     P.Tensor(f"blk.{i}.ffn_up_exps.weight", "Q8_0", n_expert * 512 * Q8_ROW, 512, 256, n_expert,
                              "routed_experts", i)]
-    return P.Workload(meta, tensors)
+    return P.Workload(meta, tensors, header_bytes=1000)
 
 
 def test_decode_hand_computed_moe_touches_only_active_experts():
@@ -114,7 +114,7 @@ def test_rss_counts_weights_kv_and_runtime_and_band():
     parts = pred.rss_parts
     assert parts["weights"] == sum(t.n_bytes for t in w.tensors)
     assert parts["kv"] == 1024 * 1024 * 2  # context padded to 1024 cells, 1024 bytes each, 2 layers
-    assert parts["runtime"] == 30e6 + 100 * 1000
+    assert parts["runtime"] == 30e6 + 100 * w.header_bytes
     assert pred.rss_bytes == sum(parts.values())
     assert pred.within("rss", pred.rss_bytes + 50 * 2**20)  # 100 MB slack for a small model
     assert not pred.within("rss", pred.rss_bytes + 150 * 2**20)
@@ -233,7 +233,7 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
                 {"n_prompt": 0, "n_gen": n_gen, "avg_ts": tg, "samples_ts": [tg * 0.9, tg, tg * 1.1]}]
 
     monkeypatch.setattr(P, "llama_bench_json", fake_bench)
-    monkeypatch.setattr(P, "_measure_rss", lambda path: 50_000_000 + 40 * P.workload(path).meta.n_vocab
+    monkeypatch.setattr(P, "_measure_rss", lambda path: 50_000_000 + 40 * P.workload(path).header_bytes
                         + sum(P.peak_rss(P.workload(path), P.Config(threads=1, n_prompt=8, n_gen=16,
                                                                        n_ctx=P.RSS_CTX), {})[1].values()))
     fit = P.fit_overhead(cal, tmp_path)

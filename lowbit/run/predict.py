@@ -71,6 +71,7 @@ class Workload:
     tensors: list[Tensor]
     swa_window: int = 0
     swa_layers: int = 0  # layers that attend only to the window
+    header_bytes: int = 0  # metadata before the tensor data, mostly the tokenizer: what llama.cpp's vocab costs
 
     @property
     def activations(self) -> int:
@@ -90,9 +91,11 @@ def workload(path: str | os.PathLike) -> Workload:
     meta = read_model(path)
     tensors: list[Tensor] = []
     first = None
+    header_bytes = 0
     for shard in meta.shards:
         header = read_header(shard)
         first = first or header
+        header_bytes += header.data_offset
         for t in header.tensors:
             shape = list(t.shape) + [1, 1]
             m = BLOCK_RE.match(t.name)
@@ -120,7 +123,7 @@ def workload(path: str | os.PathLike) -> Workload:
         else:
             n = int(pattern) if pattern else SWA_PATTERNS.get(meta.arch, 0)
             swa_layers = meta.n_layers - meta.n_layers // n if n else 0
-    return Workload(meta, tensors, int(window or 0), swa_layers)
+    return Workload(meta, tensors, int(window or 0), swa_layers, header_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +313,8 @@ def peak_rss(w: Workload, cfg: Config, cal: dict) -> tuple[int, dict]:
     warm-up reads all, experts included), the repacked copies of the weights llama.cpp interleaves, the KV
     cache, the part of the compute buffer a micro-batch of the run's size touches (llama.cpp reserves for
     512 tokens but untouched pages are not resident), and the runtime's own footprint (`runtime_a` +
-    `runtime_b` x vocabulary size: binaries, the tokenizer's tables), fitted on calibration models."""
+    `runtime_b` x header bytes: binaries, the tokenizer's tables built from the header), fitted on calibration
+    models with two vocabularies."""
     meta = w.meta
     n_ctx = cfg.n_ctx or (cfg.n_prompt + cfg.n_gen + cfg.depth)
     n_ctx = max(256, -(-n_ctx // 256) * 256)  # llama.cpp pads the context to 256
@@ -327,7 +331,7 @@ def peak_rss(w: Workload, cfg: Config, cal: dict) -> tuple[int, dict]:
     ub = max(1, min(cfg.ubatch, cfg.n_prompt or 1))
     compute = int(ub * (4 * meta.n_embd + 2 * n_ff + meta.n_head * min(n_ctx, 256)) * 4 + meta.n_vocab * 4)
     fit = cal.get("overhead", {})
-    runtime = int(fit.get("runtime_a", 0) + fit.get("runtime_b", 0) * meta.n_vocab)
+    runtime = int(fit.get("runtime_a", 0) + fit.get("runtime_b", 0) * w.header_bytes)
     parts = {"weights": weights, "repacked": repacked, "kv": kv, "compute": compute, "runtime": runtime}
     return sum(parts.values()), parts
 
@@ -451,7 +455,7 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
         w = workload(path)
         _, parts = peak_rss(w, Config(threads=1, n_prompt=8, n_gen=16, n_ctx=RSS_CTX), bare)
-        rss_points.append((w.meta.n_vocab, _measure_rss(path) - sum(parts.values())))
+        rss_points.append((w.header_bytes, _measure_rss(path) - sum(parts.values())))
     (v1, r1), (v2, r2) = rss_points
     rb = max(0.0, (r2 - r1) / (v2 - v1))
     return {"threads": fits, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
@@ -486,7 +490,7 @@ def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int =
     from lowbit.build import active_build
 
     return [str(active_build().tool("llama-completion")), "-m", str(model), "-t", str(threads), "-c", str(n_ctx),
-            "-n", str(n_gen), "-p", "Hello", "-no-cnv", "-s", "1", "--temp", "0", *(extra or [])]
+            "-n", str(n_gen), "-p", "Hello", "-no-cnv", "-s", "1", "--temp", "0", "-v", *(extra or [])]
 
 
 def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
