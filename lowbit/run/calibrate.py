@@ -28,7 +28,7 @@ from pathlib import Path
 from lowbit import LowbitError
 
 CALIBRATION_FILE = "calibration.json"
-FORMAT = 3  # bump when what is measured changes: every machine recalibrates once
+FORMAT = 4  # bump when what is measured changes: every machine recalibrates once
 # weight types the cost model can meet in a GGUF (KV cache types are among them)
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                 "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
@@ -36,6 +36,7 @@ WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q
 MV_SHAPE = (1024, 4096)  # rows, cols of the mat-vec probe: 0.5-4 MB of weights, cache-resident
 MM_BATCH = 64  # columns of the mat-mat probe (llama-bench -p 64; llama.cpp's kernels tile in 16s)
 MM_ROWS = 256
+FEW_BATCH = 8  # a few columns: what each expert sees in a MoE batch (64 tokens x 2 of 8 experts = 16 each)
 DISK_PROBE_MIB = 128
 
 
@@ -119,7 +120,8 @@ def read_bandwidth_gbs(threads: int, mib: int = 128, reps: int = 9) -> float:
 
 
 def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: float = 0.06) -> dict:
-    """{type: {"mv": weight bytes/s one token consumes, "mm": weight bytes x batch / s}} on `threads`.
+    """{type: {"mv": weight bytes/s one token consumes, "mm": weight bytes x batch / s for 64 columns, "mm8":
+    the same for 8 columns}} on `threads`.
 
     Both through ggml's own CPU `mul_mat` (a one-node graph), with the weight repacked where llama.cpp
     repacks it by default; for those types also `mv_norepack`/`mm_norepack` (`--no-repack`, out-of-core
@@ -137,7 +139,9 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
             for suffix, repack in (("", True), ("_norepack", False)) if kernels.repacks(qtype) else (("", False),):
                 mv = kernels.matmul_seconds(qtype, rows, cols, 1, threads, seconds=seconds, repack=repack)
                 mm = kernels.matmul_seconds(qtype, MM_ROWS, cols, MM_BATCH, threads, seconds=seconds, repack=repack)
-                rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm}
+                few = kernels.matmul_seconds(qtype, MM_ROWS, cols, FEW_BATCH, threads, seconds=seconds, repack=repack)
+                rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm,
+                          f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few}
         except (LowbitError, OSError, ValueError) as exc:  # a type missing from this build's traits
             out[qtype] = {"error": str(exc)}
             continue

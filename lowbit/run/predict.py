@@ -193,6 +193,24 @@ def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True) -> float:
     return rate
 
 
+def _batch_rate(kernels: dict, qtype: str, columns: float, repack: bool) -> float:
+    """Weight bytes x columns per second for a matmul of `columns` tokens: the calibrated mat-vec (1), few
+    (FEW_BATCH) and mat-mat (MM_BATCH) rates, interpolated in log(columns) between them."""
+    points = [(1.0, _kernel(kernels, qtype, "mv", repack))]
+    rates = kernels.get(qtype.upper(), {})
+    few = rates.get(f"mm{calibrate.FEW_BATCH}" + ("" if repack else "_norepack"), rates.get(f"mm{calibrate.FEW_BATCH}"))
+    if few:
+        points.append((float(calibrate.FEW_BATCH), few))
+    points.append((float(calibrate.MM_BATCH), _kernel(kernels, qtype, "mm", repack)))
+    if columns <= 1:
+        return points[0][1]
+    for (x1, y1), (x2, y2) in zip(points, points[1:], strict=False):
+        if columns <= x2:
+            f = math.log(columns / x1) / math.log(x2 / x1)
+            return y1 + f * (y2 - y1)
+    return points[-1][1]
+
+
 def _cache_bytes(cache_type: str) -> float:
     """Bytes per element of a KV cache type (q4_0: 18/32)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -281,10 +299,11 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
                 if t.group == "routed_experts":
                     touched = 1 - (1 - used) ** b  # share of experts at least one of b tokens routes to
                     m = t.n_bytes * touched / bw
-                    c = b * used * t.n_bytes / _kernel(kernels, t.qtype, "mm", cfg.repack)
+                    # each touched expert multiplies the few tokens routed to it
+                    per_expert = max(1.0, b * used / touched)
+                    c = b * used * t.n_bytes / _batch_rate(kernels, t.qtype, per_expert, cfg.repack)
                 else:
-                    rate = _kernel(kernels, t.qtype, "mm" if b > 1 else "mv", cfg.repack)
-                    m, c = t.n_bytes / bw, b * t.n_bytes / rate
+                    m, c = t.n_bytes / bw, b * t.n_bytes / _batch_rate(kernels, t.qtype, b, cfg.repack)
                 w_total += max(m, c)
             ctx = cfg.depth + done + b / 2
             attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, attn_fit, batch=b > 1)
