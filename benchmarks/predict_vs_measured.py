@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,6 +74,8 @@ def main() -> int:
     ap.add_argument("--allow-busy", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="only this thread count")
+    ap.add_argument("--store-band", action="store_true",
+                    help="store the worst errors of the quiet rows as the prediction's error band (>= 30 quiet rows)")
     args = ap.parse_args()
 
     from lowbit.notebooks import new_run_dir
@@ -142,6 +145,31 @@ def main() -> int:
         warn(f"{summary['busy_rows']} of {len(rows)} rows ran while other processes used > {P.BUSY_CPUS} CPUs: "
              "their errors measure the machine's load, not the model")
     print(f"results: {run / 'results.json'}")
+    if args.store_band:
+        return store_band(rows, rss_rows)
+    return 0
+
+
+def store_band(rows: list[dict], rss_rows: list[dict]) -> int:
+    """The band `lowbit.run.predict` shows: the worst error of each kind over the rows measured on a quiet
+    machine, rounded up to 5 %; refused with fewer than 30 quiet rows."""
+    import math
+
+    from lowbit.run import predict as P
+
+    quiet = [r for r in rows if not r["busy"]]
+    if len(quiet) < 30:
+        print(f"error: only {len(quiet)} rows were measured on a quiet machine (30 needed): band not stored",
+              file=sys.stderr)
+        return 2
+    band = {}
+    for kind, prefix in (("decode", "tg"), ("prefill", "pp")):
+        worst = max(abs(r["error"]) for r in quiet if r["test"].startswith(prefix))
+        band[kind] = math.ceil(worst * 20 - 1e-9) / 20
+    band["rss"] = 0.10
+    P.BAND_FILE.write_text(json.dumps({"band": band, "quiet_rows": len(quiet),
+                                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
+    print(f"stored the error band {band} in {P.BAND_FILE.name}")
     return 0
 
 

@@ -34,9 +34,15 @@ from lowbit import LowbitError
 from lowbit.gguf_meta import BLOCK_RE, ModelMeta, classify, read_header, read_model
 from lowbit.run import calibrate
 
-# Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md);
-# a prediction is shown as `value x (1 +- band)`.
+# Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
+# by `benchmarks/predict_vs_measured.py --store-band` in error_band.json; a prediction is shown as
+# `value x (1 +- band)`. Before any validation: the goal.
+BAND_FILE = Path(__file__).with_name("error_band.json")
 ERROR_BAND = {"decode": 0.25, "prefill": 0.25, "rss": 0.10}
+try:
+    ERROR_BAND |= {k: float(v) for k, v in json.loads(BAND_FILE.read_text()).get("band", {}).items()}
+except (OSError, ValueError, AttributeError):
+    pass
 RSS_SLACK = 100 * 2**20  # or 100 MB, whichever is larger
 # Sliding-window layer patterns llama.cpp assumes when a GGUF does not state one (llama-model.cpp)
 SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
