@@ -266,3 +266,21 @@ def test_disk_probe_is_cold_and_cleans_up(tmp_path):
     got = calibrate.disk_read_gbs(tmp_path, mib=8)
     assert got["gbs"] > 0 and got["mib"] == 8
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_model_larger_than_the_cache_decodes_at_the_streaming_rate():
+    """Weights beyond the last-level cache come from memory every token: ggml's mat-vec measured on
+    memory-resident weights (mvs) sets their time, and the fitted attention scale multiplies attention."""
+    w = _moe_workload()
+    cal = _cal()
+    cal["kernels"]["1"]["Q8_0"]["mvs"] = 2.5e9
+    small = P.predict(w, P.Config(threads=1, n_gen=1), cal)
+    cal["llc_bytes"] = 1024  # this model no longer fits
+    big = P.predict(w, P.Config(threads=1, n_gen=1), cal)
+    q8 = 1000 * Q8_ROW + 2 * 256 * Q8_ROW + 2 * 2 / 8 * 8 * 512 * Q8_ROW  # output, attn_q, active experts
+    cached = 1000 * Q8_ROW / 5e9 + 2 * 256 * Q8_ROW / 5e9 + 2 * 2 / 8 * 8 * 512 * Q8_ROW / 5e9
+    assert 1 / big.decode_tps - 1 / small.decode_tps == pytest.approx(q8 / 2.5e9 - cached, rel=1e-3)
+    deep = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
+    cal["attention"]["1"]["decode"]["scale"] = 3.0
+    deeper = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
+    assert deeper.decode_ms["attention"] == pytest.approx(3 * deep.decode_ms["attention"], rel=1e-3)

@@ -28,7 +28,7 @@ from pathlib import Path
 from lowbit import LowbitError
 
 CALIBRATION_FILE = "calibration.json"
-FORMAT = 4  # bump when what is measured changes: every machine recalibrates once
+FORMAT = 5  # bump when what is measured changes: every machine recalibrates once
 # weight types the cost model can meet in a GGUF (KV cache types are among them)
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                 "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
@@ -36,8 +36,21 @@ WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q
 MV_SHAPE = (1024, 4096)  # rows, cols of the mat-vec probe: 0.5-4 MB of weights, cache-resident
 MM_BATCH = 64  # columns of the mat-mat probe (llama-bench -p 64; llama.cpp's kernels tile in 16s)
 MM_ROWS = 256
+STREAM_MIB = 96  # the streaming mat-vec probe: well beyond a last-level cache (32 MiB here)
 FEW_BATCH = 8  # a few columns: what each expert sees in a MoE batch (64 tokens x 2 of 8 experts = 16 each)
 DISK_PROBE_MIB = 128
+
+
+def llc_bytes() -> int:
+    """The last-level cache (bytes) from sysfs; 32 MiB when unknown."""
+    best = 0
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip()
+            best = max(best, int(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1))
+        except (OSError, ValueError):
+            continue
+    return best or 32 * 2**20
 
 
 def fingerprint() -> str:
@@ -140,8 +153,13 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
                 mv = kernels.matmul_seconds(qtype, rows, cols, 1, threads, seconds=seconds, repack=repack)
                 mm = kernels.matmul_seconds(qtype, MM_ROWS, cols, MM_BATCH, threads, seconds=seconds, repack=repack)
                 few = kernels.matmul_seconds(qtype, MM_ROWS, cols, FEW_BATCH, threads, seconds=seconds, repack=repack)
+                # one token through weights streamed from memory, as decode reads a model larger than the cache:
+                # compute and memory stalls together, on ggml's own kernel
+                big = max(8, (max(STREAM_MIB, 3 * llc_bytes() // 2**20) * 2**20 // row_bytes) // 8 * 8)
+                stream = kernels.matmul_seconds(qtype, big, cols, 1, threads, seconds=seconds, repack=repack)
                 rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm,
-                          f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few}
+                          f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few,
+                          f"mvs{suffix}": row_bytes * big / stream}
         except (LowbitError, OSError, ValueError) as exc:  # a type missing from this build's traits
             out[qtype] = {"error": str(exc)}
             continue
@@ -219,6 +237,7 @@ def measure(disk_dir: Path | None = None) -> dict:
         "attention": {},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "busy_cpus": round(busy, 2),
+        "llc_bytes": llc_bytes(),
     }
     for t in range(1, cores + 1):
         cal["bandwidth_gbs"][str(t)] = read_bandwidth_gbs(t)

@@ -6,7 +6,8 @@ mmap cannot evict) plus the bytes per token the cache cannot hold, read at the m
 With `C` bytes of cache for weights, `D` dense bytes (read every token), `E` routed-expert bytes of which a
 token reads `e = E x used / n_expert`:
 
-- `D >= C`: a cyclic scan larger than an LRU cache hits nothing: every token reads `D + e` from disk;
+- `D + e >= C`: what one token touches does not fit; a cyclic scan larger than an LRU cache hits nothing:
+  every token reads `D + e` from disk;
 - otherwise the dense part stays hot and the experts get `C - D`: a token misses `e x (1 - (C - D) / E)`.
 
 The measured run (`invoke bigger-than-ram`, root + cgroup v1) puts llama-bench in a fresh memory cgroup
@@ -77,9 +78,10 @@ def predict_out_of_core(model: str | os.PathLike | P.Workload, limit_bytes: int,
     parts = mem.rss_parts
     cache = max(0, limit_bytes - parts["kv"] - parts["compute"] - parts["runtime"])
     e = experts * used
-    if dense >= cache:
+    if dense + e >= cache:
         disk = dense + e
-        note = "the dense weights alone exceed the cache: every token reads them from disk"
+        note = ("what one token touches (dense weights + its experts) exceeds the cache: an LRU page cache "
+                "cycling through more than it holds hits nothing, every token reads it all from disk")
     else:
         hit = min(1.0, (cache - dense) / experts) if experts else 1.0
         disk = e * (1 - hit)
@@ -112,7 +114,7 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     experts = file_gb * 1e9 - dense
     e = experts * 8 / 256
     cache = ram_gb * 1e9 * 0.9 - 4e9  # minus the OS, KV cache (MLA, 8k, q4_0) and compute buffers
-    if dense >= cache:
+    if dense + e >= cache:
         hit, disk_b = 0.0, dense + e
     else:
         hit = min(1.0, (cache - dense) / experts)

@@ -51,6 +51,7 @@ CAL_VOCABS = ("ggml-vocab-phi-3.gguf", "ggml-vocab-llama-bpe.gguf")  # 32k and 1
 # a wide one its per-activation term (norms, rope, activation quantization grow with the width)
 CAL_MODELS = ((256, 2), (256, 12), (1024, 2))
 CAL_TEST = {"n_prompt": 64, "n_gen": 32, "reps": 5}
+CAL_DEPTH = 2048
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,9 +191,11 @@ def _rates(cal: dict, threads: int) -> tuple[float, dict, dict]:
     return cal["bandwidth_gbs"][t] * 1e9, cal["kernels"][t], cal["attention"][t]
 
 
-def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True) -> float:
+def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True, required: bool = True) -> float | None:
     rates = kernels.get(qtype.upper(), {})
     rate = rates.get(kind) if repack else rates.get(f"{kind}_norepack", rates.get(kind))
+    if not rate and not required:
+        return None
     if not rate:
         raise LowbitError(f"no calibrated {kind} rate for ggml type {qtype}: this build cannot run it, or the "
                           "calibration predates it (`invoke calibrate --refresh`)")
@@ -243,6 +246,7 @@ def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tok
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
     fit = attn["prefill" if batch else "decode"]
     per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
+    per *= fit.get("scale", 1.0)  # llama.cpp's cache layout and mask vs the kernel probe (fit_overhead)
     total = 0.0
     for ctx in ctx_per_layer:
         read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
@@ -268,6 +272,9 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
     ov = _overhead(cal, cfg.threads)
     pred = Prediction(model=meta.name, config=asdict(cfg), calibration=cal.get("fingerprint", ""))
 
+    # a model larger than the last-level cache streams its weights from memory every token: the decode rate is
+    # ggml's mat-vec measured on memory-resident weights ("mvs"); a smaller one stays in cache ("mv")
+    streamed = sum(t.n_bytes for t in w.tensors if t.rows > 1 and t.group != "embd") > cal.get("llc_bytes", 32 << 20)
     if cfg.n_gen:
         mem = comp = 0.0
         weights = 0.0
@@ -282,7 +289,8 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
                 continue
             m, c = b / bw, b / _kernel(kernels, t.qtype, "mv", cfg.repack)
             mem, comp = mem + m, comp + c
-            weights += max(m, c)
+            stream = _kernel(kernels, t.qtype, "mvs", cfg.repack, required=False) if streamed else None
+            weights += b / stream if stream else max(m, c)
         ctx = cfg.depth + (cfg.n_gen - 1) / 2  # mean context over the generated tokens
         attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, attn_fit, batch=False)
         overhead = ov["decode_a"] + ov["decode_b"] * w.block_tensors + ov.get("decode_c", 0.0) * w.activations
@@ -475,6 +483,22 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
         fits[str(t)] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb,
                         "prefill_c": pc}
+        # attention in llama.cpp (cache views, mask) against the kernel probe: the same model at depth
+        path = models[1]
+        step(f"fitting attention at depth {CAL_DEPTH}: {path.name}, {t} thread(s)")
+        w = workload(path)
+        deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
+        flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
+        cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
+        cal_t = {**cal, "overhead": {"threads": {str(t): fits[str(t)]}}}
+        p0, p1 = predict(w, cfg, cal_t), predict(w, Config(**{**asdict(cfg), "depth": CAL_DEPTH}), cal_t)
+        for kind, prefill in (("decode", False), ("prefill", True)):
+            n = CAL_TEST["n_prompt"] if prefill else 1
+            measured = n / _median_ts(deep, prefill) - n / _median_ts(flat, prefill)
+            ms = "prefill_ms" if prefill else "decode_ms"
+            modelled = (getattr(p1, ms)["attention"] - getattr(p0, ms)["attention"]) / 1e3
+            if measured > 0 and modelled > 0:
+                cal["attention"][str(t)][kind]["scale"] = measured / modelled
     rss_points = []
     for vocab_file in CAL_VOCABS:
         path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
