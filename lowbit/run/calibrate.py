@@ -108,6 +108,28 @@ def others_busy(seconds: float = 0.5) -> float:
     return max(0.0, (b1 - b0) / (time.monotonic() - t0))
 
 
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(CPU-seconds all processes ran, CPU-seconds of this process and its reaped children, monotonic time)."""
+    import resource
+
+    from lowbit.bitnet_bench import _busy_cpu_seconds
+
+    total = _busy_cpu_seconds()
+    if total is None:
+        return None
+    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return total, own, time.monotonic()
+
+
+def others_since(start: tuple[float, float, float] | None) -> float:
+    """CPUs' worth of time other processes used since `cpu_seconds()` returned `start` (0 off Linux)."""
+    end = cpu_seconds()
+    if start is None or end is None or end[2] <= start[2]:
+        return 0.0
+    return round(max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]), 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # measurements
 
@@ -227,6 +249,7 @@ def measure(disk_dir: Path | None = None) -> dict:
 
     cores = physical_cores()
     busy = others_busy()
+    start = cpu_seconds()
     step(f"calibrating this machine (memory, ggml kernels at 1..{cores} threads, disk)")
     cal = {
         "fingerprint": fingerprint(),
@@ -244,6 +267,7 @@ def measure(disk_dir: Path | None = None) -> dict:
         cal["kernels"][str(t)] = kernel_rates(t)
         cal["attention"][str(t)] = attention_rates(t)
     cal["disk"] = disk_read_gbs(disk_dir or models_dir())
+    busy = cal["busy_cpus"] = max(busy, others_since(start))
     if busy > 0.5:
         from lowbit.ui import warn
 

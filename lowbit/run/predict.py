@@ -661,7 +661,15 @@ def calibration(refresh: bool = False) -> dict:
     """This machine's calibration with its overhead fit (measured and cached on first use)."""
     cal = calibrate.calibration(refresh=refresh)
     if not cal.get("overhead"):
+        start = calibrate.cpu_seconds()
         cal["overhead"] = fit_overhead(cal)
+        # other processes' load over the fit too (llama-bench runs): a busy fit skews every prediction
+        cal["busy_cpus"] = max(cal.get("busy_cpus", 0.0), calibrate.others_since(start))
+        if cal["busy_cpus"] > 0.5:
+            from lowbit.ui import warn
+
+            warn(f"other processes used {cal['busy_cpus']} CPUs while calibrating: predictions will be off; "
+                 "`invoke calibrate --refresh` on a quiet machine")
         calibrate.save(cal)
     return cal
 
