@@ -210,6 +210,52 @@ def plan(c, model=None, vram=None, ram=None, ctx=None, cache_type_k="q4_0", cach
 
 
 @task(
+    help={
+        "model": "a MoE GGUF (default: an R1-layout MoE written once, ~0.5 GB)",
+        "limit_mb": "memory cgroup limit in MiB (default: file size / ratio)",
+        "ratio": "how many times the model exceeds the limit (default 3)",
+        "threads": "CPU threads (default: physical cores)",
+        "n_gen": "tokens to generate",
+        "ram_gb": "RAM for the R1-0528 IQ1_S prediction (default 64)",
+        "json": "print only JSON",
+    }
+)
+def bigger_than_ram(c, model=None, limit_mb=None, ratio=3.0, threads=None, n_gen=16, ram_gb=64.0, json=False):
+    """Run a MoE model several times larger than a memory cgroup (root, cgroup v1); measured vs predicted."""
+    _kit(c, "lowbit.run.out_of_core:bigger_than_ram_command", model=model, limit_mb=limit_mb, ratio=ratio,
+         threads=threads, n_gen=n_gen, ram_gb=ram_gb, json_out=json)
+
+
+@task(help={"refresh": "measure again even if this CPU + build is calibrated", "json": "print only JSON"})
+def calibrate(c, refresh=False, json=False):
+    """Calibrate this machine once (memory bandwidth, ggml kernels per quant type, disk, overhead): cached."""
+    _kit(c, "lowbit.run.predict:calibrate_command", refresh=refresh, json_out=json)
+
+
+@task(
+    help={
+        "model": "catalog name or GGUF path",
+        "threads": "CPU threads (default: physical cores)",
+        "n_prompt": "prompt tokens (prefill, llama-bench -p)",
+        "n_gen": "generated tokens (decode, llama-bench -n)",
+        "depth": "tokens already in the context (llama-bench -d)",
+        "cache_type_k": "KV cache type for K",
+        "cache_type_v": "KV cache type for V",
+        "ubatch": "micro-batch (-ub)",
+        "ctx": "context size for the memory prediction (default: prompt + generated + depth)",
+        "no_repack": "predict --no-repack (llama-bench --repack 0), as out-of-core runs need",
+        "json": "print only JSON",
+    }
+)
+def predict(c, model, threads=None, n_prompt=512, n_gen=128, depth=0, cache_type_k="f16", cache_type_v="f16",
+            ubatch=512, ctx=None, no_repack=False, json=False):
+    """Predict prefill/decode tokens/s and peak RSS from the GGUF header and this machine's calibration."""
+    _kit(c, "lowbit.run.predict:predict_command", model=model, threads=threads, n_prompt=n_prompt, n_gen=n_gen,
+         depth=depth, cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=ubatch, ctx=ctx,
+         no_repack=no_repack, json_out=json)
+
+
+@task(
     iterable=["vram"],
     help={
         "model": "catalog name or GGUF path",
@@ -422,11 +468,14 @@ def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
         "name": "lesson to run (default 00_quickstart; `invoke notebooks` lists them)",
         "param": "key=value, repeatable (-p model=r1 -p n_predict=16); typed by the lesson's parameters cell",
         "params_file": "YAML/JSON file of parameters (-p values override it)",
+        "store": "replace the lesson's stored executed copy in notebooks/ with this run (quiet machines only)",
+        "allow_busy": "store even if other processes used the CPUs during the run",
     },
 )
-def run_notebook(c, name="00_quickstart", param=None, params_file=None):
+def run_notebook(c, name="00_quickstart", param=None, params_file=None, store=False, allow_busy=False):
     """Run a lesson with papermill into runs/<time>-<name>/ (notebook, HTML, metrics.json, log)."""
-    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file)
+    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file,
+         store=store, allow_busy=allow_busy)
 
 
 @task(

@@ -290,6 +290,7 @@ class RunResult:
     executed: str = ""
     html: str = ""
     log: str = ""
+    others_cpus: float | None = None  # CPUs other processes used during the run (busy machine: timings lie)
 
     @property
     def ok(self) -> bool:
@@ -407,6 +408,7 @@ def execute(
     old_env = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # the kernel inherits it: `record` writes there
     start = time.monotonic()
+    cpu0 = _cpu_seconds()
     failure = None
     try:
         papermill.execute_notebook(
@@ -429,6 +431,7 @@ def execute(
         failure = exc
     finally:
         seconds = time.monotonic() - start
+        others = _others_cpus(cpu0, seconds)
         if old_env is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
@@ -453,6 +456,7 @@ def execute(
         executed=str(executed),
         html=str(html),
         log=str(log),
+        others_cpus=others,
     )
     tmp = run_dir / "run.json.tmp"
     tmp.write_text(json.dumps(asdict(result), indent=2, default=str) + "\n")
@@ -460,13 +464,73 @@ def execute(
     return result
 
 
+BUSY_STORE_CPUS = 0.5  # other processes' CPUs during a run above which its result is not stored
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU-seconds every process has run, CPU-seconds of this process and its reaped children), or None."""
+    import resource
+
+    from lowbit.bitnet_bench import _busy_cpu_seconds
+
+    total = _busy_cpu_seconds()
+    if total is None:
+        return None
+    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return total, own
+
+
+def _others_cpus(start: tuple[float, float] | None, seconds: float) -> float | None:
+    """CPUs' worth of time processes other than this run (and its kernel) used since `start`."""
+    end = _cpu_seconds()
+    if start is None or end is None or seconds <= 0:
+        return None
+    return round(max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / seconds, 2)
+
+
+def store_executed(result: RunResult, allow_busy: bool = False) -> Path:
+    """Replace the stored lesson with this run's executed copy — only from a quiet machine (unless
+    `allow_busy`), only without absolute paths of this machine in it, atomically."""
+    import nbformat
+
+    from lowbit.paths import KIT_ROOT
+
+    if not result.ok:
+        raise LowbitError(f"not stored: {result.notebook} failed ({result.failure.describe()})")
+    if result.others_cpus is None or result.others_cpus > BUSY_STORE_CPUS:
+        if not allow_busy:
+            load = "unknown" if result.others_cpus is None else f"{result.others_cpus} CPUs"
+            raise LowbitError(
+                f"not stored: other processes used {load} during the run (more than {BUSY_STORE_CPUS}), so its "
+                "timings describe the load, not the lesson; rerun on a quiet machine, or pass --allow-busy"
+            )
+    dest = lesson_path(result.notebook)
+    nb = nbformat.read(result.executed, as_version=4)
+    pm = nb.metadata.get("papermill")
+    if isinstance(pm, dict):
+        pm["input_path"] = pm["output_path"] = dest.name
+    text = nbformat.writes(nb)
+    for secret in {str(KIT_ROOT), str(Path.home()), str(Path(result.run_dir).resolve())}:
+        if secret and secret != "/" and secret in text:
+            raise LowbitError(f"not stored: the executed notebook shows the absolute path {secret!r}; print paths "
+                              "relative to the model or run folder in the lesson")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dest)
+    return dest
+
+
 def run_notebook(
     name: str = "00_quickstart",
     param: list[str] | None = None,
     params_file: str | None = None,
     kernel: str = "lowbit",
+    store: bool = False,
+    allow_busy: bool = False,
 ) -> int:
-    """`invoke run-notebook`: run one lesson, print where its outputs are; exit 1 when a cell fails."""
+    """`invoke run-notebook`: run one lesson, print where its outputs are; exit 1 when a cell fails. `store`
+    replaces the lesson's stored executed copy (refused when the machine was busy, unless `allow_busy`)."""
     from lowbit import ui
     from lowbit.kernel import KERNEL_NAME, register_kernel
 
@@ -496,7 +560,9 @@ def run_notebook(
             f"partial output: {result.executed}\n              {result.html}\nlog: {result.log}"
         )
         return 1
-    print(f"{path.stem} ok in {result.seconds:.1f} s")
+    print(f"{path.stem} ok in {result.seconds:.1f} s (other processes used {result.others_cpus} CPUs meanwhile)")
+    if store:
+        print(f"  stored:   {store_executed(result, allow_busy)}")
     print(
         f"  notebook: {result.executed}\n  html:     {result.html}\n  metrics:  {result.run_dir}/metrics.json"
     )

@@ -98,6 +98,7 @@ class Plan:
     recommended: str = "cpu-only"
     sizes_only: bool = False
     is_mla: bool = False
+    prediction: dict | None = None  # cpu-only, calibrated (lowbit.run.predict), with its error band
 
     def option(self, name: str) -> Option:
         for opt in self.options:
@@ -419,6 +420,8 @@ def make_plan(
             cpu_bytes_per_token=cpu_t,
         )
     )
+    if not sizes_only:
+        _add_prediction(plan, meta, threads, cache_type_k, cache_type_v)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if threads > 1 and load > 0.75 * physical_cores():
         plan.warnings.append(
@@ -438,6 +441,36 @@ def make_plan(
     if candidates:
         plan.recommended = max(candidates, key=lambda o: o.est_tokens_per_s).name
     return plan
+
+
+PREDICT_PROMPT, PREDICT_GEN = 512, 128  # what the calibrated prediction describes: pp512, tg128
+
+
+def _add_prediction(plan: Plan, meta: ModelMeta, threads: int, cache_type_k: str, cache_type_v: str) -> None:
+    """The calibrated cost model's cpu-only prediction (when this machine is calibrated): it replaces the
+    bandwidth-only estimate of the cpu-only option, which ignores compute, attention and overhead."""
+    from lowbit.run import calibrate, predict
+
+    cal = calibrate.cached()
+    if not cal or not cal.get("overhead"):
+        plan.warnings.append("this machine is not calibrated: est tok/s is a bandwidth-only bound; "
+                             "`invoke calibrate` (about a minute, once) gives a prediction with an error band")
+        return
+    try:
+        w = predict.workload(meta.shards[0])
+        cfg = predict.Config(threads=threads, n_prompt=PREDICT_PROMPT, n_gen=PREDICT_GEN,
+                             cache_type_k=cache_type_k, cache_type_v=cache_type_v, n_ctx=plan.ctx)
+        p = predict.predict(w, cfg, cal)
+    except LowbitError as exc:
+        plan.warnings.append(f"no calibrated prediction: {exc}")
+        return
+    plan.prediction = p.to_dict()
+    if cal.get("busy_cpus", 0) > 0.5:
+        plan.warnings.append(f"the calibration ran while other processes used {cal['busy_cpus']} CPUs: its rates "
+                             "are low; `invoke calibrate --refresh` on a quiet machine")
+    cpu = plan.option("cpu-only")
+    cpu.est_tokens_per_s = p.decode_tps
+    cpu.note += f"; calibrated: decode {p.decode_tps:.1f} tok/s ±{p.band['decode']:.0%}"
 
 
 def _experts_cpu(
@@ -703,6 +736,15 @@ def print_plan(plan: Plan) -> None:
     from lowbit.ui import console
 
     console.print(f"recommended: [bold]{plan.recommended}[/]")
+    if plan.prediction:
+        p, band = plan.prediction, plan.prediction["band"]
+        d, pp = p["decode_tps"], p["prefill_tps"]
+        console.print(
+            f"predicted cpu-only on this machine ({p['config']['threads']} threads; calibrated, from the header): "
+            f"decode tg{PREDICT_GEN} {d:.1f} tok/s ({d * (1 - band['decode']):.1f}-{d * (1 + band['decode']):.1f}), "
+            f"prefill pp{PREDICT_PROMPT} {pp:.1f} tok/s ({pp * (1 - band['prefill']):.1f}-"
+            f"{pp * (1 + band['prefill']):.1f}), peak RSS {p['rss_bytes'] / GiB:.2f} GiB ±{band['rss']:.0%}; "
+            f"{p['bound']}-bound")
     for w in plan.warnings:
         warn(w)
 

@@ -1,0 +1,210 @@
+"""Predicted vs measured tokens/s and peak RSS over >= 30 configurations (the cost model's validation).
+
+    python benchmarks/predict_vs_measured.py [--quick] [--reps 3] [--json] [--allow-busy]
+
+For each model on disk (the real SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M, the replicas, the BitNet 2B4T
+shape in TQ2_0/Q4_0 when `invoke bench-bitnet --reduced` made it), at 1..physical-cores threads and context
+depth 0 and a few thousand, llama-bench measures prefill (pp64) and decode (tg32); `lowbit.run.predict`
+predicts both from the header and this machine's calibration — which never sees these runs (its overhead
+comes from a synthetic model). Prints every row and the median and worst |predicted/measured - 1| for
+decode and prefill, then peak RSS (llama-completion's VmHWM) against the prediction.
+
+A busy machine makes 2-thread runs several times slower than they are: every llama-bench run records how many
+CPUs other processes used meanwhile; rows above 0.3 CPUs are marked busy, and the summary says so (the run
+refuses to start above 1.5 CPUs of other load unless --allow-busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BUSY_START = 1.5
+
+
+def models() -> dict[str, Path]:
+    """name -> GGUF for every validation model present on this machine."""
+    from lowbit.paths import models_dir
+    from lowbit.plan import model_path
+
+    found = {}
+    for name in ("smollm2", "gemma3-270m"):
+        try:
+            found[name] = model_path(name)
+        except Exception:  # noqa: BLE001 - a model not fetched is left out, and the summary says which
+            pass
+    rep = models_dir() / "replicas"
+    for name, pattern in (("r1 UD-IQ1_S", "r1/UD-IQ1_S/*-00001-of-*.gguf"), ("r1 Q8_0", "r1/*Q8_0.gguf"),
+                          ("distill-qwen Q8_0", "distill-qwen/*Q8_0.gguf"),
+                          ("distill-llama Q8_0", "distill-llama/*Q8_0.gguf")):
+        hits = sorted(rep.glob(pattern))
+        if hits:
+            found[name] = hits[0]
+    for qtype in ("TQ2_0", "Q4_0"):
+        hits = sorted((models_dir() / "bitnet-shape").glob(f"bitnet-shape-*-{qtype}.gguf"))
+        if hits:
+            found[f"bitnet-shape {qtype}"] = hits[0]
+    return found
+
+
+def configs(quick: bool, cores: int, only_threads: int | None = None) -> list[tuple[str, int, int]]:
+    """(model, threads, depth) triples; each gives one prefill and one decode row."""
+    out = []
+    for name in models():
+        threads = [cores] if quick or name.startswith(("bitnet", "distill-llama")) else list(range(1, cores + 1))
+        threads = [only_threads] if only_threads else threads
+        depths = [0]
+        if not quick and not name.startswith(("bitnet", "distill")):
+            depths.append(2048)
+        out += [(name, t, d) for t in threads for d in depths]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="threads = physical cores, depth 0 only")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--allow-busy", action="store_true")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="only this thread count")
+    ap.add_argument("--store-band", action="store_true",
+                    help="store the worst errors of the quiet rows as the prediction's error band (>= 30 quiet rows)")
+    args = ap.parse_args()
+
+    from lowbit.notebooks import new_run_dir
+    from lowbit.plan import physical_cores
+    from lowbit.run import calibrate
+    from lowbit.run import predict as P
+    from lowbit.ui import print_table, warn
+
+    busy = calibrate.others_busy(2.0)
+    if busy > BUSY_START and not args.allow_busy:
+        print(f"error: other processes use {busy:.1f} CPUs: measurements would be meaningless; wait for a quiet "
+              "machine or pass --allow-busy", file=sys.stderr)
+        return 2
+    cal = P.calibration()
+    cores = physical_cores()
+    found = models()
+    rows = []
+    for name, threads, depth in configs(args.quick, cores, args.threads):
+        path = found[name]
+        w = P.workload(path)
+        cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
+        pred = P.predict(w, cfg, cal)
+        got = P.measure(path, cfg, args.reps)
+        others = got["others_cpus"]
+        for test, predicted, kind in (("pp64", pred.prefill_tps, "prefill"), ("tg32", pred.decode_tps, "decode")):
+            measured = got[kind]
+            rows.append({"model": name, "threads": threads, "depth": depth, "test": test,
+                         "predicted": predicted, "measured": round(measured, 2),
+                         "error": round(predicted / measured - 1, 4), "others_cpus": others,
+                         "busy": got["busy"], "bound": pred.bound if kind == "decode" else ""})
+        print(f"{name:22s} t={threads} d={depth:5d}  pp64 {pred.prefill_tps:9.1f} vs {rows[-2]['measured']:9.1f}"
+              f"  tg32 {pred.decode_tps:8.1f} vs {rows[-1]['measured']:8.1f}  others {others:.2f}", flush=True)
+    rss_rows = []
+    if not args.no_rss:
+        for name, path in found.items():
+            w = P.workload(path)
+            cfg = P.Config(threads=cores, n_prompt=8, n_gen=16, n_ctx=P.RSS_CTX)
+            pred = P.predict(w, cfg, cal)
+            peak, log = P.measure_peak_rss(P.completion_cmd(path, cores))
+            reported = reported_buffers(log)
+            rss_rows.append({"model": name, "predicted": pred.rss_bytes, "measured": peak,
+                             "error": round(pred.rss_bytes / peak - 1, 4), "parts": pred.rss_parts,
+                             "within": pred.within("rss", peak), "llama_cpp_reported": reported})
+    summary = summarize(rows, rss_rows)
+    run = new_run_dir("predict-vs-measured")
+    (run / "results.json").write_text(json.dumps({"rows": rows, "rss": rss_rows, "summary": summary,
+                                                  "calibration": cal}, indent=1))
+    if args.json:
+        print(json.dumps({"rows": rows, "rss": rss_rows, "summary": summary}, indent=1))
+        return 0
+    print_table("predicted vs measured (llama-bench, median of reps)",
+                ["model", "t", "depth", "test", "predicted", "measured", "pred/meas-1", "others", "bound"],
+                [(r["model"], r["threads"], r["depth"], r["test"], r["predicted"], r["measured"],
+                  f"{r['error']:+.1%}", f"{r['others_cpus']:.2f}" + (" BUSY" if r["busy"] else ""), r["bound"])
+                 for r in rows])
+    if rss_rows:
+        print_table("peak RSS (llama-completion -c 512, VmHWM)",
+                    ["model", "predicted MB", "measured MB", "error", "within 10 %/100 MB", "llama.cpp buffers MB"],
+                    [(r["model"], round(r["predicted"] / 1e6), round(r["measured"] / 1e6), f"{r['error']:+.1%}",
+                      "yes" if r["within"] else "NO",
+                      " ".join(f"{k}={v / 1e6:.0f}" for k, v in r["llama_cpp_reported"].items()))
+                     for r in rss_rows])
+    for what, s in summary.items():
+        if isinstance(s, dict):
+            print(f"{what}: n={s['n']} median |err| {s['median']:.1%}, worst {s['worst']:.1%} ({s['worst_row']})")
+    if summary["busy_rows"]:
+        warn(f"{summary['busy_rows']} of {len(rows)} rows ran while other processes used > {P.BUSY_CPUS} CPUs: "
+             "their errors measure the machine's load, not the model")
+    print(f"results: {run / 'results.json'}")
+    if args.store_band:
+        return store_band(rows, rss_rows)
+    return 0
+
+
+def store_band(rows: list[dict], rss_rows: list[dict]) -> int:
+    """The band `lowbit.run.predict` shows: the worst error of each kind over the rows measured on a quiet
+    machine, rounded up to 5 %; refused with fewer than 30 quiet rows."""
+    import math
+
+    from lowbit.run import predict as P
+
+    quiet = [r for r in rows if not r["busy"]]
+    if len(quiet) < 30:
+        print(f"error: only {len(quiet)} rows were measured on a quiet machine (30 needed): band not stored",
+              file=sys.stderr)
+        return 2
+    band = {}
+    for kind, prefix in (("decode", "tg"), ("prefill", "pp")):
+        worst = max(abs(r["error"]) for r in quiet if r["test"].startswith(prefix))
+        band[kind] = math.ceil(worst * 20 - 1e-9) / 20
+    band["rss"] = 0.10
+    P.BAND_FILE.write_text(json.dumps({"band": band, "quiet_rows": len(quiet),
+                                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
+    print(f"stored the error band {band} in {P.BAND_FILE.name}")
+    return 0
+
+
+def reported_buffers(log: str) -> dict[str, int]:
+    """llama.cpp's own allocation lines: model buffer, KV cache, compute buffer (bytes)."""
+    import re
+
+    out = {}
+    for key, pattern in (("model", r"CPU_Mapped model buffer size =\s+([\d.]+) MiB"),
+                         ("repack", r"CPU_REPACK model buffer size =\s+([\d.]+) MiB"),
+                         ("kv", r"CPU KV buffer size =\s+([\d.]+) MiB"),
+                         ("compute", r"CPU compute buffer size =\s+([\d.]+) MiB"),
+                         ("fit_projected", r"projected to use\s+([\d.]+) MiB of host memory")):
+        vals = [float(v) for v in re.findall(pattern, log)]
+        if vals:  # the fit's dry run logs each buffer once more (as 0 MiB for mapped ones): the last load counts
+            out[key] = int(vals[-1] * 2**20) if key == "fit_projected" else int(max(vals) * 2**20)
+    return out
+
+
+def summarize(rows: list[dict], rss_rows: list[dict]) -> dict:
+    out: dict = {"busy_rows": sum(r["busy"] for r in rows)}
+    for what, prefix in (("decode", "tg"), ("prefill", "pp")):
+        sel = [r for r in rows if r["test"].startswith(prefix)]
+        if sel:
+            worst = max(sel, key=lambda r: abs(r["error"]))
+            out[what] = {"n": len(sel), "median": statistics.median(abs(r["error"]) for r in sel),
+                         "worst": abs(worst["error"]),
+                         "worst_row": f"{worst['model']} t={worst['threads']} d={worst['depth']}"}
+    if rss_rows:
+        worst = max(rss_rows, key=lambda r: abs(r["error"]))
+        out["rss"] = {"n": len(rss_rows), "median": statistics.median(abs(r["error"]) for r in rss_rows),
+                      "worst": abs(worst["error"]), "worst_row": worst["model"],
+                      "within": sum(r["within"] for r in rss_rows)}
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Calibrate this machine once: memory, kernel and disk rates the cost model (`lowbit.run.predict`) needs.
+
+Measured in seconds and cached per CPU fingerprint + llama.cpp build (`calibration.json` in the kit's
+cache): a different CPU or build recalibrates, the same one reads the cache.
+
+- memory read bandwidth for 1..physical cores threads (median of streaming passes: the steady rate a
+  token's weight stream sees, not the best single pass);
+- ggml's own CPU `mul_mat` per quant type (`lowbit.ggml_kernels`): mat-vec (one token) and mat-mat
+  (a 64-token batch) on cache-resident weights, for every thread count — the compute ceilings;
+- ggml's CPU flash attention (llama.cpp's default on CPU) per query x head x cached position;
+- disk read bandwidth of a memory-mapped file, cold (pages evicted with posix_fadvise DONTNEED).
+
+The fixed per-token overhead is fitted by `lowbit.run.predict.fit_overhead` on a synthetic calibration
+model (never on a model the validation benchmark measures) and stored here too.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lowbit import LowbitError
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT = 5  # bump when what is measured changes: every machine recalibrates once
+# weight types the cost model can meet in a GGUF (KV cache types are among them)
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
+                "TQ1_0", "TQ2_0", "MXFP4")
+MV_SHAPE = (1024, 4096)  # rows, cols of the mat-vec probe: 0.5-4 MB of weights, cache-resident
+MM_BATCH = 64  # columns of the mat-mat probe (llama-bench -p 64; llama.cpp's kernels tile in 16s)
+MM_ROWS = 256
+STREAM_MIB = 96  # the streaming mat-vec probe: well beyond a last-level cache (32 MiB here)
+FEW_BATCH = 8  # a few columns: what each expert sees in a MoE batch (64 tokens x 2 of 8 experts = 16 each)
+DISK_PROBE_MIB = 128
+
+
+def llc_bytes() -> int:
+    """The last-level cache (bytes) from sysfs; 32 MiB when unknown."""
+    best = 0
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip()
+            best = max(best, int(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1))
+        except (OSError, ValueError):
+            continue
+    return best or 32 * 2**20
+
+
+def fingerprint() -> str:
+    """CPU + llama.cpp build: what the kernel rates depend on."""
+    from lowbit.build import active_build, cpu_fingerprint
+
+    return f"{cpu_fingerprint()}|{active_build().key}|v{FORMAT}"
+
+
+def cache_path() -> Path:
+    from lowbit.paths import cache_dir
+
+    return cache_dir() / CALIBRATION_FILE
+
+
+def _read_all() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save(cal: dict) -> None:
+    """Store `cal` under its fingerprint (atomic replace; other fingerprints kept)."""
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read_all()
+    data[cal["fingerprint"]] = cal
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def cached(key: str | None = None) -> dict | None:
+    """The cached calibration for this machine and build, if any."""
+    return _read_all().get(key or fingerprint())
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def others_busy(seconds: float = 0.5) -> float:
+    """CPUs' worth of time other processes use right now (/proc/stat over `seconds`; 0 off Linux)."""
+    from lowbit.bitnet_bench import _busy_cpu_seconds
+
+    b0, t0 = _busy_cpu_seconds(), time.monotonic()
+    if b0 is None:
+        return 0.0
+    time.sleep(seconds)
+    b1 = _busy_cpu_seconds() or b0
+    return max(0.0, (b1 - b0) / (time.monotonic() - t0))
+
+
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(CPU-seconds all processes ran, CPU-seconds of this process and its reaped children, monotonic time)."""
+    import resource
+
+    from lowbit.bitnet_bench import _busy_cpu_seconds
+
+    total = _busy_cpu_seconds()
+    if total is None:
+        return None
+    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return total, own, time.monotonic()
+
+
+def others_since(start: tuple[float, float, float] | None) -> float:
+    """CPUs' worth of time other processes used since `cpu_seconds()` returned `start` (0 off Linux)."""
+    end = cpu_seconds()
+    if start is None or end is None or end[2] <= start[2]:
+        return 0.0
+    return round(max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 128, reps: int = 9) -> float:
+    """Steady memory read bandwidth (GB/s) of `threads` streaming readers: median of `reps` passes.
+
+    Each thread OR-reduces its own uint64 array (numpy vectorizes it and releases the GIL), far larger
+    than any cache. The median, not the best pass: decode streams the weights every token, and on a
+    shared VM single passes swing from ~0.5x to ~2x of the steady rate.
+    """
+    import numpy as np
+
+    arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
+    samples = []
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.bitwise_or.reduce, arrays))  # fault the pages in
+        for _ in range(reps):
+            t = time.perf_counter()
+            list(pool.map(np.bitwise_or.reduce, arrays))
+            samples.append(threads * mib * 2**20 / (time.perf_counter() - t) / 1e9)
+    return round(statistics.median(samples), 2)
+
+
+def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: float = 0.06) -> dict:
+    """{type: {"mv": weight bytes/s one token consumes, "mm": weight bytes x batch / s for 64 columns, "mm8":
+    the same for 8 columns}} on `threads`.
+
+    Both through ggml's own CPU `mul_mat` (a one-node graph), with the weight repacked where llama.cpp
+    repacks it by default; for those types also `mv_norepack`/`mm_norepack` (`--no-repack`, out-of-core
+    runs). Types this build cannot run carry an "error" instead.
+    """
+    from lowbit.ggml_kernels import Kernels
+
+    kernels = Kernels()
+    out = {}
+    rows, cols = MV_SHAPE
+    for qtype in types:
+        try:
+            row_bytes = kernels.row_size(qtype, cols)
+            rates = {}
+            for suffix, repack in (("", True), ("_norepack", False)) if kernels.repacks(qtype) else (("", False),):
+                mv = kernels.matmul_seconds(qtype, rows, cols, 1, threads, seconds=seconds, repack=repack)
+                mm = kernels.matmul_seconds(qtype, MM_ROWS, cols, MM_BATCH, threads, seconds=seconds, repack=repack)
+                few = kernels.matmul_seconds(qtype, MM_ROWS, cols, FEW_BATCH, threads, seconds=seconds, repack=repack)
+                # one token through weights streamed from memory, as decode reads a model larger than the cache:
+                # compute and memory stalls together, on ggml's own kernel
+                big = max(8, (max(STREAM_MIB, 3 * llc_bytes() // 2**20) * 2**20 // row_bytes) // 8 * 8)
+                stream = kernels.matmul_seconds(qtype, big, cols, 1, threads, seconds=seconds, repack=repack)
+                rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm,
+                          f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few,
+                          f"mvs{suffix}": row_bytes * big / stream}
+        except (LowbitError, OSError, ValueError) as exc:  # a type missing from this build's traits
+            out[qtype] = {"error": str(exc)}
+            continue
+        out[qtype] = rates
+    return out
+
+
+FA_PROBE = {"n_head": 8, "n_head_kv": 2, "n_kv": 2048, "dims": (64, 128)}
+
+
+def attention_rates(threads: int, seconds: float = 0.05) -> dict:
+    """ggml's CPU flash attention (llama.cpp's CPU default) as seconds per query x head x cached position,
+    `a + b x (k_dim + v_dim)`, for one query (decode) and a 64-token batch (prefill), f16 cache."""
+    from lowbit.ggml_kernels import Kernels
+
+    kernels = Kernels()
+    out = {}
+    for kind, n_tokens in (("decode", 1), ("prefill", MM_BATCH)):
+        points = []
+        for d in FA_PROBE["dims"]:
+            t = kernels.flash_attn_seconds(d, FA_PROBE["n_head"], FA_PROBE["n_head_kv"], FA_PROBE["n_kv"], n_tokens,
+                                           threads, seconds=seconds)
+            points.append((2 * d, t / (n_tokens * FA_PROBE["n_head"] * FA_PROBE["n_kv"])))
+        (x1, y1), (x2, y2) = points
+        b = max(0.0, (y2 - y1) / (x2 - x1))
+        out[kind] = {"a": max(0.0, y1 - b * x1), "b": b}
+    return out
+
+
+def disk_read_gbs(directory: Path, mib: int = DISK_PROBE_MIB) -> dict:
+    """Cold read bandwidth (GB/s) of a memory-mapped file in `directory` (the models' disk).
+
+    Writes a probe file, syncs it, evicts it from the page cache (posix_fadvise DONTNEED), then touches
+    every page through mmap as llama.cpp's mmap loader does. The probe is deleted afterwards.
+    """
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".lowbit-disk-probe-", dir=directory)
+    try:
+        chunk = np.random.default_rng(0).integers(0, 2**63, 2**20 // 8, dtype=np.uint64).tobytes()
+        for _ in range(mib):
+            os.write(fd, chunk)
+        os.fsync(fd)
+        evicted = hasattr(os, "posix_fadvise")
+        if evicted:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        size = mib * 2**20
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+            arr = np.frombuffer(m, dtype=np.uint64)
+            t = time.perf_counter()
+            np.bitwise_or.reduce(arr)
+            dt = time.perf_counter() - t
+            del arr
+        return {"gbs": round(size / dt / 1e9, 3), "mib": mib, "cold": evicted, "dir_device": os.stat(directory).st_dev}
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def measure(disk_dir: Path | None = None) -> dict:
+    """Every hardware rate, for thread counts 1..physical cores (a few seconds)."""
+    from lowbit.paths import models_dir
+    from lowbit.ui import step
+
+    cores = physical_cores()
+    busy = others_busy()
+    start = cpu_seconds()
+    step(f"calibrating this machine (memory, ggml kernels at 1..{cores} threads, disk)")
+    cal = {
+        "fingerprint": fingerprint(),
+        "format": FORMAT,
+        "cores": cores,
+        "bandwidth_gbs": {},
+        "kernels": {},
+        "attention": {},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "busy_cpus": round(busy, 2),
+        "llc_bytes": llc_bytes(),
+    }
+    for t in range(1, cores + 1):
+        cal["bandwidth_gbs"][str(t)] = read_bandwidth_gbs(t)
+        cal["kernels"][str(t)] = kernel_rates(t)
+        cal["attention"][str(t)] = attention_rates(t)
+    cal["disk"] = disk_read_gbs(disk_dir or models_dir())
+    busy = cal["busy_cpus"] = max(busy, others_since(start))
+    if busy > 0.5:
+        from lowbit.ui import warn
+
+        warn(f"other processes used {busy:.1f} CPUs while calibrating: rates may be low; "
+             "recalibrate on a quiet machine (`invoke calibrate --refresh`)")
+    return cal
+
+
+def calibration(refresh: bool = False) -> dict:
+    """This machine's calibration: from the cache, or measured now and cached."""
+    key = fingerprint()
+    if not refresh and (cal := cached(key)):
+        return cal
+    cal = measure()
+    save(cal)
+    return cal

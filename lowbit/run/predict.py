@@ -1,0 +1,734 @@
+"""Predict prefill and decode tokens/s and peak RSS of a GGUF before running it, from its header alone.
+
+Per tensor a token touches, the time is `max(bytes moved / memory bandwidth, work / kernel rate)` at the
+thread count asked for, with the rates this machine's calibration measured (`lowbit.run.calibrate`):
+
+- decode (one token): every weight matrix once (routed experts: `n_expert_used / n_expert` of their bytes),
+  the output matrix (the embedding matrix when tied), one embedding row, and attention over the context
+  (K and V cache bytes read against `queries x heads x positions` at ggml's calibrated flash-attention cost);
+- prefill (a batch of B tokens per micro-batch): each matrix read once and multiplied B times at the
+  mat-mat rate (experts: the share of experts B tokens route to); logits for the last token only;
+- plus a fixed overhead per token (graph, thread synchronisation), `a + b x tensors in the blocks` per
+  thread count (the graph's size: a MoE/MLA block has about twice the nodes of a llama block),
+  fitted once per machine on a synthetic calibration model (`fit_overhead`), never on a real model.
+
+Peak RSS: every weight byte (llama.cpp's warm-up touches all experts; mmap'd pages count once read), the
+KV cache for the context, the compute buffer and the runtime's own footprint (fitted like the overhead).
+The error band is what the validation benchmark (`benchmarks/predict_vs_measured.py`) found on this kit's
+reference machine; docs/plan.md holds its table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lowbit import LowbitError
+from lowbit.gguf_meta import BLOCK_RE, ModelMeta, classify, read_header, read_model
+from lowbit.run import calibrate
+
+# Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
+# by `benchmarks/predict_vs_measured.py --store-band` in error_band.json; a prediction is shown as
+# `value x (1 +- band)`. Before any validation: the issue's goal.
+BAND_FILE = Path(__file__).with_name("error_band.json")
+ERROR_BAND = {"decode": 0.25, "prefill": 0.25, "rss": 0.10}
+try:
+    ERROR_BAND |= {k: float(v) for k, v in json.loads(BAND_FILE.read_text()).get("band", {}).items()}
+except (OSError, ValueError, AttributeError):
+    pass
+RSS_SLACK = 100 * 2**20  # or 100 MB, whichever is larger
+# Sliding-window layer patterns llama.cpp assumes when a GGUF does not state one (llama-model.cpp)
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
+CAL_VOCABS = ("ggml-vocab-phi-3.gguf", "ggml-vocab-llama-bpe.gguf")  # 32k and 128k tokens: the RSS vocab slope
+# (width, layers) of the calibration models: two depths give the overhead's per-tensor slope and constant,
+# a wide one its per-activation term (norms, rope, activation quantization grow with the width)
+CAL_MODELS = ((256, 2), (256, 12), (1024, 2))
+CAL_TEST = {"n_prompt": 64, "n_gen": 32, "reps": 5}
+CAL_DEPTH = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# what a model is made of, per tensor
+
+
+@dataclass
+class Tensor:
+    name: str
+    qtype: str
+    n_bytes: int
+    rows: int  # output features (ne1)
+    cols: int  # input features (ne0)
+    experts: int = 1  # ne2 of a stacked expert tensor
+    group: str = "other"  # attention / dense_ffn / shared_experts / routed_experts / other / output / embd
+    layer: int = -1
+
+
+@dataclass
+class Workload:
+    """What the cost model needs from a header: tensors and attention shape."""
+
+    meta: ModelMeta
+    tensors: list[Tensor]
+    swa_window: int = 0
+    swa_layers: int = 0  # layers that attend only to the window
+    header_bytes: int = 0  # metadata before the tensor data, mostly the tokenizer: what llama.cpp's vocab costs
+
+    @property
+    def activations(self) -> int:
+        """Activation values one token moves through the blocks' matrices (inputs + outputs): what norms, rope,
+        element-wise ops and activation quantization scale with."""
+        return sum(t.rows + t.cols for t in self.tensors if t.layer >= 0 and t.rows > 1)
+
+    @property
+    def block_tensors(self) -> int:
+        """Tensors inside the transformer blocks: the graph's size, what the per-token overhead scales with
+        (a MoE/MLA block has twice the nodes of a llama block, and each node costs a thread barrier)."""
+        return sum(1 for t in self.tensors if t.layer >= 0)
+
+
+def workload(path: str | os.PathLike) -> Workload:
+    """Per-tensor sizes and types of the model at `path` (header only)."""
+    meta = read_model(path)
+    tensors: list[Tensor] = []
+    first = None
+    header_bytes = 0
+    for shard in meta.shards:
+        header = read_header(shard)
+        first = first or header
+        header_bytes += header.data_offset
+        for t in header.tensors:
+            shape = list(t.shape) + [1, 1]
+            m = BLOCK_RE.match(t.name)
+            if m:
+                layer = int(m["layer"])
+                if layer >= meta.n_layers:
+                    continue  # MTP/nextn blocks llama.cpp does not run
+                group = classify(m["rest"])
+            else:
+                layer = -1
+                group = ("embd" if t.name.startswith("token_embd")
+                         else "output" if t.name.startswith("output") else "other")
+            tensors.append(Tensor(t.name, t.tensor_type.name, int(t.n_bytes), int(shape[1]), int(shape[0]),
+                                  int(shape[2]), group, layer))
+    if not any(t.name == "output.weight" for t in tensors):  # tied embeddings: token_embd is the output matrix
+        for t in tensors:
+            if t.name == "token_embd.weight":
+                tensors.append(Tensor("output(tied token_embd)", t.qtype, t.n_bytes, t.rows, t.cols, 1, "output"))
+    window = first.value(f"{meta.arch}.attention.sliding_window") if first else None
+    swa_layers = 0
+    if window:
+        pattern = first.value(f"{meta.arch}.attention.sliding_window_pattern")
+        if hasattr(pattern, "__len__"):  # per-layer flags
+            swa_layers = int(sum(bool(x) for x in pattern))
+        else:
+            n = int(pattern) if pattern else SWA_PATTERNS.get(meta.arch, 0)
+            swa_layers = meta.n_layers - meta.n_layers // n if n else 0
+    return Workload(meta, tensors, int(window or 0), swa_layers, header_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# the configuration and the answer
+
+
+@dataclass
+class Config:
+    """What llama.cpp is asked to do (llama-bench's spelling: -t -p -n -d -ctk -ctv -ub --repack)."""
+
+    threads: int
+    n_prompt: int = 0
+    n_gen: int = 0
+    depth: int = 0
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    ubatch: int = 512
+    n_ctx: int | None = None  # for memory; default n_prompt + n_gen + depth (llama-bench's context)
+    repack: bool = True  # llama.cpp's default; --no-repack / llama-bench --repack 0 for out-of-core runs
+
+
+@dataclass
+class Prediction:
+    model: str
+    config: dict
+    decode_tps: float | None = None
+    prefill_tps: float | None = None
+    decode_ms: dict = field(default_factory=dict)  # breakdown of one token: weights, attention, overhead
+    prefill_ms: dict = field(default_factory=dict)  # breakdown of the whole prompt
+    bound: str = ""  # "memory" or "compute": what limits most of the decode weight time
+    rss_bytes: int = 0
+    rss_parts: dict = field(default_factory=dict)
+    band: dict = field(default_factory=lambda: dict(ERROR_BAND))
+    calibration: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def within(self, what: str, measured: float) -> bool:
+        """Is `measured` inside this prediction's stated band for `what` (decode/prefill/rss)?"""
+        pred = {"decode": self.decode_tps, "prefill": self.prefill_tps, "rss": self.rss_bytes}[what]
+        if not pred or measured <= 0:
+            return False
+        if what == "rss":
+            return abs(measured - pred) <= max(self.band["rss"] * measured, RSS_SLACK)
+        return abs(pred / measured - 1) <= self.band[what]
+
+
+# ---------------------------------------------------------------------------------------------
+# rates
+
+
+def _rates(cal: dict, threads: int) -> tuple[float, dict, dict]:
+    """(bandwidth bytes/s, {type: {"mv", "mm"}}, attention fit) at `threads` (above the calibrated range: the
+    last)."""
+    keys = sorted(int(k) for k in cal["bandwidth_gbs"])
+    t = str(min(max(threads, keys[0]), keys[-1]))
+    return cal["bandwidth_gbs"][t] * 1e9, cal["kernels"][t], cal["attention"][t]
+
+
+def _kernel(kernels: dict, qtype: str, kind: str, repack: bool = True, required: bool = True) -> float | None:
+    rates = kernels.get(qtype.upper(), {})
+    rate = rates.get(kind) if repack else rates.get(f"{kind}_norepack", rates.get(kind))
+    if not rate and not required:
+        return None
+    if not rate:
+        raise LowbitError(f"no calibrated {kind} rate for ggml type {qtype}: this build cannot run it, or the "
+                          "calibration predates it (`invoke calibrate --refresh`)")
+    return rate
+
+
+def _batch_rate(kernels: dict, qtype: str, columns: float, repack: bool) -> float:
+    """Weight bytes x columns per second for a matmul of `columns` tokens: the calibrated mat-vec (1), few
+    (FEW_BATCH) and mat-mat (MM_BATCH) rates, interpolated in log(columns) between them."""
+    points = [(1.0, _kernel(kernels, qtype, "mv", repack))]
+    rates = kernels.get(qtype.upper(), {})
+    few = rates.get(f"mm{calibrate.FEW_BATCH}" + ("" if repack else "_norepack"), rates.get(f"mm{calibrate.FEW_BATCH}"))
+    if few:
+        points.append((float(calibrate.FEW_BATCH), few))
+    points.append((float(calibrate.MM_BATCH), _kernel(kernels, qtype, "mm", repack)))
+    if columns <= 1:
+        return points[0][1]
+    for (x1, y1), (x2, y2) in zip(points, points[1:], strict=False):
+        if columns <= x2:
+            f = math.log(columns / x1) / math.log(x2 / x1)
+            return y1 + f * (y2 - y1)
+    return points[-1][1]
+
+
+def _cache_bytes(cache_type: str) -> float:
+    """Bytes per element of a KV cache type (q4_0: 18/32)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+    except KeyError:
+        raise LowbitError(f"unknown KV cache type {cache_type!r} (llama.cpp: f16, q8_0, q4_0, ...)") from None
+    return size / block
+
+
+def kv_bytes_per_token(meta: ModelMeta, cache_type_k: str, cache_type_v: str) -> float:
+    """K + V cache bytes one token adds to one layer (MLA: the compressed K row only)."""
+    k = meta.key_length * meta.n_head_kv * _cache_bytes(cache_type_k)
+    v = 0 if meta.is_mla else meta.value_length * meta.n_head_kv * _cache_bytes(cache_type_v)
+    return k + v
+
+
+def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
+                       attn: dict, batch: bool) -> float:
+    """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers:
+    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost)."""
+    meta = w.meta
+    kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
+    fit = attn["prefill" if batch else "decode"]
+    per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
+    per *= fit.get("scale", 1.0)  # llama.cpp's cache layout and mask vs the kernel probe (fit_overhead)
+    total = 0.0
+    for ctx in ctx_per_layer:
+        read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
+        total += max(read / bw, tokens * meta.n_head * ctx * per)
+    return total
+
+
+def _layer_contexts(w: Workload, ctx: float) -> list[float]:
+    n = w.meta.n_layers
+    full = [ctx] * (n - w.swa_layers)
+    return full + [min(ctx, w.swa_window)] * w.swa_layers
+
+
+def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None = None) -> Prediction:
+    """Prefill and decode tokens/s and peak RSS for `model` under `cfg` on this (calibrated) machine."""
+    w = model if isinstance(model, Workload) else workload(model)
+    cal = cal or calibration()
+    meta = w.meta
+    if cfg.threads < 1:
+        raise LowbitError(f"threads must be at least 1, got {cfg.threads}")
+    bw, kernels, attn_fit = _rates(cal, cfg.threads)
+    used = meta.n_expert_used / meta.n_expert if meta.n_expert else 1.0
+    ov = _overhead(cal, cfg.threads)
+    pred = Prediction(model=meta.name, config=asdict(cfg), calibration=cal.get("fingerprint", ""))
+
+    # a model larger than the last-level cache streams its weights from memory every token: the decode rate is
+    # ggml's mat-vec measured on memory-resident weights ("mvs"); a smaller one stays in cache ("mv")
+    streamed = sum(t.n_bytes for t in w.tensors if t.rows > 1 and t.group != "embd") > cal.get("llc_bytes", 32 << 20)
+    if cfg.n_gen:
+        mem = comp = 0.0
+        weights = 0.0
+        for t in w.tensors:
+            if t.group == "embd":
+                weights += t.n_bytes / max(t.rows, 1) / bw  # one row per token
+                continue
+            share = used if t.group == "routed_experts" else 1.0
+            b = t.n_bytes * share
+            if t.rows <= 1:  # norms, biases
+                weights += b / bw
+                continue
+            m, c = b / bw, b / _kernel(kernels, t.qtype, "mv", cfg.repack)
+            mem, comp = mem + m, comp + c
+            stream = _kernel(kernels, t.qtype, "mvs", cfg.repack, required=False) if streamed else None
+            weights += b / stream if stream else max(m, c)
+        ctx = cfg.depth + (cfg.n_gen - 1) / 2  # mean context over the generated tokens
+        attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, attn_fit, batch=False)
+        overhead = ov["decode_a"] + ov["decode_b"] * w.block_tensors + ov.get("decode_c", 0.0) * w.activations
+        total = weights + attn + overhead
+        pred.decode_tps = round(1 / total, 2)
+        pred.decode_ms = {"weights": round(weights * 1e3, 4), "attention": round(attn * 1e3, 4),
+                          "overhead": round(overhead * 1e3, 4), "memory_only": round(mem * 1e3, 4),
+                          "compute_only": round(comp * 1e3, 4)}
+        pred.bound = "memory" if mem >= comp else "compute"
+
+    if cfg.n_prompt:
+        total = attn_total = w_total = 0.0
+        done = 0
+        n_ub = math.ceil(cfg.n_prompt / cfg.ubatch)
+        for _ in range(n_ub):
+            b = min(cfg.ubatch, cfg.n_prompt - done)
+            for t in w.tensors:
+                if t.group in ("embd", "output") or t.rows <= 1:
+                    continue
+                if t.group == "routed_experts":
+                    touched = 1 - (1 - used) ** b  # share of experts at least one of b tokens routes to
+                    m = t.n_bytes * touched / bw
+                    # each touched expert multiplies the few tokens routed to it
+                    per_expert = max(1.0, b * used / touched)
+                    c = b * used * t.n_bytes / _batch_rate(kernels, t.qtype, per_expert, cfg.repack)
+                else:
+                    m, c = t.n_bytes / bw, b * t.n_bytes / _batch_rate(kernels, t.qtype, b, cfg.repack)
+                w_total += max(m, c)
+            ctx = cfg.depth + done + b / 2
+            attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, attn_fit, batch=b > 1)
+            done += b
+        out = sum(max(t.n_bytes / bw, t.n_bytes / _kernel(kernels, t.qtype, "mv", cfg.repack))
+                  for t in w.tensors if t.group == "output" and t.rows > 1)  # logits of the last token
+        overhead = (n_ub * (ov["prefill_a"] + ov["prefill_b"] * w.block_tensors)
+                    + ov.get("prefill_c", 0.0) * cfg.n_prompt * w.activations)
+        total = w_total + attn_total + out + overhead
+        pred.prefill_tps = round(cfg.n_prompt / total, 2)
+        pred.prefill_ms = {"weights": round((w_total + out) * 1e3, 3), "attention": round(attn_total * 1e3, 3),
+                           "overhead": round(overhead * 1e3, 3)}
+
+    pred.rss_bytes, pred.rss_parts = peak_rss(w, cfg, cal)
+    return pred
+
+
+def _repacked(t: Tensor, cfg: Config) -> bool:
+    from lowbit.ggml_kernels import Kernels
+
+    return cfg.repack and t.group not in ("embd",) and t.rows % 8 == 0 and Kernels.repacks(t.qtype)
+
+
+def peak_rss(w: Workload, cfg: Config, cal: dict) -> tuple[int, dict]:
+    """Peak resident bytes of a llama.cpp run: every weight byte (mmap'd pages count once read; llama.cpp's
+    warm-up reads all, experts included), the repacked copies of the weights llama.cpp interleaves, the KV
+    cache, the part of the compute buffer a micro-batch of the run's size touches (llama.cpp reserves for
+    512 tokens but untouched pages are not resident), and the runtime's own footprint (`runtime_a` +
+    `runtime_b` x header bytes: binaries, the tokenizer's tables built from the header), fitted on calibration
+    models with two vocabularies."""
+    meta = w.meta
+    n_ctx = cfg.n_ctx or (cfg.n_prompt + cfg.n_gen + cfg.depth)
+    n_ctx = max(256, -(-n_ctx // 256) * 256)  # llama.cpp pads the context to 256
+    real = [t for t in w.tensors if not t.name.startswith("output(tied")]
+    weights = sum(t.n_bytes for t in real)
+    repacked = sum(t.n_bytes for t in real if t.rows > 1 and _repacked(t, cfg))
+    kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
+    ctxs = _layer_contexts(w, n_ctx)
+    if w.swa_window:  # llama.cpp's SWA cache keeps window + one micro-batch, padded
+        ctxs = [c if c == n_ctx else min(n_ctx, -(-(w.swa_window + cfg.ubatch) // 256) * 256) for c in ctxs]
+    kv = int(kv_tok * sum(ctxs))
+    ffn = [t.rows for t in w.tensors if t.group in ("dense_ffn", "shared_experts") and "up" in t.name]
+    n_ff = max(ffn or [4 * meta.n_embd])
+    ub = max(1, min(cfg.ubatch, cfg.n_prompt or 1))
+    compute = int(ub * (4 * meta.n_embd + 2 * n_ff + meta.n_head * min(n_ctx, 256)) * 4 + meta.n_vocab * 4)
+    fit = cal.get("overhead", {})
+    runtime = int(fit.get("runtime_a", 0) + fit.get("runtime_b", 0) * w.header_bytes)
+    parts = {"weights": weights, "repacked": repacked, "kv": kv, "compute": compute, "runtime": runtime}
+    return sum(parts.values()), parts
+
+
+# ---------------------------------------------------------------------------------------------
+# overhead, fitted on a synthetic calibration model
+
+
+def _overhead(cal: dict, threads: int) -> dict:
+    fits = cal.get("overhead", {}).get("threads", {})
+    if not fits:
+        return {"decode_a": 0.0, "decode_b": 0.0, "prefill_a": 0.0, "prefill_b": 0.0}
+    keys = sorted(int(k) for k in fits)
+    return fits[str(min(max(threads, keys[0]), keys[-1]))]
+
+
+def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0], n_embd: int = 256) -> Path:
+    """A small random-weight llama GGUF (Q8_0 matrices, phi-3 vocabulary) for fitting the overhead."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+    from gguf.quants import quantize
+
+    from lowbit.build import sdist_tree
+
+    if dest.exists():
+        return dest
+    rng = np.random.default_rng(n_layers)
+    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file)
+    n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
+    d, ff, h = n_embd, 3 * n_embd, n_embd // 64
+    tmp = dest.with_name(dest.name + ".tmp")
+    wr = GGUFWriter(tmp, "llama")
+    wr.add_context_length(4096)
+    wr.add_embedding_length(d)
+    wr.add_block_count(n_layers)
+    wr.add_feed_forward_length(ff)
+    wr.add_head_count(h)
+    wr.add_head_count_kv(h)
+    wr.add_rope_dimension_count(d // h)
+    wr.add_layer_norm_rms_eps(1e-5)
+    wr.add_vocab_size(n_vocab)
+    wr.add_file_type(7)
+    for f in vocab.fields.values():
+        if f.name.startswith("tokenizer."):
+            if f.types[0].name == "ARRAY":
+                wr.add_key_value(f.name, f.contents(), f.types[0], sub_type=f.types[-1])
+            else:
+                wr.add_key_value(f.name, f.contents(), f.types[0])
+
+    def q8(rows: int, cols: int):
+        x = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+        return quantize(x, GGMLQuantizationType.Q8_0)
+
+    wr.add_tensor("token_embd.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
+    wr.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    wr.add_tensor("output.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
+    for i in range(n_layers):
+        wr.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32))
+        wr.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32))
+        for name, rows, cols in (("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_output", d, d),
+                                 ("ffn_gate", ff, d), ("ffn_up", ff, d), ("ffn_down", d, ff)):
+            wr.add_tensor(f"blk.{i}.{name}.weight", q8(rows, cols), raw_dtype=GGMLQuantizationType.Q8_0)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    os.replace(tmp, dest)
+    return dest
+
+
+def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
+                     extra: list[str] | None = None, timeout: float = 900) -> list[dict]:
+    """llama-bench -o json rows (its own repetitions; samples in `samples_ts`)."""
+    from lowbit.build import active_build
+
+    cmd = [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(n_prompt),
+           "-n", str(n_gen), "-d", str(depth), "-r", str(reps), "-o", "json", *(extra or [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LowbitError(f"llama-bench did not finish in {timeout:g} s: {' '.join(cmd)}") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise LowbitError(f"llama-bench exited with {proc.returncode}:\n{tail}")
+    return json.loads(proc.stdout[proc.stdout.index("[") : proc.stdout.rindex("]") + 1])
+
+
+def _median_ts(rows: list[dict], prefill: bool) -> float:
+    row = next(r for r in rows if (r["n_prompt"] > 0) == prefill and (r["n_gen"] > 0) != prefill)
+    return statistics.median(row.get("samples_ts") or [row["avg_ts"]])
+
+
+def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
+    """Fit `overhead = a + b x block tensors + c x tokens x activations` per thread count (decode per token,
+    prefill per micro-batch) from llama-bench on three synthetic calibration models (two depths, two widths),
+    and the runtime's RSS footprint from two vocabularies."""
+    from lowbit.ui import step
+
+    folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
+              for d, n in CAL_MODELS]
+    bare = {**cal, "overhead": {}}
+    fits = {}
+    for t in range(1, int(cal["cores"]) + 1):
+        xs, dec, pre = [], [], []
+        for path in models:
+            w = workload(path)
+            step(f"fitting the per-token overhead: {w.meta.name}, {t} thread(s)")
+            rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
+            p = predict(w, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"]), bare)
+            xs.append((w.block_tensors, w.activations))
+            dec.append(1 / _median_ts(rows, False) - 1 / p.decode_tps)
+            pre.append(CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps)
+        da, db, dc = _fit_nonnegative(xs, dec, 1)
+        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
+        fits[str(t)] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb,
+                        "prefill_c": pc}
+        # attention in llama.cpp (cache views, mask) against the kernel probe: the same model at depth
+        path = models[1]
+        step(f"fitting attention at depth {CAL_DEPTH}: {path.name}, {t} thread(s)")
+        w = workload(path)
+        deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
+        flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
+        cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
+        cal_t = {**cal, "overhead": {"threads": {str(t): fits[str(t)]}}}
+        p0, p1 = predict(w, cfg, cal_t), predict(w, Config(**{**asdict(cfg), "depth": CAL_DEPTH}), cal_t)
+        for kind, prefill in (("decode", False), ("prefill", True)):
+            n = CAL_TEST["n_prompt"] if prefill else 1
+            measured = n / _median_ts(deep, prefill) - n / _median_ts(flat, prefill)
+            ms = "prefill_ms" if prefill else "decode_ms"
+            modelled = (getattr(p1, ms)["attention"] - getattr(p0, ms)["attention"]) / 1e3
+            if measured > 0 and modelled > 0:
+                cal["attention"][str(t)][kind]["scale"] = measured / modelled
+    rss_points = []
+    for vocab_file in CAL_VOCABS:
+        path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
+        w = workload(path)
+        _, parts = peak_rss(w, Config(threads=1, n_prompt=8, n_gen=16, n_ctx=RSS_CTX), bare)
+        rss_points.append((w.header_bytes, _measure_rss(path) - sum(parts.values())))
+    (v1, r1), (v2, r2) = rss_points
+    rb = max(0.0, (r2 - r1) / (v2 - v1))
+    return {"threads": fits, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
+            "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+
+
+def _fit_nonnegative(xs: list[tuple[int, int]], ys: list[float], tokens: int) -> tuple[float, float, float]:
+    """Least squares `y = a + b x tensors + c x tokens x activations` with a, b, c >= 0 (a negative term is
+    dropped and the rest refitted): the residual time the cost model leaves on the calibration models."""
+    import numpy as np
+
+    cols = np.array([[1.0, x[0], tokens * x[1]] for x in xs])
+    y = np.array(ys)
+    keep = [0, 1, 2]
+    while keep:
+        coef, *_ = np.linalg.lstsq(cols[:, keep], y, rcond=None)
+        if (coef >= 0).all():
+            out = [0.0, 0.0, 0.0]
+            for i, c in zip(keep, coef, strict=True):
+                out[i] = float(c)
+            return out[0], out[1], out[2]
+        keep.pop(int(np.argmin(coef)))
+    return 0.0, 0.0, 0.0
+
+
+RSS_CTX = 512
+
+
+def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int = 16,
+                   extra: list[str] | None = None) -> list[str]:
+    """llama-completion making `n_gen` tokens from a 1-token prompt: the run whose peak RSS is measured."""
+    from lowbit.build import active_build
+
+    return [str(active_build().tool("llama-completion")), "-m", str(model), "-t", str(threads), "-c", str(n_ctx),
+            "-n", str(n_gen), "-p", "Hello", "-no-cnv", "-s", "1", "--temp", "0", "-v", *(extra or [])]
+
+
+def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
+    return measure_peak_rss(completion_cmd(model, threads, n_ctx))[0]
+
+
+def measure_peak_rss(cmd: list[str], timeout: float = 600) -> tuple[int, str]:
+    """(VmHWM of the child in bytes, its stderr) for `cmd`; the child's own peak, not this process's."""
+    import re
+    import time
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        status = Path(f"/proc/{proc.pid}/status")
+        peak, start = 0, time.monotonic()
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - start > timeout:
+                    raise LowbitError(f"{Path(cmd[0]).name} ran past {timeout:g} s")
+                try:
+                    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+                    peak = max(peak, int(m.group(1)) * 1024) if m else peak
+                except OSError:
+                    pass
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        log = err.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
+    return peak, log
+
+
+BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a busy one
+
+
+def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
+    """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
+    and how many CPUs other processes used meanwhile (`busy` above BUSY_CPUS: the numbers measure the load)."""
+    from lowbit.bitnet_bench import _busy_cpu_seconds, _children_cpu_seconds
+
+    extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
+             "--repack", "1" if cfg.repack else "0"]
+    b0, own0, t0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
+    rows = llama_bench_json(Path(path), cfg.threads, cfg.n_prompt, cfg.n_gen, reps, depth=cfg.depth, extra=extra)
+    others = 0.0
+    if b0 is not None:
+        others = max(0.0, ((_busy_cpu_seconds() or b0) - b0 - (_children_cpu_seconds() - own0))
+                     / max(time.monotonic() - t0, 1e-9))
+    out = {"others_cpus": round(others, 2), "busy": others > BUSY_CPUS}
+    if cfg.n_prompt:
+        out["prefill"] = _median_ts(rows, True)
+    if cfg.n_gen:
+        out["decode"] = _median_ts(rows, False)
+    return out
+
+
+def predict_then_measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None,
+                         show: bool = True) -> list[dict]:
+    """Print the prediction (with its band), run llama-bench, print the measurement and the error: one row per
+    test (prefill, decode) with `within` (inside the stated band) and `busy`."""
+    w = workload(path)
+    p = predict(w, cfg, cal)
+    tests = [("prefill", f"pp{cfg.n_prompt}", p.prefill_tps), ("decode", f"tg{cfg.n_gen}", p.decode_tps)]
+    tests = [t for t in tests if t[2]]
+    if show:
+        print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
+            f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
+    got = measure(path, cfg, reps)
+    rows = []
+    for kind, name, v in tests:
+        m = got[kind]
+        rows.append({"test": name, "kind": kind, "threads": cfg.threads, "depth": cfg.depth, "predicted": v,
+                     "measured": round(m, 2), "error": round(v / m - 1, 4), "band": p.band[kind],
+                     "within": p.within(kind, m), "busy": got["busy"], "others_cpus": got["others_cpus"]})
+    if show:
+        print("    measured: " + ", ".join(
+            f"{r['test']} {r['measured']:.1f} tok/s ({r['error']:+.0%}{'' if r['within'] else ', OUTSIDE the band'})"
+            for r in rows) + (f"  [busy: others used {got['others_cpus']} CPUs]" if got["busy"] else ""))
+    return rows
+
+
+def plot_predicted_vs_measured(rows: list[dict], path: Path) -> Path:
+    """Predicted against measured tok/s on log axes, the band as a shaded cone; busy rows hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    values = [r["measured"] for r in rows] + [r["predicted"] for r in rows]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    band = max(r["band"] for r in rows)
+    xs = [lo, hi]
+    ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="0.9",
+                    label=f"±{band:.0%} band")
+    ax.plot(xs, xs, color="0.5", lw=1)
+    for kind, marker in (("prefill", "s"), ("decode", "o")):
+        for busy in (False, True):
+            sel = [r for r in rows if r["kind"] == kind and r["busy"] == busy]
+            if sel:
+                ax.scatter([r["measured"] for r in sel], [r["predicted"] for r in sel], marker=marker,
+                           facecolors="none" if busy else None, edgecolors="C0" if kind == "decode" else "C1",
+                           color=None if busy else ("C0" if kind == "decode" else "C1"),
+                           label=kind + (" (busy machine)" if busy else ""))
+    ax.set(xscale="log", yscale="log", xlim=xs, ylim=xs, xlabel="measured tok/s (llama-bench)",
+           ylabel="predicted tok/s (header + calibration)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def calibration(refresh: bool = False) -> dict:
+    """This machine's calibration with its overhead fit (measured and cached on first use)."""
+    cal = calibrate.calibration(refresh=refresh)
+    if not cal.get("overhead"):
+        start = calibrate.cpu_seconds()
+        cal["overhead"] = fit_overhead(cal)
+        # other processes' load over the fit too (llama-bench runs): a busy fit skews every prediction
+        cal["busy_cpus"] = max(cal.get("busy_cpus", 0.0), calibrate.others_since(start))
+        if cal["busy_cpus"] > 0.5:
+            from lowbit.ui import warn
+
+            warn(f"other processes used {cal['busy_cpus']} CPUs while calibrating: predictions will be off; "
+                 "`invoke calibrate --refresh` on a quiet machine")
+        calibrate.save(cal)
+    return cal
+
+
+# ---------------------------------------------------------------------------------------------
+# `invoke calibrate`, `invoke predict`
+
+
+def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
+    """`invoke calibrate`: measure (or show the cached) calibration of this machine and build."""
+    from lowbit.ui import print_table
+
+    cal = calibration(refresh=refresh)
+    if json_out:
+        print(json.dumps(cal, indent=1))
+        return 0
+    threads = sorted(cal["bandwidth_gbs"], key=int)
+    print_table(f"calibration {cal['fingerprint']} ({cal.get('measured_at', '?')}, other load "
+                f"{cal.get('busy_cpus', '?')} CPUs)",
+                ["threads", "read GB/s", "decode overhead ms (a + b x block tensors)"],
+                [(t, cal["bandwidth_gbs"][t], "{:.3f} + {:.5f} x T".format(
+                    cal["overhead"]["threads"][t]["decode_a"] * 1e3, cal["overhead"]["threads"][t]["decode_b"] * 1e3))
+                 for t in threads])
+    rows = []
+    for qtype, r in cal["kernels"][threads[-1]].items():
+        if "mv" in r:
+            rows.append((qtype, f"{r['mv'] / 1e9:.1f}", f"{r['mm'] / 1e9:.1f}",
+                         f"{r['mv_norepack'] / 1e9:.1f} / {r['mm_norepack'] / 1e9:.1f}" if "mv_norepack" in r else ""))
+    print_table(f"ggml mul_mat at {threads[-1]} threads, weight GB/s (mat-mat: x batch {calibrate.MM_BATCH})",
+                ["type", "mat-vec", "mat-mat", "no repack mv / mm"], rows)
+    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s")
+    return 0
+
+
+def predict_command(model: str, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128, depth: int = 0,
+                    cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
+                    no_repack: bool = False, json_out: bool = False) -> int:
+    """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
+    from lowbit.plan import model_path
+    from lowbit.ui import print_table
+
+    cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
+                 depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
+                 n_ctx=int(ctx) if ctx else None, repack=not no_repack)
+    p = predict(model_path(model), cfg)
+    if json_out:
+        print(json.dumps(p.to_dict(), indent=1))
+        return 0
+    band = p.band
+
+    def rng(v: float | None, b: float) -> str:
+        return f"{v:.1f}  ({v * (1 - b):.1f} - {v * (1 + b):.1f})" if v else "-"
+
+    print_table(f"{p.model}: predicted, {cfg.threads} threads, depth {cfg.depth} (band: worst error of the "
+                "validation benchmark)", ["what", "predicted", "breakdown"],
+                [(f"prefill pp{cfg.n_prompt} tok/s", rng(p.prefill_tps, band["prefill"]),
+                  " ".join(f"{k} {v:.1f} ms" for k, v in p.prefill_ms.items())),
+                 (f"decode tg{cfg.n_gen} tok/s", rng(p.decode_tps, band["decode"]),
+                  f"{p.bound}-bound; " + " ".join(f"{k} {v:.2f} ms" for k, v in p.decode_ms.items())),
+                 ("peak RSS MB", f"{p.rss_bytes / 1e6:.0f} (±{band['rss']:.0%} or 100 MB)",
+                  " ".join(f"{k} {v / 1e6:.0f}" for k, v in p.rss_parts.items()))])
+    return 0

@@ -1,0 +1,102 @@
+"""Bigger than RAM: the memory cgroup is always removed and its processes killed; the disk-read model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lowbit import LowbitError
+from lowbit.run import out_of_core as O
+from tests.test_predict import _cal, _moe_workload
+
+needs_cgroup = pytest.mark.skipif(O.cgroup_available() is not None,
+                                  reason=f"{O.cgroup_available()} (test_no_root_says_what_to_do covers this case)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _our_groups() -> set[str]:
+    return {p.name for p in O.CGROUP_ROOT.iterdir() if p.name.startswith("lowbit-test-")}
+
+
+@needs_cgroup
+def test_limited_run_reports_and_leaves_nothing():
+    run = O.run_limited([sys.executable, "-c", "print(open('/proc/self/cgroup').read())"], 200 * 2**20,
+                        name="lowbit-test-ok")
+    assert run.returncode == 0 and "lowbit-test-ok" in run.stdout  # the child ran inside the group
+    assert run.limit_bytes == 200 * 2**20 and run.max_usage_bytes > 0
+    assert not (O.CGROUP_ROOT / "lowbit-test-ok").exists()
+
+
+@needs_cgroup
+def test_failing_run_with_orphan_child_is_cleaned_up(tmp_path):
+    pidfile = tmp_path / "pid"
+    cmd = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; exit 3"]
+    run = O.run_limited(cmd, 100 * 2**20, name="lowbit-test-orphan")
+    assert run.returncode == 3
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the orphaned child outlived its cgroup"
+    assert "lowbit-test-orphan" not in _our_groups()
+
+
+@needs_cgroup
+def test_over_the_limit_is_oom_killed_and_cleaned_up():
+    grab = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('survived')"
+    run = O.run_limited([sys.executable, "-c", grab], 64 * 2**20, name="lowbit-test-oom")
+    assert run.returncode != 0 and "survived" not in run.stdout and run.oom_killed
+    assert "lowbit-test-oom" not in _our_groups()
+
+
+@needs_cgroup
+def test_timeout_and_exceptions_still_remove_the_group(monkeypatch):
+    run = O.run_limited(["sleep", "30"], 50 * 2**20, timeout=0.5, name="lowbit-test-timeout")
+    assert run.returncode != 0 and "killed after" in run.stderr
+    assert "lowbit-test-timeout" not in _our_groups()
+
+    def broken(*a, **k):
+        raise OSError("exec failed")
+
+    monkeypatch.setattr(subprocess, "Popen", broken)
+    with pytest.raises(OSError, match="exec failed"):
+        O.run_limited(["true"], 50 * 2**20, name="lowbit-test-raise")
+    assert "lowbit-test-raise" not in _our_groups()
+
+
+def test_no_root_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    why = O.cgroup_available()
+    assert why and "systemd-run --user --scope -p MemoryMax=" in why
+    with pytest.raises(LowbitError, match="systemd-run"):
+        O.run_limited(["true"], 2**20)
+
+
+def test_out_of_core_model_hand_computed():
+    """Dense weights fit the cache: only expert misses come from disk, at the calibrated disk rate."""
+    w = _moe_workload()  # experts 2 x 8 x 512 x 272 bytes, 2 of 8 used; dense: output, attn_q, norms, a row
+    cal = _cal() | {"disk": {"gbs": 0.5}}
+    cal["overhead"] |= {"runtime_a": 0, "runtime_b": 0}
+    experts = 2 * 8 * 512 * 272
+    dense = 1000 * 272 + 2 * (256 * 272 + 1024) + 272
+    mem = O.P.predict(w, O.P.Config(threads=1, n_gen=16, repack=False, n_ctx=32), cal)
+    buffers = mem.rss_parts["kv"] + mem.rss_parts["compute"]
+    limit = buffers + dense + experts // 2  # half the experts fit next to the dense weights
+    got = O.predict_out_of_core(w, limit, 1, cal)
+    assert got.dense_bytes == dense and got.expert_bytes == experts
+    assert got.disk_bytes_per_token == pytest.approx(experts * 2 / 8 * (1 - 0.5), abs=2)
+    assert 1 / got.predicted_tps == pytest.approx(1 / mem.decode_tps + got.disk_bytes_per_token / 0.5e9, rel=1e-3)
+    # one token's dense weights + experts do not fit: an LRU cache cycling through them hits nothing
+    thrash = O.predict_out_of_core(w, buffers + dense + experts // 8, 1, cal)
+    assert thrash.disk_bytes_per_token == pytest.approx(dense + experts * 2 / 8, abs=2)
