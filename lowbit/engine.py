@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from lowbit import LowbitError, flag_number
+from lowbit import LowbitError, flag_number, procs
 from lowbit.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
 DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
@@ -126,15 +126,7 @@ def rpc_placement(flags: list[str]) -> list[str]:
     """The planner's flags for a run over RPC workers: its placement dropped, every layer offered to the
     devices (`-ngl auto`: llama.cpp fits as many layers as the workers' reported memory holds, the rest
     stay on this machine). A planned `-ngl 0` on a CPU-only client would give the workers nothing."""
-    out, skip = [], False
-    for flag in flags:
-        if skip:
-            skip = False
-        elif flag in PLACEMENT_FLAGS:
-            skip = True
-        elif flag not in PLACEMENT_SWITCHES:
-            out.append(flag)
-    return ["-ngl", "auto", *out]
+    return ["-ngl", "auto", *procs.drop_flags(flags, PLACEMENT_FLAGS, PLACEMENT_SWITCHES)]
 
 
 def format_prompt(prompt: str, arch: str, raw: bool = False) -> str:

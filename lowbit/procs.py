@@ -202,3 +202,16 @@ def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Pat
     if proc.returncode != 0:
         raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
     return proc.stdout + proc.stderr
+
+
+def drop_flags(flags: list[str], with_value: set[str], switches: set[str] = frozenset()) -> list[str]:
+    """A command line's flags without `with_value` flags (and the value after each) and `switches`."""
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in with_value:
+            skip = True
+        elif flag not in switches:
+            out.append(flag)
+    return out

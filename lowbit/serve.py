@@ -199,7 +199,7 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
         raise LowbitError(f"--max-tokens must be at least 1 (got {max_tokens})")
     cmd = [str(active_build().tool("llama-server")), "--model", str(model_path), "--host", host,
            "--port", str(port), "--alias", alias, "--jinja", "--reasoning-format", REASONING_FORMAT,
-           *_without_flags(placement or [], OWN_VALUE_FLAGS),
+           *procs.drop_flags(placement or [], OWN_VALUE_FLAGS),
            "--parallel", str(parallel),
            # --ctx is per request: the server divides its context among the slots.
            "--ctx-size", str(ctx * parallel),
@@ -214,16 +214,6 @@ OWN_VALUE_FLAGS = {"--ctx-size", "-c", "--cache-type-k", "-ctk", "--cache-type-v
                    "-np", "--n-predict", "-n", "--predict"}
 
 
-def _without_flags(flags: list[str], names: set[str]) -> list[str]:
-    out, skip = [], False
-    for flag in flags:
-        if skip:
-            skip = False
-        elif flag in names:
-            skip = True
-        else:
-            out.append(flag)
-    return out
 
 
 def explain_exit(code: int | None, log_path: Path) -> str:
