@@ -6,7 +6,7 @@ Usage: python benchmarks/quality_ladder.py [--model smollm2] [--tokens 10240] [-
 Cold means an empty quality cache (a temporary LOWBIT_CACHE that shares only the llama.cpp build): the
 reference is dequantized/converted, the importance matrix computed, the base logits written and every quant
 built and measured. Prints each stage's seconds, the cold total, and the cached re-run's total. The goal
-(DESIGN.md, numbers to beat): 5 quants of SmolLM2 on ~10k evaluation tokens in <= 5 min on 2 cores, cached
+(the quality issue's goal): 5 quants of SmolLM2 on ~10k evaluation tokens in <= 5 min on 2 cores, cached
 re-runs in seconds. Other processes on the machine slow the cold run: read it with the load average it prints.
 """
 

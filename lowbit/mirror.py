@@ -6,7 +6,7 @@ huggingface_hub client). Repos are the folders `DIR/<owner>/<name>/`.
 
 No library provides a Hub *server* (huggingface_hub is a client only), so this is a small
 standard-library `ThreadingHTTPServer` answering exactly the requests huggingface_hub's download path
-makes (see DESIGN.md §3):
+makes (see docs/facts.md):
 
 - `GET /api/models/{repo}` and `/api/models/{repo}/revision/{rev}`  -> JSON with `sha`, `siblings`
 - `GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=true`     -> entries with `size`, `oid`,

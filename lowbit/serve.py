@@ -29,7 +29,7 @@ from pathlib import Path
 from lowbit import LowbitError, procs
 from lowbit.rpc import RPC_WORKER_GONE, check_reachable, parse_rpc, rpc_flags, worker_failure
 
-# DeepSeek's recommendation for R1 (DESIGN.md §4); llama-server applies them to every request that
+# DeepSeek's recommendation for R1 (docs/facts.md); llama-server applies them to every request that
 # does not set its own values.
 RECOMMENDED_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
 RECOMMENDED_CACHE = ["--cache-type-k", "q4_0"]
