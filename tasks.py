@@ -113,7 +113,7 @@ def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_rep
     """Create/reuse the environment, build llama.cpp, bind Python to it, register the kernel, get the models."""
     kwargs = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force,
               "replicas": not no_replicas, "user_kernel": user_kernel, "real_models": not no_real_models}
-    _run(c, [sys.executable, "-m", "lowbit.bootstrap", json.dumps(kwargs)])
+    _run(c, [sys.executable, "-m", "lowbit.setup.bootstrap", json.dumps(kwargs)])
 
 
 @task(
@@ -126,13 +126,14 @@ def setup(c, backend="auto", source="sdist", cuda_arch=None, force=False, no_rep
 )
 def build_llama(c, backend="auto", source="sdist", cuda_arch=None, force=False):
     """Build llama.cpp (cached per commit, backend, flags and patches) and make it active."""
-    _kit(c, "lowbit.build:build_llama_command", backend=backend, source=source, cuda_arch=cuda_arch, force=force)
+    _kit(c, "lowbit.toolchain.build:build_llama_command", backend=backend, source=source, cuda_arch=cuda_arch,
+         force=force)
 
 
 @task(help={"json": "print the report as JSON"})
 def doctor(c, json=False):  # noqa: A002 (the flag is --json)
     """Report this machine (CPU, SIMD, RAM, disk, GPUs, builds) and whether setup is complete."""
-    _kit(c, "lowbit.doctor:doctor_command", json_output=json)
+    _kit(c, "lowbit.setup.doctor:doctor_command", json_output=json)
 
 
 @task(
@@ -159,7 +160,7 @@ def test(c, k=None, no_notebooks=False, lint=True):
 )
 def replicas(c, force=False, only=None):
     """Build, verify and cache the offline replica models (random weights, real layout and tokenizers)."""
-    _kit(c, "lowbit.replicas:replicas_command", force=force, only=list(only or []) or None)
+    _kit(c, "lowbit.models.replicas:replicas_command", force=force, only=list(only or []) or None)
 
 
 @task(
@@ -178,9 +179,9 @@ def real_models(c, only=None, wheels=None, force=False):
 @task
 def models(c):
     """List the model catalog and the offline replicas (and whether each replica is built)."""
-    _kit(c, "lowbit.catalog:models_command")
+    _kit(c, "lowbit.models.catalog:models_command")
 
-# --- offload planning, runs and speed (lowbit.plan, lowbit.engine, lowbit.bench) -------------
+# --- offload planning, runs and speed (lowbit.run.plan, lowbit.run.engine, lowbit.run.bench) -------------
 
 
 @task(
@@ -204,7 +205,7 @@ def models(c):
 def plan(c, model=None, vram=None, ram=None, ctx=None, cache_type_k="q4_0", cache_type_v=None,
          sizes_from=None, threads=None, gpu_bw=None, cpu_bw=None, json=False, layers=False, seed_table=False):
     """Plan GPU/CPU placement for a GGUF: layers, experts, KV cache, estimated tokens/s."""
-    _kit(c, "lowbit.plan:plan_command", model=model, vram=vram or None, ram=ram, ctx=ctx,
+    _kit(c, "lowbit.run.plan:plan_command", model=model, vram=vram or None, ram=ram, ctx=ctx,
          cache_type_k=cache_type_k, cache_type_v=cache_type_v, sizes_from=sizes_from, threads=threads,
          gpu_bw=gpu_bw, cpu_bw=cpu_bw, json=json, layers=layers, seed_table=seed_table)
 
@@ -277,7 +278,7 @@ def predict(c, model, threads=None, n_prompt=512, n_gen=128, depth=0, cache_type
 def run(c, model, prompt="What is 1+1?", plan="auto", vram=None, ram=None, ctx=None, cache_type_k="q4_0",
         n_predict=256, greedy=False, extra=None, rpc=None, threads=None, raw=False, json=False):
     """Run a model once with the planned flags; print the exact command and tokens/s."""
-    _kit(c, "lowbit.engine:run_command", model=model, prompt=prompt, plan=plan, vram=vram or None, ram=ram,
+    _kit(c, "lowbit.run.engine:run_command", model=model, prompt=prompt, plan=plan, vram=vram or None, ram=ram,
          ctx=ctx, cache_type_k=cache_type_k, n_predict=n_predict, greedy=greedy, extra=extra, rpc=rpc,
          threads=threads, raw=raw, json=json)
 
@@ -300,7 +301,7 @@ def run(c, model, prompt="What is 1+1?", plan="auto", vram=None, ram=None, ctx=N
 def bench(c, model, sweep=None, threads=None, cache_type_k=None, n_prompt=64, n_gen=32, repetitions=3,
           extra=None, json=False, refresh_bandwidth=False):
     """llama-bench sweeps with roofline fractions; table and plots under runs/."""
-    _kit(c, "lowbit.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
+    _kit(c, "lowbit.run.bench:bench_command", model=model, sweep=sweep or None, threads=threads,
          cache_type_k=cache_type_k, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, extra=extra,
          json=json, refresh_bandwidth=refresh_bandwidth)
 
@@ -318,7 +319,7 @@ def compare(c, models="smollm2,gemma3-270m,r1", prompts="seeds", max_tokens=None
     _kit(c, "lowbit.lessons.compare:compare_command", models=models, prompts=prompts,
          max_tokens=max_tokens, threads=threads, out=out)
 
-# --- fetch, shards, mirror, ollama (lowbit.hub, lowbit.shards, lowbit.mirror, lowbit.ollama) -------
+# --- fetch, shards, mirror, ollama (lowbit.models.fetch / mirror / ollama, lowbit.files.shards) -------------------
 
 
 @task(
@@ -371,7 +372,7 @@ def quality(c, model, recipe=None, tokens=10240, ctx=512, threads=None, calibrat
 def fetch(c, model, quant=None, include=None, exclude=None, dest=None, local_dir=None, dry_run=False,
           endpoint=None, fast=False, revision=None, token=None, cache_dir=None, hf_cache=True):
     """Download model files: plan + disk check first, one progress bar, sha256-verified, resumable."""
-    _kit(c, "lowbit.hub:fetch_command", model=model, quant=quant, include=include or None,
+    _kit(c, "lowbit.models.fetch:fetch_command", model=model, quant=quant, include=include or None,
          exclude=exclude or None, dest=dest, local_dir=local_dir, dry_run=dry_run, endpoint=endpoint, fast=fast,
          revision=revision, cache_dir=cache_dir, hf_cache=hf_cache, secrets={"token": token})
 
@@ -379,7 +380,7 @@ def fetch(c, model, quant=None, include=None, exclude=None, dest=None, local_dir
 @task(help={"first": "first shard, NAME-00001-of-0000N.gguf", "out": "merged file (default: NAME.gguf)"})
 def merge(c, first, out=None):
     """Merge a shard set into one GGUF (for Ollama), verified tensor by tensor; never overwrites."""
-    _kit(c, "lowbit.shards:merge_command", first=first, out=out)
+    _kit(c, "lowbit.files.shards:merge_command", first=first, out=out)
 
 
 @task(
@@ -392,7 +393,7 @@ def merge(c, first, out=None):
 )
 def split(c, file, max_size=None, max_tensors=None, out=None):
     """Split a GGUF into NAME-0000k-of-0000N.gguf shards, verified."""
-    _kit(c, "lowbit.shards:split_command", file=file, max_size=max_size,
+    _kit(c, "lowbit.files.shards:split_command", file=file, max_size=max_size,
          max_tensors=max_tensors, out=out)
 
 
@@ -406,16 +407,16 @@ def split(c, file, max_size=None, max_tensors=None, out=None):
 )
 def mirror(c, dir, host="127.0.0.1", port=8088, verbose=False):  # noqa: A002 (flag name)
     """Serve downloaded repos as a read-only Hugging Face Hub endpoint for a workshop."""
-    _kit(c, "lowbit.mirror:mirror_command", dir=dir, host=host, port=int(port), verbose=verbose)
+    _kit(c, "lowbit.models.mirror:mirror_command", dir=dir, host=host, port=int(port), verbose=verbose)
 
 
 @task(help={"file": "merged R1-family GGUF", "out": "Modelfile path (default: FILE.Modelfile)",
             "min_p": "min_p sampling floor (default 0.05)"})
 def ollama(c, file, out=None, min_p=0.05):
     """Write an Ollama Modelfile (template, stop tokens, temperature 0.6, min_p) for a merged GGUF."""
-    _kit(c, "lowbit.ollama:ollama_command", file=file, out=out, min_p=float(min_p))
+    _kit(c, "lowbit.models.ollama:ollama_command", file=file, out=out, min_p=float(min_p))
 
-# --- serve and scale out: llama-server, RPC workers (lowbit/serve.py, lowbit/rpc.py) ---------
+# --- serve and scale out: llama-server, RPC workers (lowbit/serve/server.py, lowbit/run/rpc.py) ---------
 
 
 @task(
@@ -441,7 +442,7 @@ def ollama(c, file, out=None, min_p=0.05):
 def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4096, plan="auto", rpc=None,
           insecure=False, api_key_file=None, max_tokens=1024):
     """Serve a model with llama-server (OpenAI-compatible API) until Ctrl-C."""
-    _kit(c, "lowbit.serve:serve_command", model=model, host=host, port=port, parallel=parallel, ctx=ctx,
+    _kit(c, "lowbit.serve.server:serve_command", model=model, host=host, port=port, parallel=parallel, ctx=ctx,
          plan=plan, rpc=rpc, insecure=insecure, api_key_file=api_key_file, max_tokens=max_tokens,
          key_on_command_line=bool(api_key), secrets={"api_key": api_key})
 
@@ -456,7 +457,7 @@ def serve(c, model, host="127.0.0.1", port=8080, api_key=None, parallel=4, ctx=4
 )
 def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
     """Run a llama.cpp RPC worker (ggml-rpc-server) that a client reaches with --rpc host:port."""
-    _kit(c, "lowbit.rpc:rpc_worker_command", host=host, port=port,
+    _kit(c, "lowbit.run.rpc:rpc_worker_command", host=host, port=port,
          mem=mem, threads=threads)
 
 # --- notebooks and pipelines ----------------------------------------------------------------
@@ -474,7 +475,7 @@ def rpc_worker(c, host="127.0.0.1", port=50052, mem=None, threads=None):
 )
 def run_notebook(c, name="00_quickstart", param=None, params_file=None, store=False, allow_busy=False):
     """Run a lesson with papermill into runs/<time>-<name>/ (notebook, HTML, metrics.json, log)."""
-    _kit(c, "lowbit.notebooks:run_notebook", name=name, param=param or [], params_file=params_file,
+    _kit(c, "lowbit.lessons.runner:run_notebook", name=name, param=param or [], params_file=params_file,
          store=store, allow_busy=allow_busy)
 
 
@@ -487,21 +488,21 @@ def run_notebook(c, name="00_quickstart", param=None, params_file=None, store=Fa
 )
 def run_pipeline(c, name="workshop", param=None):
     """Run a pipeline of lessons; writes runs/<time>-pipeline-NAME/index.html."""
-    _kit(c, "lowbit.pipelines:run_pipeline", name=name, param=param or [])
+    _kit(c, "lowbit.lessons.pipelines:run_pipeline", name=name, param=param or [])
 
 
 @task
 def notebooks(c):
     """List the lessons with their purpose and parameters."""
-    _kit(c, "lowbit.notebooks:list_lessons")
+    _kit(c, "lowbit.lessons.runner:list_lessons")
 
 
 @task(help={"port": "port on 127.0.0.1 (default: a free one)", "browser": "open a browser too"})
 def lab(c, port=0, browser=False):
     """Open the lessons in JupyterLab (loopback, token auth, the lowbit kernel); Ctrl-C stops it."""
-    _kit(c, "lowbit.lab:lab", port=int(port), browser=browser)
+    _kit(c, "lowbit.lessons.lab:lab", port=int(port), browser=browser)
 
-# --- chat templates, special tokens and padding (lowbit/chat.py, tokens.py, padding.py) ------
+# --- chat templates, special tokens and padding (lowbit/prompts/chat.py, tokens.py, padding.py) ------
 
 
 @task(
@@ -514,7 +515,7 @@ def lab(c, port=0, browser=False):
 )
 def template(c, model, message="Hello! What is 1+1?", system=None, no_fix=False):
     """Render a message with the model's own chat template; print the prompt and its token IDs."""
-    _kit(c, "lowbit.chat:template_command", model=model, message=message, system=system, no_fix=no_fix)
+    _kit(c, "lowbit.prompts.chat:template_command", model=model, message=message, system=system, no_fix=no_fix)
 
 
 @task(
@@ -527,7 +528,7 @@ def template(c, model, message="Hello! What is 1+1?", system=None, no_fix=False)
 )
 def tokens(c, model=None, base=None, json=False):
     """Special tokens (BOS/EOS/PAD/UNK, think tags, role tokens) with IDs, across models."""
-    _kit(c, "lowbit.tokens:tokens_command", model=model, base=base, as_json=json)
+    _kit(c, "lowbit.prompts.tokens:tokens_command", model=model, base=base, as_json=json)
 
 
 @task(
@@ -540,9 +541,9 @@ def tokens(c, model=None, base=None, json=False):
 )
 def fix_padding(c, path, pad=None, out=None, check=False):
     """Audit the pad token (pad = EOS, missing, out of range) and write a fixed copy."""
-    _kit(c, "lowbit.padding:fix_padding_command", path=path, pad=pad, out=out, check=check)
+    _kit(c, "lowbit.prompts.padding:fix_padding_command", path=path, pad=pad, out=out, check=check)
 
-# --- BitNet b1.58 2B4T (lowbit.bitnet, benchmarks/bitnet.py) ----------------------------------
+# --- BitNet b1.58 2B4T (lowbit.bitnet.convert, benchmarks/bitnet.py) ----------------------------------
 
 
 @task(
@@ -556,7 +557,7 @@ def fix_padding(c, path, pad=None, out=None, check=False):
 )
 def bitnet_convert(c, src, quant=None, out=None, engine="llama.cpp"):
     """Convert a BitNet b1.58 2B4T checkpoint to TQ2_0/TQ1_0 (or I2_S with --engine bitnet.cpp), verified, renamed."""
-    _kit(c, "lowbit.bitnet:convert_command", src=src, quant=quant, out=out, engine=engine)
+    _kit(c, "lowbit.bitnet.convert:convert_command", src=src, quant=quant, out=out, engine=engine)
 
 
 @task(
@@ -569,7 +570,7 @@ def bitnet_convert(c, src, quant=None, out=None, engine="llama.cpp"):
 )
 def bitnet_check(c, model, gguf=None, positions=256, activation=None):
     """Compare llama.cpp's logits with transformers' BitNetForCausalLM (online quantization)."""
-    _kit(c, "lowbit.bitnet:check_command", model=model, gguf=gguf, positions=int(positions),
+    _kit(c, "lowbit.bitnet.convert:check_command", model=model, gguf=gguf, positions=int(positions),
          activation=activation)
 
 
@@ -585,7 +586,7 @@ def bitnet_check(c, model, gguf=None, positions=256, activation=None):
 )
 def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None, engine="llama.cpp"):
     """Perplexity of a BitNet GGUF with llama-perplexity (correctness gate for real downloads)."""
-    _kit(c, "lowbit.bitnet:perplexity_command", gguf=gguf, text=text, ctx=int(ctx),
+    _kit(c, "lowbit.bitnet.convert:perplexity_command", gguf=gguf, text=text, ctx=int(ctx),
          chunks=chunks, max_ppl=max_ppl, engine=engine)
 
 
@@ -597,16 +598,16 @@ def bitnet_perplexity(c, gguf, text, ctx=512, chunks=None, max_ppl=None, engine=
 )
 def bitnet_bench(c, rounds=4, reduced=False):
     """Speed and memory of the 2B4T shape: TQ2_0/TQ1_0 vs Q4_0, 1 and 2 threads, roofline."""
-    _kit(c, "lowbit.bitnet_bench:bench_command", rounds=int(rounds), reduced=reduced)
+    _kit(c, "lowbit.bitnet.bench:bench_command", rounds=int(rounds), reduced=reduced)
 
 
-# --- bitnet.cpp, the optional BitNet engine (lowbit.bitnet_cpp) --------------------------------
+# --- bitnet.cpp, the optional BitNet engine (lowbit.bitnet.engine) --------------------------------
 
 
 @task(help={"force": "rebuild even if a build of the pinned commit is cached"})
 def bitnet_cpp_build(c, force=False):
     """Clone Microsoft's bitnet.cpp at the pinned commit and build it with clang >= 18 (cached)."""
-    _kit(c, "lowbit.bitnet_cpp:build_command", force=force)
+    _kit(c, "lowbit.bitnet.engine:build_command", force=force)
 
 
 @task(
@@ -619,4 +620,4 @@ def bitnet_cpp_build(c, force=False):
 )
 def bitnet_generate(c, gguf, prompt="The capital of France is", n=32, engine="llama.cpp"):
     """Greedy completion of a prompt with a BitNet GGUF (llama-completion, or bitnet.cpp's llama-cli)."""
-    _kit(c, "lowbit.bitnet:generate_command", gguf=gguf, prompt=prompt, n=int(n), engine=engine)
+    _kit(c, "lowbit.bitnet.convert:generate_command", gguf=gguf, prompt=prompt, n=int(n), engine=engine)

@@ -12,8 +12,8 @@ hide in the page cache of a machine with less RAM than that. Two cache states ar
   when a 131 GB set is merged on a 64 GB machine: this is the number that matters for real models;
 - warm: the shards are in the page cache (a small set merged right after download).
 
-Then fetches the set through `lowbit.mirror` on 127.0.0.1: raw transfer (huggingface_hub's http_get) and the
-whole `lowbit.hub` fetch (plan, transfer, sha256 verification). Prints medians and ratios measured in this
+Then fetches the set through `lowbit.models.mirror` on 127.0.0.1: raw transfer (huggingface_hub's http_get) and the
+whole `lowbit.models.fetch` fetch (plan, transfer, sha256 verification). Prints medians and ratios measured in this
 one run.
 """
 
@@ -35,9 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lowbit import hub, shards  # noqa: E402
-from lowbit.build import active_build  # noqa: E402
-from lowbit.mirror import MirrorServer  # noqa: E402
+from lowbit.files import shards  # noqa: E402
+from lowbit.models import fetch as hub
+from lowbit.models.mirror import MirrorServer  # noqa: E402
+from lowbit.toolchain.build import active_build  # noqa: E402
 
 
 def make_set(work: Path, size_mb: int) -> list[Path]:
@@ -208,7 +209,7 @@ def main() -> int:
                         )
                     )
                 )
-        print(f"\nloopback download through lowbit.mirror (127.0.0.1), {total / 1e6:.0f} MB")
+        print(f"\nloopback download through lowbit.models.mirror (127.0.0.1), {total / 1e6:.0f} MB")
         for name, ts in dl.items():
             m = statistics.median(ts)
             print(f"{name:32} {m:9.3f} {total / m / 1e6:8.0f} MB/s")

@@ -31,7 +31,7 @@ BUSY_START = 1.5
 def models() -> dict[str, Path]:
     """name -> GGUF for every validation model present on this machine."""
     from lowbit.paths import models_dir
-    from lowbit.plan import model_path
+    from lowbit.run.plan import model_path
 
     found = {}
     for name in ("smollm2", "gemma3-270m"):
@@ -78,10 +78,10 @@ def main() -> int:
                     help="store the worst errors of the quiet rows as the prediction's error band (>= 30 quiet rows)")
     args = ap.parse_args()
 
-    from lowbit.notebooks import new_run_dir
-    from lowbit.plan import physical_cores
+    from lowbit.lessons.runner import new_run_dir
     from lowbit.run import calibrate
     from lowbit.run import predict as P
+    from lowbit.run.plan import physical_cores
     from lowbit.ui import print_table, warn
 
     busy = calibrate.others_busy(2.0)

@@ -26,22 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def default_model(tmp: Path) -> str:
     try:
-        from lowbit.replicas import replica_path
+        from lowbit.models.replicas import replica_path
 
         path = replica_path("r1")
         if path is not None and Path(path).exists():
             return str(path)
     except Exception:  # noqa: BLE001 - no replica module or replica yet: fall back to a generated model
         pass
-    from lowbit.gguf_layout import runnable_deepseek2
+    from lowbit.files.gguf_layout import runnable_deepseek2
 
     return str(runnable_deepseek2(tmp))
 
 
 def bench_tg(model_path: str, flags: list[str], n_gen: int, depth: int) -> float:
     """Plain llama-bench generation tokens/s with the same placement flags, at the run's prompt depth."""
-    from lowbit.bench import bench_flags
-    from lowbit.build import active_build
+    from lowbit.run.bench import bench_flags
+    from lowbit.toolchain.build import active_build
 
     cmd = [
         str(active_build().tool("llama-bench")),
@@ -80,8 +80,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from lowbit import bench, engine, plan
-    from lowbit.gguf_meta import read_model
+    from lowbit.files.gguf_header import read_model
+    from lowbit.run import bench, engine, plan
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))

@@ -21,9 +21,9 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     from lowbit import LowbitError
-    from lowbit.loadtest import print_load, run_load
     from lowbit.paths import runs_dir
-    from lowbit.serve import start_server
+    from lowbit.serve.loadtest import print_load, run_load
+    from lowbit.serve.server import start_server
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="r1", help="catalog name or GGUF path (default: the r1 replica)")

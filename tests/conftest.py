@@ -33,7 +33,7 @@ def _fresh_hf_cache(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_build():
     """The active llama.cpp build; the suite needs it (`invoke setup` makes it)."""
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     try:
         return active_build()
@@ -42,7 +42,7 @@ def llama_build():
 
 
 def gpu_available() -> bool:
-    from lowbit.build import gpu_names
+    from lowbit.toolchain.build import gpu_names
 
     return bool(gpu_names())
 

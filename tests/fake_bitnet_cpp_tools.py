@@ -1,4 +1,4 @@
-"""Stand-ins for git, cmake, clang and bitnet.cpp's tools, for testing lowbit.bitnet_cpp's orchestration offline.
+"""Stand-ins for git, cmake, clang and bitnet.cpp's tools, for testing lowbit.bitnet.engine's orchestration offline.
 
 One script, installed under each tool's name (it dispatches on its own name). Every call appends
 {"tool", "argv", "cwd", "cc", "cxx"} to $FAKE_LOG. They create the outputs the real tools would (a source

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from test_engine import make_runnable
 
-from lowbit import LowbitError, bench
+from lowbit import LowbitError
+from lowbit.run import bench
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_sweep_writes_table_plot_and_roofline_fractions(model, bw_file, tmp_path
     # threads x cache types; on this CPU build the ngl sweep collapses to 0 and says why
     assert {(r.threads, r.cache_type_k) for r in tg} == {(1, "f16"), (2, "f16"), (1, "q4_0"), (2, "q4_0")}
     assert len(pp) == 4 and all(r.roofline_fraction is None for r in pp)
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     if active_build().backend == "cpu":
         assert {r.n_gpu_layers for r in res.rows} == {0} and any(

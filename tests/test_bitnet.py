@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError, bitnet
+from lowbit import LowbitError
+from lowbit.bitnet import convert as bitnet
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def patched(llama_build):
 def hf(tmp_path_factory) -> Path:
     """The bitnet replica's checkpoint (hidden 256, 2 layers, seed 0)."""
     try:
-        from lowbit.replicas import ensure_replica, hf_dir
+        from lowbit.models.replicas import ensure_replica, hf_dir
 
         ensure_replica("bitnet")
         return hf_dir("bitnet")

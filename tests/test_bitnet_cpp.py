@@ -20,7 +20,9 @@ from pathlib import Path
 import fake_bitnet_cpp_tools as fake
 import pytest
 
-from lowbit import LowbitError, bitnet, bitnet_cpp
+from lowbit import LowbitError
+from lowbit.bitnet import convert as bitnet
+from lowbit.bitnet import engine as bitnet_cpp
 
 ALL_TOOLS = ["git", "cmake", "clang-19", "clang++-19"]
 REAL_GIT = shutil.which("git")
@@ -446,7 +448,7 @@ def test_end_to_end_with_the_real_engine(tmp_path):
         bitnet_cpp.preflight(need_source=not bitnet_cpp.source_ready(), need_build=bitnet_cpp.cached_engine() is None)
     except LowbitError as exc:
         pytest.skip(str(exc))
-    from lowbit.replicas import ensure_replica, hf_dir
+    from lowbit.models.replicas import ensure_replica, hf_dir
 
     ensure_replica("bitnet")
     ckpt = tmp_path / "hf"

@@ -34,8 +34,8 @@ def wait_for(driver, script: str, timeout: float, what: str, *args):
 def test_quickstart_runs_in_jupyterlab_and_the_generate_button_streams_a_reply(tmp_path):
     from selenium.webdriver.common.by import By
 
-    from lowbit.lab import LabServer
-    from lowbit.notebooks import new_run_dir
+    from lowbit.lessons.lab import LabServer
+    from lowbit.lessons.runner import new_run_dir
     from lowbit.run.sandbox import Browser
 
     shots = new_run_dir("browser-quickstart")  # the screenshots are kept with the run, under runs/

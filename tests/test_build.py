@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError, build
+from lowbit import LowbitError
+from lowbit.toolchain import build
 
 
 def test_unknown_backend_lists_choices():

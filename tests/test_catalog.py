@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lowbit import LowbitError
-from lowbit.catalog import find_quant, load_catalog, replica_for, resolve_model
-from lowbit.replicas import REPLICAS
+from lowbit.models.catalog import find_quant, load_catalog, replica_for, resolve_model
+from lowbit.models.replicas import REPLICAS
 
 
 def test_catalog_has_the_models_the_lessons_use():
@@ -63,7 +63,7 @@ def test_unknown_names_suggest_close_catalog_names():
 
 
 def test_models_table_is_not_truncated_when_piped(capsys):
-    from lowbit.catalog import models_command
+    from lowbit.models.catalog import models_command
 
     assert models_command() == 0
     out = capsys.readouterr().out

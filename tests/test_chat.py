@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
-from lowbit.chat import build_prompt, llamacpp_tokenize, load_template, render, sandbox, tokenize
-from lowbit.tokens import load_vocab
+from lowbit.prompts.chat import build_prompt, llamacpp_tokenize, load_template, render, sandbox, tokenize
+from lowbit.prompts.tokens import load_vocab
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +114,7 @@ def test_gguf_without_template_is_a_clear_error(tmp_path, r1_dir):
 
 
 def test_gguf_template_matches_the_hf_one():
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     for name in ("r1", "distill-qwen"):
         gguf_tpl, _ = load_template(replicas.ensure_replica(name))
@@ -124,8 +124,8 @@ def test_gguf_template_matches_the_hf_one():
 
 def test_llamacpp_receives_one_bos_after_the_fix(llama_build):
     """distill-qwen's GGUF asks llama.cpp to add BOS and its template writes one too."""
-    from lowbit import replicas
-    from lowbit.chat import generate
+    from lowbit.models import replicas
+    from lowbit.prompts.chat import generate
 
     gguf = replicas.ensure_replica("distill-qwen")
     v = load_vocab(gguf)
@@ -141,7 +141,7 @@ def test_llamacpp_receives_one_bos_after_the_fix(llama_build):
 
 
 def test_prompt_html_colours_each_token_by_kind(r1_dir):
-    from lowbit.chat import TOKEN_COLOURS, prompt_html
+    from lowbit.prompts.chat import TOKEN_COLOURS, prompt_html
 
     v = load_vocab(r1_dir)
     page = prompt_html(v, "Hi <b>", "r1")

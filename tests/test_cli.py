@@ -14,7 +14,7 @@ import pytest
 from invoke import MockContext, Result
 
 from lowbit.cli import load_tasks
-from lowbit.mirror import MirrorHandler, MirrorServer
+from lowbit.models.mirror import MirrorHandler, MirrorServer
 from lowbit.paths import kit_root
 
 BIN = Path(sys.executable).parent
@@ -78,9 +78,9 @@ def test_quiet_and_verbose_reach_the_task(server, tmp_path):
     quiet = lowbit("-q", *args, "--dest", str(tmp_path / "b"), cwd=kit_root(), env=env)
     verbose = lowbit("-v", *args, "--dest", str(tmp_path / "c"), cwd=kit_root(), env=env)
     assert normal.returncode == quiet.returncode == verbose.returncode == 0, normal.stderr + quiet.stderr
-    assert "downloaded and verified" in normal.stderr and "lowbit.hub:fetch_command" not in normal.stderr
+    assert "downloaded and verified" in normal.stderr and "lowbit.models.fetch:fetch_command" not in normal.stderr
     assert "downloaded and verified" not in quiet.stderr and "README.md" in quiet.stdout  # the plan table stays
-    assert "lowbit.hub:fetch_command" in verbose.stderr  # a debug line
+    assert "lowbit.models.fetch:fetch_command" in verbose.stderr  # a debug line
     for d in "abc":
         assert (tmp_path / d / "README.md").read_text() == "# cli\n"
     assert lowbit("-q", "-v", "models", cwd=kit_root()).returncode == 2

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import requires_gpu
 
-from lowbit import LowbitError, engine
-from lowbit.gguf_layout import runnable_deepseek2
+from lowbit import LowbitError
+from lowbit.files.gguf_layout import runnable_deepseek2
 from lowbit.paths import kit_root
+from lowbit.run import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,8 @@ def test_default_sampling_and_r1_turn(model):
 
 def test_experts_cpu_plan_runs(model):
     """The experts-on-CPU flags are accepted by llama.cpp (a CPU build ignores -ngl, but parses -ot)."""
-    from lowbit import gguf_meta, plan
+    from lowbit.files import gguf_header as gguf_meta
+    from lowbit.run import plan
 
     meta = gguf_meta.read_model(model)
     ref = plan.make_plan(meta, [4], ctx=2048)
@@ -116,7 +118,7 @@ def test_run_task_prints_command_and_json(model):
     args = {"model": str(model), "prompt": "Hi", "n_predict": 3, "greedy": True, "json": True}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "lowbit", "lowbit.engine:run_command", json.dumps(args)],
+        [sys.executable, "-m", "lowbit", "lowbit.run.engine:run_command", json.dumps(args)],
         capture_output=True,
         text=True,
         env=env,
@@ -131,9 +133,9 @@ def test_run_task_prints_command_and_json(model):
 def test_run_the_r1_replica():
     """`invoke run` on the r1 replica (DeepSeek-R1 architecture and tokenizer, dynamic 1.58-bit shards)."""
     try:
-        from lowbit.replicas import replica_path
+        from lowbit.models.replicas import replica_path
     except ImportError:
-        pytest.skip("this checkout has no lowbit.replicas module")
+        pytest.skip("this checkout has no lowbit.models.replicas module")
     path = replica_path("r1")
     if path is None or not Path(path).exists():
         pytest.skip("the r1 replica is not built here (`invoke setup` builds it)")
@@ -149,7 +151,7 @@ def test_run_the_r1_replica():
 @requires_gpu
 def test_planned_layers_are_offloaded_on_a_gpu(model):
     """With a GPU build, llama.cpp reports exactly the layers the plan asked for on the GPU."""
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     if active_build().backend != "cuda":
         pytest.skip(
@@ -231,9 +233,9 @@ def test_plan_json_stdout_is_json_only_under_a_terminal():
     [
         ("lowbit.lessons.compare:compare_command", {"max_tokens": "many"}, "--max-tokens"),
         ("lowbit.run.quality:quality_command", {"model": "r1", "threads": "two"}, "--threads"),
-        ("lowbit.rpc:rpc_worker_command", {"threads": "1.5"}, "--threads"),
-        ("lowbit.bitnet:perplexity_command", {"gguf": "x.gguf", "text": "t.txt", "chunks": "x"}, "--chunks"),
-        ("lowbit.engine:run_command", {"model": "r1", "ctx": "4k"}, "--ctx"),
+        ("lowbit.run.rpc:rpc_worker_command", {"threads": "1.5"}, "--threads"),
+        ("lowbit.bitnet.convert:perplexity_command", {"gguf": "x.gguf", "text": "t.txt", "chunks": "x"}, "--chunks"),
+        ("lowbit.run.engine:run_command", {"model": "r1", "ctx": "4k"}, "--ctx"),
     ],
 )
 def test_bad_numbers_are_named_not_tracebacks(target, kwargs, flag):

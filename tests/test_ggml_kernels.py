@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lowbit.ggml_kernels import Kernels
+from lowbit.toolchain.ggml_kernels import Kernels
 
 SIZES = (256, 512, 2560, 6912, 256 * 33)
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lowbit import LowbitError
-from lowbit.gguf_meta import read_header, read_model
+from lowbit.files.gguf_header import read_header, read_model
 
 ROOT = Path(__file__).resolve().parent.parent
 U32, U64, ARRAY, STRING = "<I", "<Q", 9, 8
@@ -141,11 +141,11 @@ def test_every_tool_fails_fast_and_small_on_hostile_headers(tmp_path):
         "print(json.dumps({'code': code, 'seconds': time.monotonic() - t0, 'peak': peak}))\n"
     )
     targets = {
-        "plan": ("lowbit.plan:plan_command", "model"),
-        "run": ("lowbit.engine:run_command", "model"),
-        "tokens": ("lowbit.tokens:tokens_command", "model"),
-        "template": ("lowbit.chat:template_command", "model"),
-        "fix-padding": ("lowbit.padding:fix_padding_command", "path"),
+        "plan": ("lowbit.run.plan:plan_command", "model"),
+        "run": ("lowbit.run.engine:run_command", "model"),
+        "tokens": ("lowbit.prompts.tokens:tokens_command", "model"),
+        "template": ("lowbit.prompts.chat:template_command", "model"),
+        "fix-padding": ("lowbit.prompts.padding:fix_padding_command", "path"),
     }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in ("huge-array-of-arrays", "deep-nesting", "huge-tensor-count", "tensor-past-end"):

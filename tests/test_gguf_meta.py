@@ -9,7 +9,7 @@ def test_header_reader_matches_gguf_py_across_value_types(tmp_path):
     """The header walk reads what gguf-py reads, across value types; arrays are skipped unless asked for."""
     from gguf import GGUFReader, GGUFWriter
 
-    from lowbit.gguf_meta import read_header
+    from lowbit.files.gguf_header import read_header
 
     path = tmp_path / "kinds.gguf"
     w = GGUFWriter(str(path), "llama")
@@ -74,7 +74,7 @@ def test_all_arrays_value_offsets_and_types_match_gguf_py(tmp_path):
     import numpy as np
     from gguf import GGUFReader, GGUFValueType
 
-    from lowbit.gguf_meta import ALL_ARRAYS, read_header
+    from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 
     path = _all_kinds(tmp_path / "all.gguf")
     reader = GGUFReader(str(path))
@@ -109,7 +109,7 @@ def test_named_arrays_only_and_default_skips_all(tmp_path):
     offsets, tensors and scalars stay the same in every mode."""
     import numpy as np
 
-    from lowbit.gguf_meta import ALL_ARRAYS, read_header
+    from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 
     path = _all_kinds(tmp_path / "named.gguf")
     full = read_header(path, arrays=ALL_ARRAYS)
@@ -133,7 +133,7 @@ def test_cut_header_is_a_clear_error(tmp_path, arrays, inside):
     """A file cut inside a string or numeric metadata array is a LowbitError, whether arrays are read or
     skipped."""
     from lowbit import LowbitError
-    from lowbit.gguf_meta import read_header
+    from lowbit.files.gguf_header import read_header
 
     path = _all_kinds(tmp_path / "cut.gguf")
     offset, _ = read_header(path).value_at[inside]

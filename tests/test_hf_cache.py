@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError, hub
-from lowbit.mirror import MirrorHandler, MirrorServer
+from lowbit import LowbitError
+from lowbit.models import fetch as hub
 from lowbit.models import hf_cache
+from lowbit.models.mirror import MirrorHandler, MirrorServer
 
 REPO = "acme/Tiny-GGUF"
 Q4 = "tiny-Q4_K_M.gguf"

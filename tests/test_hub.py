@@ -1,4 +1,4 @@
-"""`lowbit.hub.fetch` against the mirror on 127.0.0.1: selection, refusals, verification, resume, Ctrl-C."""
+"""`lowbit.models.fetch.fetch` against the mirror on 127.0.0.1: selection, refusals, verification, resume, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from gguf_factory import split_gguf, write_gguf
 
-from lowbit import LowbitError, hub
-from lowbit.mirror import MirrorHandler, MirrorServer
+from lowbit import LowbitError
+from lowbit.models import fetch as hub
+from lowbit.models.mirror import MirrorHandler, MirrorServer
 
 REPO = "acme/R1-GGUF"
 QUANT = "UD-IQ1_S"
@@ -35,13 +36,13 @@ def models(tmp_path_factory, llama_build):
     repo = root / REPO
     (repo / QUANT).mkdir(parents=True)
     try:
-        from lowbit.replicas import replica_path
+        from lowbit.models.replicas import replica_path
 
         first = replica_path("r1")
     except Exception:  # the replicas are built on another branch / by `invoke setup`
         first = None
     if first is not None and Path(first).exists() and "-of-" in Path(first).name:
-        from lowbit.shards import shard_set
+        from lowbit.files.shards import shard_set
 
         parts = shard_set(first).parts
         names = [f"R1-{QUANT}-{k:05d}-of-{len(parts):05d}.gguf" for k in range(1, len(parts) + 1)]
@@ -273,7 +274,7 @@ def test_ctrl_c_stops_the_download_promptly(models, mirror, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
     kwargs = {"model": REPO, "quant": QUANT, "dest": str(dest), "endpoint": server.url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lowbit", "lowbit.hub:fetch_command", json.dumps(kwargs)],
+        [sys.executable, "-m", "lowbit", "lowbit.models.fetch:fetch_command", json.dumps(kwargs)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -453,7 +454,7 @@ def _free_port() -> int:
 
 def _run_fetch(kwargs: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    return subprocess.run([sys.executable, "-m", "lowbit", "lowbit.hub:fetch_command", json.dumps(kwargs)],
+    return subprocess.run([sys.executable, "-m", "lowbit", "lowbit.models.fetch:fetch_command", json.dumps(kwargs)],
                           env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
 
 
@@ -526,7 +527,7 @@ def test_disk_margin_scales_with_the_download(mirror, tmp_path, monkeypatch):
 
 
 def test_lfs_pointer_served_as_a_model_is_named_at_fetch_time(tmp_path):
-    from lowbit.mirror import MirrorServer
+    from lowbit.models.mirror import MirrorServer
 
     root = tmp_path / "served"
     (root / REPO).mkdir(parents=True)
@@ -575,7 +576,7 @@ def test_a_server_answering_garbage_is_a_clear_error(tmp_path):
 
 
 def test_merge_uses_the_sha256_recorded_at_fetch_time(models, mirror, tmp_path):
-    from lowbit import shards
+    from lowbit.files import shards
 
     server, _ = mirror()
     dest = tmp_path / "dl"

@@ -8,8 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lowbit.kernel import KERNEL_NAME, kernel_dir, kernel_locations, kernel_registered, register_kernel
 from lowbit.paths import kit_root
+from lowbit.toolchain.jupyter_kernel import (
+    KERNEL_NAME,
+    kernel_dir,
+    kernel_locations,
+    kernel_registered,
+    register_kernel,
+)
 
 
 def test_user_kernel_is_found_by_jupyter_and_shown_by_doctor(tmp_path, monkeypatch):
@@ -31,10 +37,10 @@ def test_user_kernel_is_found_by_jupyter_and_shown_by_doctor(tmp_path, monkeypat
     assert found[0] == {"dir": str(spec_dir), "python": sys.executable, "used": True}
     if kernel_registered():  # the environment's own spec (invoke setup) is listed after it, shadowed
         assert {"dir": str(kernel_dir()), "python": sys.executable, "used": False} in found
-    doctor = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.doctor:doctor_command",
+    doctor = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.setup.doctor:doctor_command",
                              '{"json_output": true}'], capture_output=True, text=True, cwd=kit_root(),
                             env=os.environ.copy())
     assert json.loads(doctor.stdout)["kernels"][0]["dir"] == str(spec_dir), doctor.stderr
-    table = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.doctor:doctor_command"], capture_output=True,
+    table = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.setup.doctor:doctor_command"], capture_output=True,
                            text=True, cwd=kit_root(), env=os.environ.copy())
     assert str(spec_dir) in table.stdout and "jupyter kernel 'lowbit'" in table.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lowbit.mirror import MirrorServer, make_server
+from lowbit.models.mirror import MirrorServer, make_server
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-MIRROR"
 
@@ -153,9 +153,9 @@ def test_no_path_outside_dir_is_served(served, path):
 def test_serve_replica_shards_serves_the_whole_set(tmp_path):
     from fnmatch import fnmatch
 
-    from lowbit import shards
-    from lowbit.mirror import serve_replica_shards
-    from lowbit.replicas import replica_path
+    from lowbit.files import shards
+    from lowbit.models.mirror import serve_replica_shards
+    from lowbit.models.replicas import replica_path
 
     path = replica_path("r1")
     if path is None or not path.exists():

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from lowbit import LowbitError
-from lowbit import notebooks as N
+from lowbit.lessons import runner as N
 
 
 def _result(tmp_path, others: float | None, text: str = "ok", status: str = "ok") -> N.RunResult:

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 
 from lowbit import LowbitError
-from lowbit.notebooks import (
+from lowbit.lessons.runner import (
     check_parameters,
     execute,
     lesson_path,
@@ -57,7 +57,7 @@ def toy(tmp_path):
     return write_notebook(
         tmp_path / "toy.ipynb",
         'name = "r1"  # a string\nn = 3\nratio = 0.5\nflag = False\nvram = [24, 80]\nmaybe = None',
-        "from lowbit.notebooks import record\nrecord('n_squared', n * n)\n"
+        "from lowbit.lessons.runner import record\nrecord('n_squared', n * n)\n"
         "print('flag is', flag, type(flag).__name__)",
         "x = n + 1\nassert n < 5, f'n={n} is too big'",
     )
@@ -107,7 +107,7 @@ def test_cli_unknown_parameter_fails_before_running(tmp_path):
             PY,
             "-m",
             "lowbit",
-            "lowbit.notebooks:run_notebook",
+            "lowbit.lessons.runner:run_notebook",
             json.dumps({"name": "00_quickstart", "param": ["nosuch=1"]}),
         ],
         capture_output=True,
@@ -156,7 +156,7 @@ def test_failure_names_cell_line_error_and_partial_output(toy, runs, capsys):
 
 
 def test_record_is_in_memory_without_a_runner(monkeypatch):
-    from lowbit import notebooks
+    from lowbit.lessons import runner as notebooks
 
     monkeypatch.delenv(notebooks.RUN_DIR_ENV, raising=False)
     assert notebooks.record("answer", 42) == 42 and notebooks.recorded()["answer"] == 42
@@ -165,7 +165,7 @@ def test_record_is_in_memory_without_a_runner(monkeypatch):
 
 
 def test_lessons_listed_with_purpose_and_parameters(capsys):
-    from lowbit.notebooks import list_lessons
+    from lowbit.lessons.runner import list_lessons
 
     assert list_lessons() == 0
     out = capsys.readouterr().out
@@ -181,7 +181,7 @@ def test_lessons_listed_with_purpose_and_parameters(capsys):
 
 
 def test_pipeline_validation_before_anything_runs(toy, tmp_path, runs):
-    from lowbit.pipelines import load_pipeline, run_pipeline
+    from lowbit.lessons.pipelines import load_pipeline, run_pipeline
 
     bad = tmp_path / "bad.yaml"
     cases = {
@@ -210,7 +210,7 @@ def test_pipeline_validation_before_anything_runs(toy, tmp_path, runs):
 
 
 def test_pipeline_runs_steps_stops_at_failure_and_writes_index(toy, tmp_path, runs):
-    from lowbit.pipelines import run_pipeline
+    from lowbit.lessons.pipelines import run_pipeline
 
     spec = tmp_path / "demo.yaml"
     spec.write_text(
@@ -312,7 +312,7 @@ def _snapshot(skip: set[Path]) -> dict[str, tuple[int, int]]:
 
 
 def ci_parameters(name: str) -> dict:
-    from lowbit.pipelines import load_pipeline
+    from lowbit.lessons.pipelines import load_pipeline
 
     override = {"model": os.environ["LOWBIT_TEST_MODEL"]} if os.environ.get("LOWBIT_TEST_MODEL") else None
     for step in load_pipeline("workshop", override).steps:
@@ -335,7 +335,7 @@ def test_lesson_runs_through_papermill_with_ci_parameters(name, runs):
     )
     assert Path(result.html).stat().st_size > 0 and Path(result.executed).exists()
     nb = nbformat.read(result.executed, as_version=4)
-    if "ipywidgets" in json.dumps([c.source for c in nb.cells]) or "lowbit.widgets" in json.dumps(
+    if "ipywidgets" in json.dumps([c.source for c in nb.cells]) or "lowbit.lessons.widgets" in json.dumps(
         [c.source for c in nb.cells]
     ):
         assert "widgets" in nb.metadata, "widget state saved so the HTML shows the controls"
@@ -349,8 +349,8 @@ def test_lesson_runs_through_papermill_with_ci_parameters(name, runs):
 
 @pytest.fixture(scope="module")
 def llm():
-    from lowbit.generation import load_model
-    from lowbit.quickstart import model_file
+    from lowbit.lessons.quickstart import model_file
+    from lowbit.run.generation import load_model
 
     model = os.environ.get("LOWBIT_TEST_MODEL") or "r1"
     return load_model(model_file(model)[1], threads=2, n_ctx=512)
@@ -358,8 +358,8 @@ def llm():
 
 @pytest.mark.slow
 def test_chat_widget_button_streams_with_slider_values(llm):
-    from lowbit.generation import generate
-    from lowbit.widgets import ChatWidget
+    from lowbit.lessons.widgets import ChatWidget
+    from lowbit.run.generation import generate
 
     chat = ChatWidget(llm, "Hello", n_predict=4)
     chat.prompt.value, chat.length.value, chat.temperature.value, chat.min_p.value = (
@@ -379,7 +379,7 @@ def test_chat_widget_button_streams_with_slider_values(llm):
 
 
 def test_kernel_registration_is_idempotent():
-    from lowbit.kernel import kernel_dir, kernel_registered, register_kernel
+    from lowbit.toolchain.jupyter_kernel import kernel_dir, kernel_registered, register_kernel
 
     assert register_kernel() == 0 and kernel_registered()
     spec = kernel_dir() / "kernel.json"
@@ -391,7 +391,7 @@ def test_lab_serves_status_with_token_and_stops():
     import urllib.error
     import urllib.request
 
-    from lowbit.lab import LabServer
+    from lowbit.lessons.lab import LabServer
 
     server = LabServer().start()
     try:
@@ -417,7 +417,7 @@ def test_invoke_test_runs_every_notebook_under_nbval_lax():
 def test_linked_controls_run_once_now_and_again_on_change(capsys):
     import ipywidgets as w
 
-    from lowbit.widgets import linked
+    from lowbit.lessons.widgets import linked
 
     calls = []
     size = w.IntSlider(value=3, min=1, max=10)

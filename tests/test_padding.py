@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lowbit import LowbitError
-from lowbit.padding import (
+from lowbit.prompts.padding import (
     audit,
     choose_pad,
     collator_eos_labels,
@@ -19,7 +19,7 @@ from lowbit.padding import (
     fix_hf_dir,
     verify_only_pad_changed,
 )
-from lowbit.tokens import load_vocab
+from lowbit.prompts.tokens import load_vocab
 
 
 @pytest.fixture(scope="session")
@@ -140,13 +140,13 @@ def test_fix_gguf_refuses_to_add_a_token(r1_copy, tmp_path):
 
 def test_fix_replica_gguf(tmp_path, llama_build):
     """The r1 replica, converted with the real R1 tokenizer, carries pad = EOS; the fix makes it 2."""
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     src = replicas.ensure_replica("r1")  # shard 00001 of the dynamic quant: a split set
     assert load_vocab(src).pad_id == load_vocab(src).eos_id
     out = fix_gguf(src, tmp_path)  # a directory: the set keeps its names
     assert load_vocab(out).pad_id == 2
-    from lowbit.chat import generate
+    from lowbit.prompts.chat import generate
 
     assert generate(out, "<｜User｜>hi<｜Assistant｜>", n_predict=2)["prompt_ids"], (
         "llama.cpp loads the fixed set"
@@ -204,7 +204,7 @@ def test_fix_beside_a_read_only_input_names_the_cause(r1_copy, read_only_folder)
         fix_gguf(gguf)
     with pytest.raises(LowbitError, match=r"cannot write the fixed copy tok-padfix: .*(read-only|not writable)"):
         fix_hf_dir(hf)
-    proc = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.padding:fix_padding_command",
+    proc = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.prompts.padding:fix_padding_command",
                            json.dumps({"path": str(gguf)})], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "--out" in proc.stderr

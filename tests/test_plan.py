@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError, gguf_meta, plan
-from lowbit.gguf_layout import write_deepseek2
+from lowbit import LowbitError
+from lowbit.files import gguf_header as gguf_meta
+from lowbit.files.gguf_layout import write_deepseek2
+from lowbit.run import plan
 
 GiB = 1024**3
 
@@ -83,7 +85,7 @@ def test_no_tensor_data_is_read(tmp_path):
     )[0]
     assert path.stat().st_size > 1 * GiB
     code = (
-        f"import resource; from lowbit.gguf_meta import read_model\n"
+        f"import resource; from lowbit.files.gguf_header import read_model\n"
         f"r0 = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"m = read_model({str(path)!r})\n"
         f"r1 = resource.getrusage(resource.RUSAGE_SELF)\n"
@@ -208,7 +210,7 @@ def test_json_output_has_the_issue_keys(ds2):
     env = {**os.environ, "PYTHONPATH": str(Path(plan.__file__).resolve().parents[1])}
     args = {"model": str(ds2), "vram": [1, 1], "ram": 16, "ctx": 1024, "json": True}
     out = subprocess.run(
-        [sys.executable, "-m", "lowbit", "lowbit.plan:plan_command", json.dumps(args)],
+        [sys.executable, "-m", "lowbit", "lowbit.run.plan:plan_command", json.dumps(args)],
         capture_output=True,
         text=True,
         env=env,
@@ -267,7 +269,7 @@ def test_lesson_04_runs_with_parameters(tmp_path):
 
 def test_r1_true_shape_beats_the_rule(tmp_path):
     """R1's real dimensions (header-only, ~139 GB of sparse data): per-layer sizes vs the rule, 24 GB."""
-    from lowbit.gguf_layout import r1_header
+    from lowbit.files.gguf_layout import r1_header
 
     meta = gguf_meta.read_model(r1_header(tmp_path))
     assert (meta.n_layers, meta.n_expert, meta.n_expert_used, len(meta.shards)) == (61, 256, 8, 3)
@@ -287,7 +289,7 @@ def test_header_reader_skims_long_arrays_like_gguf_py():
     import numpy as np
     from gguf import GGUFReader
 
-    from lowbit.build import sdist_tree
+    from lowbit.toolchain.build import sdist_tree
 
     vocab = sdist_tree() / "vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf"
     fast, ref = gguf_meta.read_header(vocab, arrays=gguf_meta.NUMERIC_ARRAYS), GGUFReader(vocab)

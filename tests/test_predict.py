@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowbit import LowbitError
-from lowbit.gguf_meta import ModelMeta
+from lowbit.files.gguf_header import ModelMeta
 from lowbit.run import calibrate
 from lowbit.run import predict as P
 
@@ -210,12 +210,12 @@ def test_corrupt_cache_recalibrates(cache):
 
 
 def test_fingerprint_names_cpu_and_build(monkeypatch, llama_build):
-    import lowbit.build
+    import lowbit.toolchain.build
 
     base = calibrate.fingerprint()
     assert llama_build.key in base
     other = type("B", (), {"key": "another-build"})()
-    monkeypatch.setattr(lowbit.build, "active_build", lambda: other)
+    monkeypatch.setattr(lowbit.toolchain.build, "active_build", lambda: other)
     assert calibrate.fingerprint() != base and "another-build" in calibrate.fingerprint()
 
 
@@ -256,7 +256,7 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
 def test_real_kernel_probe_sees_repacking(llama_build):
     """ggml's own matmul through ctypes: Q4_0 is repacked on AVX2 CPUs (llama.cpp's default) and runs
     faster there than plain; Q8_0 has no x86 repack and carries one rate."""
-    from lowbit.ggml_kernels import Kernels
+    from lowbit.toolchain.ggml_kernels import Kernels
 
     attention = calibrate.attention_rates(1, seconds=0.01)
     assert all(v["a"] >= 0 and v["b"] >= 0 and v["a"] + v["b"] > 0 for v in attention.values())

@@ -26,7 +26,7 @@ KLD_LOG = DATA / "llama-perplexity-kld-smollm2-Q6_K.txt"
 
 @pytest.fixture(scope="module")
 def r1_tensors(llama_build):
-    from lowbit.replicas import ensure_replica, replica_files
+    from lowbit.models.replicas import ensure_replica, replica_files
 
     ensure_replica("r1")
     return q.weight_bpw(replica_files("r1")["Q8_0"])[2]
@@ -166,7 +166,7 @@ def test_builtin_texts_are_disjoint_and_sized():
 
 
 def test_low_bit_reference_is_refused_unless_allowed(llama_build, cache, tmp_path):
-    from lowbit.replicas import replica_files
+    from lowbit.models.replicas import replica_files
 
     low = tmp_path / "r1-Q2_K-pure.gguf"  # every weight 2.6 bpw: what a 1.58-bit R1 download looks like
     subprocess.run([llama_build.tool("llama-quantize"), "--allow-requantize", "--pure", replica_files("r1")["Q8_0"],

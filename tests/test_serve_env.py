@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from lowbit.serve import check_host, default_api_key, examples, start_server
+from lowbit.serve.server import check_host, default_api_key, examples, start_server
 
 
 @pytest.fixture(scope="module")
 def small_model(llama_build):
-    from lowbit.replicas import replica_path
+    from lowbit.models.replicas import replica_path
 
     path = replica_path("distill-llama")  # the smallest runnable GGUF `invoke setup` builds
     if path is None:

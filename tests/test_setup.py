@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lowbit import LowbitError, bootstrap
+from lowbit import LowbitError
 from lowbit.paths import kit_root
+from lowbit.setup import bootstrap
 
 ROOT = kit_root()
 INVOKE = Path(sys.executable).with_name("invoke")
@@ -106,7 +107,7 @@ def test_doctor_passes_when_set_up():
 
 def test_doctor_fails_with_fix_when_incomplete(tmp_path):
     env = dict(os.environ, LOWBIT_STATE=str(tmp_path))
-    proc = run([sys.executable, "-m", "lowbit", "lowbit.doctor:doctor_command"], env=env)
+    proc = run([sys.executable, "-m", "lowbit", "lowbit.setup.doctor:doctor_command"], env=env)
     assert proc.returncode == 1
     assert "llama.cpp is not built" in proc.stdout and "invoke setup" in proc.stdout
 
@@ -120,7 +121,7 @@ def test_import_llama_cpp_loads_our_build_without_env(llama_build):
 
 def test_bindings_generate_with_our_library(llama_build):
     """A real generation through llama_cpp.Llama, on a replica, with the kit's libllama loaded."""
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     model = replicas.ensure_replica("distill-llama")
     code = (

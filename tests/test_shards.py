@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from gguf_factory import R1_TOKENS, split_gguf, write_gguf
 
-from lowbit import LowbitError, ollama, shards
+from lowbit import LowbitError
+from lowbit.files import shards
+from lowbit.models import ollama
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from lowbit import LowbitError
-from lowbit.chat import render
 from lowbit.paths import kit_root
+from lowbit.prompts.chat import render
 from lowbit.prompts.sandbox import DEFAULT_LIMITS, Limits
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -112,7 +112,7 @@ def test_real_templates_render_within_the_limits():
 _CHILD = """
 import json, resource, sys, time
 from lowbit import LowbitError
-from lowbit.chat import render
+from lowbit.prompts.chat import render
 out = {}
 for name, tpl in json.loads(sys.argv[1]).items():
     t = time.monotonic()

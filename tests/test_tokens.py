@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
-from lowbit.tokens import gguf_metadata, hf_tokenizer_from_gguf, load_vocab, remap_table, special_ids
+from lowbit.prompts.tokens import gguf_metadata, hf_tokenizer_from_gguf, load_vocab, remap_table, special_ids
 
 # The seed's table (docs/facts.md): R1 / distill-Qwen / distill-Llama.
 SEED = {
@@ -31,7 +31,7 @@ def r1_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def llama_vocab_gguf() -> Path:
-    from lowbit.build import sdist_tree
+    from lowbit.toolchain.build import sdist_tree
 
     return sdist_tree() / "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
 
@@ -65,7 +65,7 @@ def test_llama3_gguf_vocab(llama_vocab_gguf):
 
 
 def test_replica_ids_match_the_seed_table():
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     for col, name in ((0, "r1"), (1, "distill-qwen"), (2, "distill-llama")):
         for source in (replicas.hf_dir(name), replicas.ensure_replica(name)):
@@ -77,7 +77,7 @@ def test_replica_ids_match_the_seed_table():
 
 
 def test_remap_table_with_base_column(llama_vocab_gguf):
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     models = {n: load_vocab(replicas.hf_dir(n)) for n in ("r1", "distill-llama")}
     columns, rows = remap_table(models, {"distill-llama": load_vocab(llama_vocab_gguf)})

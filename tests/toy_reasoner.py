@@ -26,7 +26,7 @@ def build_toy_reasoner(out_dir: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lowbit.build import sdist_tree
+    from lowbit.toolchain.build import sdist_tree
 
     out_dir.mkdir(parents=True, exist_ok=True)
     gguf_path = out_dir / "toy-reasoner.gguf"

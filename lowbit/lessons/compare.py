@@ -29,7 +29,7 @@ def sampling_defaults() -> dict[str, float]:
     """DeepSeek's recommended sampling, as the catalog's defaults hold it."""
     import yaml
 
-    from lowbit.catalog import CATALOG_FILE
+    from lowbit.models.catalog import CATALOG_FILE
 
     data = yaml.safe_load(CATALOG_FILE.read_text())
     return dict(data["defaults"]["deepseek-r1-sampling"])
@@ -84,7 +84,7 @@ def _parse_list(value: str | list[str] | None, default: str) -> list[str]:
 def run_prompt(llm, model: str, prompt: SeedPrompt, max_tokens: int, sampling: dict, out_dir: Path,
                chat: bool = True) -> Cell:
     """Generate one answer, split off the thinking, grade the answer, keep the text (and code artifacts)."""
-    from lowbit.generation import generate
+    from lowbit.run.generation import generate
 
     t0 = time.monotonic()
     g = generate(llm, prompt.text, n_predict=max_tokens, temperature=sampling["temp"], min_p=sampling["min_p"],
@@ -109,9 +109,9 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
 
     `max_tokens` caps each prompt's own budget (SeedPrompt.max_tokens), e.g. to keep CI short.
     """
-    from lowbit.generation import load_model
-    from lowbit.notebooks import new_run_dir
-    from lowbit.quickstart import machine_summary, model_file
+    from lowbit.lessons.quickstart import machine_summary, model_file
+    from lowbit.lessons.runner import new_run_dir
+    from lowbit.run.generation import load_model
 
     names = _parse_list(models, DEFAULT_MODELS)
     chosen = select_prompts(prompts)

@@ -167,7 +167,7 @@ def link_verified(source: Path, target: Path, size: int, digest: str, lfs: bool,
     will be used), then renamed into place: `target` is never a file that failed the check.
     `progress(n)` is called as bytes are hashed.
     """
-    from lowbit.mirror import hash_file
+    from lowbit.models.mirror import hash_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.hf-cache")

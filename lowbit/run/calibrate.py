@@ -5,7 +5,7 @@ cache): a different CPU or build recalibrates, the same one reads the cache.
 
 - memory read bandwidth for 1..physical cores threads (median of streaming passes: the steady rate a
   token's weight stream sees, not the best single pass);
-- ggml's own CPU `mul_mat` per quant type (`lowbit.ggml_kernels`): mat-vec (one token) and mat-mat
+- ggml's own CPU `mul_mat` per quant type (`lowbit.toolchain.ggml_kernels`): mat-vec (one token) and mat-mat
   (a 64-token batch) on cache-resident weights, for every thread count — the compute ceilings;
 - ggml's CPU flash attention (llama.cpp's default on CPU) per query x head x cached position;
 - disk read bandwidth of a memory-mapped file, cold (pages evicted with posix_fadvise DONTNEED).
@@ -55,7 +55,7 @@ def llc_bytes() -> int:
 
 def fingerprint() -> str:
     """CPU + llama.cpp build: what the kernel rates depend on."""
-    from lowbit.build import active_build, cpu_fingerprint
+    from lowbit.toolchain.build import active_build, cpu_fingerprint
 
     return f"{cpu_fingerprint()}|{active_build().key}|v{FORMAT}"
 
@@ -98,7 +98,7 @@ def physical_cores() -> int:
 
 def others_busy(seconds: float = 0.5) -> float:
     """CPUs' worth of time other processes use right now (/proc/stat over `seconds`; 0 off Linux)."""
-    from lowbit.bitnet_bench import _busy_cpu_seconds
+    from lowbit.bitnet.bench import _busy_cpu_seconds
 
     b0, t0 = _busy_cpu_seconds(), time.monotonic()
     if b0 is None:
@@ -112,7 +112,7 @@ def cpu_seconds() -> tuple[float, float, float] | None:
     """(CPU-seconds all processes ran, CPU-seconds of this process and its reaped children, monotonic time)."""
     import resource
 
-    from lowbit.bitnet_bench import _busy_cpu_seconds
+    from lowbit.bitnet.bench import _busy_cpu_seconds
 
     total = _busy_cpu_seconds()
     if total is None:
@@ -162,7 +162,7 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
     repacks it by default; for those types also `mv_norepack`/`mm_norepack` (`--no-repack`, out-of-core
     runs). Types this build cannot run carry an "error" instead.
     """
-    from lowbit.ggml_kernels import Kernels
+    from lowbit.toolchain.ggml_kernels import Kernels
 
     kernels = Kernels()
     out = {}
@@ -195,7 +195,7 @@ FA_PROBE = {"n_head": 8, "n_head_kv": 2, "n_kv": 2048, "dims": (64, 128)}
 def attention_rates(threads: int, seconds: float = 0.05) -> dict:
     """ggml's CPU flash attention (llama.cpp's CPU default) as seconds per query x head x cached position,
     `a + b x (k_dim + v_dim)`, for one query (decode) and a 64-token batch (prefill), f16 cache."""
-    from lowbit.ggml_kernels import Kernels
+    from lowbit.toolchain.ggml_kernels import Kernels
 
     kernels = Kernels()
     out = {}

@@ -104,7 +104,7 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     disk and memory rates. Labelled a prediction: nothing of that size runs here."""
     cal = P.calibration()
     if file_gb is None:
-        from lowbit.catalog import load_catalog
+        from lowbit.models.catalog import load_catalog
 
         quants = {q["name"]: q for q in load_catalog()["deepseek-r1-0528"]["quants"]}
         file_gb = float(quants["UD-IQ1_S"]["size_gb"])
@@ -258,9 +258,9 @@ def moe_model(folder: Path | None = None) -> Path:
     """An R1-layout MoE (deepseek2: MLA, 32 routed experts, 4 used, 1 shared; 8 layers of width 512,
     F16, random weights, phi-3 vocabulary), ~0.5 GB: big enough to be several times a memory limit that
     still holds llama.cpp itself."""
-    from lowbit.build import sdist_tree
-    from lowbit.gguf_layout import write_deepseek2
+    from lowbit.files.gguf_layout import write_deepseek2
     from lowbit.paths import models_dir
+    from lowbit.toolchain.build import sdist_tree
 
     folder = folder or models_dir() / "bigger-than-ram"
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,7 +278,7 @@ def moe_model(folder: Path | None = None) -> Path:
 
 
 def bench_cmd(model: Path, threads: int, n_gen: int) -> list[str]:
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     return [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", "0",
             "-n", str(n_gen), "-r", "1", "--repack", "0", "-lm", "mmap", "-o", "json"]
@@ -287,7 +287,7 @@ def bench_cmd(model: Path, threads: int, n_gen: int) -> list[str]:
 def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio: float = 3.0,
                     threads: int | None = None, n_gen: int = 16, timeout: float = 300) -> dict:
     """Run a MoE model `ratio` times larger than a cgroup memory limit; tok/s measured vs predicted."""
-    from lowbit.plan import model_path
+    from lowbit.run.plan import model_path
 
     why = cgroup_available()
     if why:

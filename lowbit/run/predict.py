@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
-from lowbit.gguf_meta import BLOCK_RE, ModelMeta, classify, read_header, read_model
+from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
 from lowbit.run import calibrate
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
@@ -336,7 +336,7 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
 
 
 def _repacked(t: Tensor, cfg: Config) -> bool:
-    from lowbit.ggml_kernels import Kernels
+    from lowbit.toolchain.ggml_kernels import Kernels
 
     return cfg.repack and t.group not in ("embd",) and t.rows % 8 == 0 and Kernels.repacks(t.qtype)
 
@@ -387,7 +387,7 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
     from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
     from gguf.quants import quantize
 
-    from lowbit.build import sdist_tree
+    from lowbit.toolchain.build import sdist_tree
 
     if dest.exists():
         return dest
@@ -438,7 +438,7 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
 def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
                      extra: list[str] | None = None, timeout: float = 900) -> list[dict]:
     """llama-bench -o json rows (its own repetitions; samples in `samples_ts`)."""
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     cmd = [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(n_prompt),
            "-n", str(n_gen), "-d", str(depth), "-r", str(reps), "-o", "json", *(extra or [])]
@@ -536,7 +536,7 @@ RSS_CTX = 512
 def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int = 16,
                    extra: list[str] | None = None) -> list[str]:
     """llama-completion making `n_gen` tokens from a 1-token prompt: the run whose peak RSS is measured."""
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     return [str(active_build().tool("llama-completion")), "-m", str(model), "-t", str(threads), "-c", str(n_ctx),
             "-n", str(n_gen), "-p", "Hello", "-no-cnv", "-s", "1", "--temp", "0", "-v", *(extra or [])]
@@ -582,7 +582,7 @@ BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a bus
 def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
     """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
     and how many CPUs other processes used meanwhile (`busy` above BUSY_CPUS: the numbers measure the load)."""
-    from lowbit.bitnet_bench import _busy_cpu_seconds, _children_cpu_seconds
+    from lowbit.bitnet.bench import _busy_cpu_seconds, _children_cpu_seconds
 
     extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
              "--repack", "1" if cfg.repack else "0"]
@@ -708,7 +708,7 @@ def predict_command(model: str, threads: int | None = None, n_prompt: int = 512,
                     cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
                     no_repack: bool = False, json_out: bool = False) -> int:
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
-    from lowbit.plan import model_path
+    from lowbit.run.plan import model_path
     from lowbit.ui import print_table
 
     cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),

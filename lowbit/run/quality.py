@@ -2,7 +2,7 @@
 
 llama.cpp's own tools do the work: `llama-imatrix` (importance matrix from a calibration text),
 `llama-quantize` (uniform types, or per-tensor "dynamic" recipes through `--tensor-type-file`, the same
-path `lowbit.replicas` builds the r1 replica's UD-IQ1_S with), `llama-perplexity --kl-divergence-base` on
+path `lowbit.models.replicas` builds the r1 replica's UD-IQ1_S with), `llama-perplexity --kl-divergence-base` on
 the reference and `--kl-divergence` on each quant, over a separate evaluation text. This module checks the
 inputs before the long work, plans, runs, parses, caches and plots.
 
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, flag_number, ui
-from lowbit.gguf_meta import read_header
+from lowbit.files.gguf_header import read_header
+from lowbit.models.replicas import RECIPES_DIR, quantizable, quantize, read_recipe, run_imatrix
 from lowbit.paths import cache_dir, runs_dir
-from lowbit.replicas import RECIPES_DIR, quantizable, quantize, read_recipe, run_imatrix
 
 FORMAT = 1  # bump when the measurement procedure changes: cached results are then re-measured
 MIN_REFERENCE_BPW = 4.0  # below this a "reference" is itself a low-bit quant: refused unless allowed
@@ -310,7 +310,7 @@ class Reference:
 
 def weight_bpw(path: Path) -> tuple[float, str, list[tuple[str, int]]]:
     """(bits per weight over the quantizable tensors, their dominant type, [(tensor, n_dims)]) of a GGUF."""
-    from lowbit.gguf_meta import shard_paths
+    from lowbit.files.gguf_header import shard_paths
 
     bits = weights = 0
     by_type: dict[str, int] = {}
@@ -331,7 +331,7 @@ def weight_bpw(path: Path) -> tuple[float, str, list[tuple[str, int]]]:
 
 def file_hash(path: Path) -> str:
     """sha256 of a file (or all shards), remembered per (path, size, mtime) so re-runs do not re-read GBs."""
-    from lowbit.gguf_meta import shard_paths
+    from lowbit.files.gguf_header import shard_paths
 
     shards = shard_paths(path) if path.suffix == ".gguf" else [path]
     stamp = json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in shards])
@@ -358,8 +358,8 @@ def quality_dir() -> Path:
 
 def model_source(model: str) -> tuple[Path, bool, str]:
     """(GGUF or replica HF dir, is_replica, name) for a catalog name, replica name or GGUF path."""
-    from lowbit import replicas
-    from lowbit.catalog import replica_for, resolve_model
+    from lowbit.models import replicas
+    from lowbit.models.catalog import replica_for, resolve_model
 
     if model in replicas.REPLICAS:
         if model == "bitnet":
@@ -386,7 +386,7 @@ def model_source(model: str) -> tuple[Path, bool, str]:
 def prepare_reference(model: str, allow_quantized_reference: bool = False) -> Reference:
     """The model's highest-precision GGUF: a replica's BF16 conversion, a full-precision GGUF as is, or a
     quantized-only GGUF dequantized to F32 once (KLD then measures *further* quantization)."""
-    from lowbit import replicas
+    from lowbit.models import replicas
 
     source, is_replica, name = model_source(model)
     if is_replica:
@@ -626,7 +626,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
 
     Every input is checked first (recipes against llama-quantize's types and the GGUF's tensor names, the
     reference's precision, the texts' length and overlap); cached results are reused."""
-    from lowbit.build import active_build
+    from lowbit.toolchain.build import active_build
 
     started = time.monotonic()
     build = active_build()

@@ -1,0 +1,1 @@
+"""BitNet b1.58: checkpoints, conversion, the bitnet.cpp engine, the kernel benchmark."""

@@ -1,0 +1,547 @@
+"""Speed and memory of the BitNet b1.58 2B4T *shape* on CPU: TQ2_0 and TQ1_0 against Q4_0.
+
+Random ternary weights (speed and memory do not depend on the values) are written with gguf-py as a
+TQ2_0 master file; llama-quantize then makes each benchmarked type with its own recipe, so the files are
+what `bitnet-convert` would produce for the real model. llama-bench measures prompt and decode tok/s,
+interleaved over rounds (medians); peak RSS comes from the OS for one llama-completion run per type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit import LowbitError
+
+PAPER_WEIGHTS_GB = 0.4  # arXiv 2504.12285, non-embedding weights
+PAPER_MS_PER_TOKEN = 29.0  # same paper, CPU decode
+TYPES = ("TQ2_0", "TQ1_0", "Q4_0")
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int = 2560
+    layers: int = 30
+    ffn: int = 6912
+    heads: int = 20
+    kv_heads: int = 5
+    vocab: int = 128256
+
+
+FULL = Shape()
+REDUCED = Shape(hidden=1024, layers=6, ffn=2816, heads=8, kv_heads=2)
+
+
+def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
+    """A 2B4T-shape bitnet GGUF: random ternary BitLinear weights (TQ2_0), f16 embeddings, Llama 3 vocab."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
+    from lowbit.toolchain.build import sdist_tree
+
+    rng = np.random.default_rng(seed)
+    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf")
+    tmp = dest.with_name(dest.name + ".tmp")
+    w = GGUFWriter(tmp, "bitnet")
+    w.add_context_length(4096)
+    w.add_embedding_length(shape.hidden)
+    w.add_block_count(shape.layers)
+    w.add_feed_forward_length(shape.ffn)
+    w.add_head_count(shape.heads)
+    w.add_head_count_kv(shape.kv_heads)
+    w.add_rope_dimension_count(shape.hidden // shape.heads)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(shape.vocab)
+    w.add_string("bitnet.hidden_activation", "relu2")  # what the patched converter writes
+    w.add_file_type(1)
+    for field in vocab.fields.values():
+        if field.name.startswith("tokenizer."):
+            value = field.contents()
+            if field.types[0].name == "ARRAY":
+                w.add_key_value(field.name, value, field.types[0], sub_type=field.types[-1])
+            else:
+                w.add_key_value(field.name, value, field.types[0])
+    # 81 byte values = all 4-tuples of 2-bit codes in {0,1,2} (-1/0/+1): random valid TQ2_0 blocks.
+    codes = np.array(
+        [
+            a | b << 2 | c << 4 | d << 6
+            for a in range(3)
+            for b in range(3)
+            for c in range(3)
+            for d in range(3)
+        ],
+        dtype=np.uint8,
+    )
+    scale = np.array([0.02], dtype=np.float16).view(np.uint8)
+
+    def ternary(rows: int, cols: int) -> np.ndarray:
+        blocks = rows * cols // 256
+        qs = codes[rng.integers(0, 81, size=(blocks, 64), dtype=np.uint8)]
+        return np.concatenate([qs, np.broadcast_to(scale, (blocks, 2))], axis=1).reshape(
+            rows, cols // 256 * 66
+        )
+
+    hd = shape.hidden // shape.heads
+    emb = (rng.standard_normal((shape.vocab, shape.hidden), dtype=np.float32) * 0.02).astype(np.float16)
+    w.add_tensor("token_embd.weight", emb)
+    w.add_tensor("output_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+    for i in range(shape.layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.attn_sub_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{i}.ffn_sub_norm.weight", np.ones(shape.ffn, dtype=np.float32))
+        for name, rows, cols in (
+            ("attn_q", shape.hidden, shape.hidden),
+            ("attn_k", shape.kv_heads * hd, shape.hidden),
+            ("attn_v", shape.kv_heads * hd, shape.hidden),
+            ("attn_output", shape.hidden, shape.hidden),
+            ("ffn_gate", shape.ffn, shape.hidden),
+            ("ffn_up", shape.ffn, shape.hidden),
+            ("ffn_down", shape.hidden, shape.ffn),
+        ):
+            w.add_tensor(f"blk.{i}.{name}.weight", ternary(rows, cols), raw_dtype=GGMLQuantizationType.TQ2_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, dest)
+    return dest
+
+
+def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
+    """The master file plus one llama-quantize output per benchmarked type (cached in `folder`)."""
+    from lowbit.procs import run_checked
+    from lowbit.toolchain.build import active_build
+    from lowbit.ui import step
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
+    master = folder / f"bitnet-shape-{tag}-master.gguf"
+    if not master.exists():
+        step(f"writing the 2B4T-shape master GGUF ({tag}, random ternary weights)")
+        make_shape_gguf(master, shape)
+    files = {}
+    for qtype in TYPES:
+        out = folder / f"bitnet-shape-{tag}-{qtype}.gguf"
+        if not out.exists():
+            step(f"llama-quantize {qtype}")
+            run_checked(
+                [
+                    str(active_build().tool("llama-quantize")),
+                    "--allow-requantize",
+                    str(master),
+                    str(out.with_suffix(".tmp")),
+                    qtype,
+                    str(os.cpu_count() or 2),
+                ],
+                "llama-quantize",
+            )
+            os.replace(out.with_suffix(".tmp"), out)
+        files[qtype] = out
+    return files
+
+
+def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path | None = None) -> dict[str, float]:
+    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds).
+
+    Also returns `others`: the CPUs' worth of time other processes used meanwhile (from /proc/stat minus this
+    run's own CPU time). On a small shared machine a 2-thread run that competes with other work loses most of
+    its speed (its threads wait for each other), so such samples are told apart, not averaged in.
+    """
+    from lowbit.procs import run_checked
+    from lowbit.toolchain.build import active_build
+
+    tool = tool or active_build().tool("llama-bench")
+    busy0, own0, wall0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
+    out = run_checked(
+        [
+            str(tool),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-p",
+            str(p),
+            "-n",
+            str(n),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ],
+        "llama-bench",
+    )
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    got = {}
+    for row in rows:
+        key = "pp" if row["n_prompt"] else "tg"
+        got[key] = float(row["avg_ts"])
+    if busy0 is not None:
+        busy1 = _busy_cpu_seconds() or busy0
+        other = (busy1 - busy0) - (_children_cpu_seconds() - own0)
+        got["others"] = max(0.0, other / max(time.monotonic() - wall0, 1e-9))
+    return got
+
+
+def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None = None) -> float:
+    """Prompt tokens per CPU-second of one llama-bench thread (pp`p`).
+
+    The user time of `-r reps+1` minus that of `-r 1`: model loading and the warm-up run cancel out. CPU time
+    barely moves when other processes share the machine, where wall-clock tok/s at 2 threads swings
+    several-fold; it still includes the cache misses the neighbours cause, so compare builds in the same run.
+    """
+    import resource
+
+    from lowbit.procs import run_checked
+    from lowbit.toolchain.build import active_build
+
+    tool = tool or active_build().tool("llama-bench")
+    used = []
+    for r in (reps + 1, 1):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+        run_checked([str(tool), "-m", str(model), "-t", "1", "-p", str(p), "-n", "0", "-r", str(r)], "llama-bench")
+        used.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
+    return reps * p / max(used[0] - used[1], 1e-9)
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU-seconds all processes have run (user, nice, system, irq, softirq, steal), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
+    """Peak RSS (bytes) of llama-completion making 16 tokens (batch 64: a small logits buffer)."""
+    from lowbit.toolchain.build import active_build
+
+    cmd = [
+        str(active_build().tool("llama-completion")),
+        "-m",
+        str(model),
+        "-t",
+        str(threads),
+        "-c",
+        str(ctx),
+        "-n",
+        "16",
+        "-p",
+        "Hello",
+        "-no-cnv",
+        "--no-warmup",
+        "-s",
+        "1",
+        "--temp",
+        "0",
+        "-b",
+        "64",
+        "-ub",
+        "64",
+    ]
+    # VmHWM of the child itself: rusage's ru_maxrss would include this (large) Python process, which the
+    # child's peak inherits from fork before exec.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    status = Path(f"/proc/{proc.pid}/status")
+    peak = 0
+    while proc.poll() is None:
+        try:
+            m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+            peak = max(peak, int(m.group(1)) * 1024) if m else peak
+        except OSError:
+            pass
+        time.sleep(0.02)
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-completion failed on {model} (exit {proc.returncode})")
+    return peak
+
+
+def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
+    """Memory read bandwidth (bytes/s): `threads` readers, each OR-reducing its own uint64 array (best of reps).
+
+    An integer OR-reduction is a plain streaming read (numpy vectorizes it and releases the GIL), faster per
+    byte than `np.sum` over float64. On a shared VM the 2-thread figure swings widely from second to second
+    (≈25 to ≈60 GB/s here, with an AVX-512 load loop agreeing), so `run_benchmark` samples it every round and
+    uses the best sample as the ceiling.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(reps):
+            t = time.perf_counter()
+            list(pool.map(np.bitwise_or.reduce, arrays))
+            best = max(best, threads * mib * 2**20 / (time.perf_counter() - t))
+    return best
+
+
+def tensor_bytes(model: Path) -> tuple[int, int]:
+    """(non-embedding weight bytes, embedding bytes) of a GGUF."""
+    from gguf import GGUFReader
+
+    emb = other = 0
+    for t in GGUFReader(model).tensors:
+        if t.name == "token_embd.weight":
+            emb += int(t.n_bytes)
+        else:
+            other += int(t.n_bytes)
+    return other, emb
+
+
+def measure_memory(files: dict[str, Path], shape: Shape, ctx: int = 512) -> dict[str, dict[str, int]]:
+    """Peak RSS per type split into non-embedding weights, embeddings, KV cache (f16), buffers (rest)."""
+    kv = 2 * shape.layers * shape.kv_heads * (shape.hidden // shape.heads) * 2 * ctx
+    memory = {}
+    for qtype, path in files.items():
+        weights, emb = tensor_bytes(path)
+        rss = peak_rss(path, ctx=ctx)
+        memory[qtype] = {
+            "weights": weights,
+            "embeddings": emb,
+            "kv": kv,
+            "buffers": max(0, rss - weights - emb - kv),
+            "peak_rss": rss,
+        }
+    return memory
+
+
+QUIET = 0.25  # a sample counts as undisturbed when other processes used less than this many CPUs meanwhile
+
+
+def run_benchmark(
+    shape: Shape = FULL,
+    rounds: int = 4,
+    threads: tuple[int, ...] = (1, 2),
+    folder: Path | None = None,
+    baseline: Path | None = None,
+) -> dict:
+    """Measure everything in one run; return a JSON-serialisable result (also the notebook's input).
+
+    `baseline`: another build's folder (e.g. one without the kernel patch); its llama-bench runs every type in
+    the same interleaved rounds, so `vs_baseline` shows what the build difference is worth (Q4_0 is the control).
+    """
+    import statistics
+
+    from lowbit.paths import models_dir
+    from lowbit.ui import step
+
+    folder = folder or models_dir() / "bench"
+    files = quantized_files(folder, shape)
+    tools = {"": None}
+    if baseline is not None:
+        tool = Path(baseline) / "bin" / "llama-bench"
+        if not tool.exists():
+            raise LowbitError(f"--baseline {baseline}: no bin/llama-bench there; give a build folder")
+        tools["base:"] = tool
+    samples: dict[str, list[float]] = {}
+    others: dict[str, list[float]] = {}
+    bw_samples: dict[int, list[float]] = {}
+    for r in range(rounds):
+        step(f"round {r + 1}/{rounds}")
+        for t in threads:
+            for qtype, path in files.items():  # interleaved: every type (and build) once per round and thread count
+                for prefix, tool in tools.items():
+                    got = llama_bench(path, t, tool=tool)
+                    other = got.pop("others", 0.0)
+                    for kind, value in got.items():
+                        samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
+                        others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
+        for qtype, path in files.items():  # prompt speed per CPU-second: the measure that survives a busy machine
+            for prefix, tool in tools.items():
+                samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
+                others.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(0.0)  # not disturbed by design
+        for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
+            bw_samples.setdefault(t, []).append(read_bandwidth(t))
+    speed, quiet = {}, {}
+    for key, values in samples.items():
+        calm = [v for v, o in zip(values, others[key], strict=True) if o < QUIET]
+        quiet[key] = len(calm)
+        speed[key] = statistics.median(calm or values)
+    main = {k: v for k, v in speed.items() if not k.startswith("base:")}
+    vs_baseline = {k: v / speed["base:" + k] for k, v in main.items() if speed.get("base:" + k)}
+    bw = {t: max(v) for t, v in bw_samples.items()}
+    memory = measure_memory(files, shape)
+    roofline = {}
+    for qtype in files:
+        per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
+        for t in threads:
+            tg = main.get(f"{qtype}/tg/t{t}")
+            if tg:
+                roofline[f"{qtype}/t{t}"] = tg * per_token / bw[t]
+    return {
+        "shape": shape.__dict__,
+        "rounds": rounds,
+        "threads": list(threads),
+        "speed": main,
+        "samples": samples,
+        "others": others,  # CPUs used by other processes during each sample
+        "quiet_samples": quiet,  # how many samples per median were undisturbed (the median uses those)
+        "baseline": Path(baseline).name if baseline else None,  # the build key, not a machine path
+        "baseline_patches": _build_patches(Path(baseline)) if baseline else None,
+        "baseline_speed": {k[5:]: v for k, v in speed.items() if k.startswith("base:")},
+        "vs_baseline": vs_baseline,
+        "bandwidth": {str(t): b for t, b in bw.items()},
+        "bandwidth_samples": {str(t): v for t, v in bw_samples.items()},
+        "kernels": kernel_rates(),
+        "memory": memory,
+        "roofline": roofline,
+        "patches": _active_patches(),
+        "cpu": _cpu_name(),
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+        "loadavg_1min": os.getloadavg()[0],  # other work on the machine skews everything
+    }
+
+
+def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) -> dict[str, float]:
+    """Weight bytes/s one thread's CPU dot product consumes from cache, per type (its compute ceiling).
+
+    Q4_0 here is the plain `vec_dot`; llama.cpp runs Q4_0 matmuls through its repacked (8-row interleaved)
+    kernels instead. Q6_K is the tied output matrix every type shares. Empty when the libraries cannot be loaded.
+    """
+    from lowbit.toolchain.ggml_kernels import Kernels
+
+    try:
+        kernels = Kernels()
+    except (LowbitError, OSError):
+        return {}
+    return {qtype: kernels.dot_rate(qtype) for qtype in types}
+
+
+def _active_patches() -> list[str]:
+    from lowbit.toolchain.build import active_build
+
+    return list(active_build().patches)
+
+
+def _build_patches(directory: Path) -> list[str] | None:
+    from lowbit.toolchain.build import load_build
+
+    build = load_build(directory)
+    return list(build.patches) if build else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def report(result: dict) -> None:
+    """Print the speed table (ratios to Q4_0, and to the baseline build if any), memory split and roofline."""
+    from lowbit.ui import human_bytes, print_table, warn
+
+    s = result["speed"]
+    vs = result.get("vs_baseline") or {}
+    rows = []
+    for qtype in TYPES:
+        row = [qtype]
+        for kind in ("pp", "tg"):
+            for t in result["threads"]:
+                key = f"{qtype}/{kind}/t{t}"
+                v, ref = s.get(key), s.get(f"Q4_0/{kind}/t{t}")
+                cell = f"{v:.1f} ({v / ref:.2f}x)" if v and ref else "-"
+                if key in vs:
+                    cell += f" [{vs[key]:.2f}x base]"
+                row.append(cell)
+        rows.append(row)
+    cols = ["type"] + [f"{k}{64 if k == 'pp' else 32} t={t}" for k in ("pp", "tg") for t in result["threads"]]
+    title = "tok/s, medians of interleaved rounds (ratio to Q4_0)"
+    if vs:
+        title += f" [ratio to the baseline build {result.get('baseline')}]"
+    print_table(title, cols, rows)
+    cpu_rows = []
+    for qtype in TYPES:
+        v, ref = s.get(f"{qtype}/pp_cpu/t1"), s.get("Q4_0/pp_cpu/t1")
+        if v and ref:
+            base = vs.get(f"{qtype}/pp_cpu/t1")
+            cpu_rows.append([qtype, f"{v:.1f} ({v / ref:.2f}x)" + (f" [{base:.2f}x base]" if base else "")])
+    if cpu_rows:
+        print_table("pp64 tokens per CPU-second, 1 thread (ratio to Q4_0) [to the baseline build]",
+                    ["type", "pp64 tok/CPU-s"], cpu_rows)
+    quiet = result.get("quiet_samples") or {}
+    disturbed = sorted(k for k, n in quiet.items() if n == 0)
+    if disturbed:
+        warn(f"other processes used >= {QUIET} CPU during every sample of {', '.join(disturbed)}: "
+             "those medians are of disturbed runs")
+    mem_rows = []
+    for qtype, m in result["memory"].items():
+        ms = (
+            1000 / s[f"{qtype}/tg/t{max(result['threads'])}"]
+            if s.get(f"{qtype}/tg/t{max(result['threads'])}")
+            else 0
+        )
+        mem_rows.append(
+            [
+                qtype,
+                human_bytes(m["weights"]),
+                human_bytes(m["embeddings"]),
+                human_bytes(m["kv"]),
+                human_bytes(m["buffers"]),
+                human_bytes(m["peak_rss"]),
+                f"{ms:.0f}",
+            ]
+        )
+    mem_rows.append(
+        ["paper (2B4T)", f"{PAPER_WEIGHTS_GB} GB", "not counted", "-", "-", "-", f"{PAPER_MS_PER_TOKEN:.0f}"]
+    )
+    print_table(
+        "peak RSS split (ctx 512) and decode latency",
+        ["type", "non-emb weights", "embeddings", "KV", "buffers", "peak RSS", "ms/token"],
+        mem_rows,
+    )
+    bw = result["bandwidth"]
+    print_table(
+        "decode vs memory-bandwidth roofline (read bandwidth: "
+        + ", ".join(f"{b / 1e9:.1f} GB/s at t={t}" for t, b in bw.items()) + ")",
+        ["type/threads", "fraction"],
+        [[k, f"{v:.2f}"] for k, v in result["roofline"].items()],
+    )
+    if result.get("kernels"):
+        print_table(
+            "CPU dot product, 1 thread, cache-resident weights (compute ceiling; read bandwidth 1 thread "
+            f"{bw.get('1', 0) / 1e9:.1f} GB/s)",
+            ["type", "weights GB/s"],
+            [[q, f"{r / 1e9:.1f}"] for q, r in result["kernels"].items()],
+        )
+
+
+def results_file() -> Path:
+    from lowbit.paths import runs_dir
+
+    return runs_dir() / "bench" / "bitnet.json"
+
+
+def bench_command(rounds: int = 4, reduced: bool = False, baseline: str | None = None) -> int:
+    """`invoke bitnet-bench`: measure, print, store results for the lesson."""
+    result = run_benchmark(REDUCED if reduced else FULL, rounds=rounds,
+                           baseline=Path(baseline).expanduser() if baseline else None)
+    report(result)
+    out = results_file() if not reduced else results_file().with_name("bitnet-reduced.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"results: {out}")
+    return 0

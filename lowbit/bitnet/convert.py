@@ -1,0 +1,681 @@
+"""BitNet b1.58 2B4T on llama.cpp: replicas, conversion to TQ2_0/TQ1_0, reference check, perplexity.
+
+2B4T differs from the 1bitLLM BitNet models mainline llama.cpp was written for: a squared-ReLU FFN
+(`hidden_act: relu2`), `attn_sub_norm`/`ffn_sub_norm` tensor names, tied embeddings and the Llama 3 BPE
+vocabulary. The kit's llama.cpp patch series (`patches/`) teaches the converter and the graph all
+three; this module drives them and proves the result against transformers' `BitNetForCausalLM`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lowbit import LowbitError, flag_number
+from lowbit.procs import run_checked
+
+ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM")
+LLAMA3_VOCAB = 128256
+QUANTS = {"tq2_0": "TQ2_0", "tq1_0": "TQ1_0"}
+# The BitLinear layers: ternary in 2B4T, everything else (embeddings, norms) stays higher precision.
+TERNARY_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+PATCHES = ("0001-bitnet-2b4t-convert.patch", "0002-bitnet-relu2-ffn.patch")
+ONLINE_QUANT = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+# 2B4T's chat format ("User: ...<|eot_id|>Assistant: "), as in the model card's example.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+# Thresholds of the reference check (see `reference_check` and docs/bitnet.md for why these).
+MIN_CORRELATION = 0.95
+MIN_TOP10_OVERLAP = 0.6
+MAX_REL_ERROR = 0.35
+ENGINES = ("llama.cpp", "bitnet.cpp")  # bitnet.cpp: optional, see lowbit.bitnet.engine
+
+
+# ---------------------------------------------------------------------------------------------
+# a 2B4T-layout checkpoint with random weights
+
+
+def make_hf_checkpoint(
+    dest: Path,
+    seed: int = 0,
+    hidden: int = 256,
+    layers: int = 2,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+) -> Path:
+    """Save a BitNet b1.58 2B4T-layout HF checkpoint: random bf16 master weights, the Llama 3 tokenizer.
+
+    Configured like microsoft/bitnet-b1.58-2B-4T-bf16: ReLU^2 FFN, attention/FFN sub-norms, tied
+    embeddings, 128256-token Llama 3 vocabulary, GQA 4:1, online BitNet quantization in config.json.
+    `hidden` and `intermediate` must be multiples of 256 (the TQ block size).
+    """
+    import torch
+    import transformers
+
+    heads = heads or max(1, hidden // 64)
+    kv_heads = kv_heads or max(1, heads // 4)
+    intermediate = intermediate or int(math.ceil(hidden * 2.7 / 256) * 256)
+    if hidden % 256 or intermediate % 256:
+        raise LowbitError(
+            f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 256 for TQ types"
+        )
+    dest = Path(dest)
+    config = transformers.BitNetConfig(
+        vocab_size=LLAMA3_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        hidden_act="relu2",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
+    torch.manual_seed(seed)
+    model = transformers.BitNetForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=128000, eos_token_id=[128001, 128009]
+    )
+    transformers.utils.logging.disable_progress_bar()
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    cfg_path = tmp / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = dict(ONLINE_QUANT)
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    _copy_llama3_tokenizer(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _copy_llama3_tokenizer(dest: Path) -> None:
+    """Copy the 2B4T tokenizer files, cached per llama.cpp commit (the vocab is slow to parse)."""
+    from lowbit.paths import cache_dir
+    from lowbit.toolchain.build import LLAMA_CPP_COMMIT
+
+    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}-v2"
+    if not (cached / "tokenizer_config.json").exists():
+        tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_llama3_tokenizer(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)
+    for f in cached.iterdir():
+        shutil.copy(f, dest / f.name)
+
+
+def _save_llama3_tokenizer(dest: Path) -> None:
+    """The 2B4T tokenizer: the kit's Llama 3 tokenizer (made from llama.cpp's ggml-vocab-llama-bpe.gguf,
+    see `lowbit.models.replicas.llama3_tokenizer_dir`) with 2B4T's end-of-turn EOS, context and chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    from lowbit.models.replicas import llama3_tokenizer_dir
+
+    source = llama3_tokenizer_dir() / "tokenizer.json"
+    fast = PreTrainedTokenizerFast(
+        tokenizer_file=str(source),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=4096,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(dest)
+    path = dest / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        cfg.pop(key, None)
+    cfg["add_bos_token"] = True
+    cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    (dest / "chat_template.jinja").unlink(missing_ok=True)
+    if len(PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"))) != LLAMA3_VOCAB:
+        raise LowbitError(
+            f"the Llama 3 tokenizer in {source.parent} does not have {LLAMA3_VOCAB} tokens"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def check_checkpoint(src: Path) -> dict:
+    """config.json of a 2B4T-layout checkpoint, or a LowbitError saying what does not fit."""
+    cfg_path = src / "config.json"
+    if not cfg_path.exists():
+        raise LowbitError(
+            f"{src} has no config.json: bitnet-convert needs a Hugging Face checkpoint folder "
+            "(e.g. microsoft/bitnet-b1.58-2B-4T-bf16 after `invoke fetch`)"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    archs = cfg.get("architectures") or []
+    if cfg.get("model_type") != "bitnet" and not set(archs) & set(ARCHITECTURES):
+        raise LowbitError(
+            f"{src} is not a BitNet checkpoint (model_type {cfg.get('model_type')!r}, architectures "
+            f"{archs}); bitnet-convert handles BitNet b1.58 2B4T layouts only"
+        )
+    problems = []
+    if cfg.get("hidden_act") != "relu2":
+        problems.append(
+            f"hidden_act is {cfg.get('hidden_act')!r}, 2B4T uses 'relu2' (1bitLLM bitnet_b1_58 "
+            "models convert with llama.cpp's own convert_hf_to_gguf.py)"
+        )
+    if not (src / "tokenizer.json").exists():
+        problems.append("no tokenizer.json (2B4T ships the Llama 3 BPE tokenizer)")
+    for key in ("hidden_size", "intermediate_size"):
+        if int(cfg.get(key, 0)) % 256:
+            problems.append(f"{key}={cfg.get(key)} is not a multiple of 256, so TQ1_0/TQ2_0 cannot hold it")
+    names = _tensor_names(src)
+    if names and not any(n.endswith("mlp.ffn_sub_norm.weight") for n in names):
+        problems.append("no mlp.ffn_sub_norm / self_attn.attn_sub_norm tensors (not the 2B4T layout)")
+    if problems:
+        raise LowbitError(
+            f"{src} is not a BitNet b1.58 2B4T-layout checkpoint:\n  - " + "\n  - ".join(problems)
+        )
+    return cfg
+
+
+def _tensor_names(src: Path) -> list[str]:
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        return list(json.loads(index.read_text())["weight_map"])
+    names: list[str] = []
+    for f in sorted(src.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            names += [k for k in json.loads(fh.read(n)) if k != "__metadata__"]
+    return names
+
+
+def build_quant_types(build=None) -> set[str]:
+    """Quant type names the build's llama-quantize accepts (parsed from its --help)."""
+    from lowbit.toolchain.build import active_build
+
+    build = build or active_build()
+    proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True,
+                          errors="replace")
+    return set(re.findall(r"^\s+\d+\s+or\s+(\w+)\s+:", proc.stdout + proc.stderr, flags=re.M))
+
+
+def require_patched_build(build=None):
+    """The active build, if it carries the BitNet patches (else the graph would run 2B4T with SiLU)."""
+    from lowbit.toolchain.build import active_build
+
+    build = build or active_build()
+    missing = [p for p in PATCHES if p not in build.patches]
+    if missing:
+        raise LowbitError(
+            f"the active llama.cpp build ({build.directory}) lacks {', '.join(missing)}: it would "
+            "run BitNet 2B4T with a SiLU FFN. Rebuild with `invoke build-llama`."
+        )
+    return build
+
+
+def verify_ternary(gguf_path: Path) -> dict[str, str]:
+    """Check every BitLinear weight is TQ1_0/TQ2_0 with one scale per tensor; return name -> type."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(gguf_path)
+    types: dict[str, str] = {}
+    bad = []
+    for t in reader.tensors:
+        kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
+        if kind not in TERNARY_KINDS:
+            continue
+        types[t.name] = t.tensor_type.name
+        if t.tensor_type not in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
+            bad.append(f"{t.name} is {t.tensor_type.name}")
+            continue
+        rows = np.asarray(t.data).reshape(int(np.prod(t.shape[1:])), -1)
+        sample = rows[:: max(1, rows.shape[0] // 64)]  # a spread of rows keeps this fast on 2 B weights
+        values = dequantize(sample, t.tensor_type)
+        scales = np.unique(np.abs(values[values != 0]))
+        if scales.size > 1 and (scales.max() - scales.min()) > 1e-3 * scales.max():
+            bad.append(f"{t.name} has {scales.size} magnitudes (ternary needs one per tensor)")
+    if not types:
+        raise LowbitError(f"{gguf_path} has no BitLinear weights ({', '.join(TERNARY_KINDS)})")
+    if bad:
+        raise LowbitError(
+            f"{gguf_path}: weights are not ternary after quantization:\n  - " + "\n  - ".join(bad[:8])
+        )
+    return types
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion
+
+
+def converter_script() -> Path:
+    """convert_hf_to_gguf.py of the patched llama.cpp tree (the patch series teaches it 2B4T)."""
+    from lowbit.toolchain.build import llama_source, patched_source
+
+    return patched_source(*llama_source("sdist")) / "convert_hf_to_gguf.py"
+
+
+def quant_type(quant: str) -> str:
+    """The GGML type a `--quant` name (tq2_0, tq1_0) stands for; anything else is refused."""
+    if quant.lower() not in QUANTS:
+        raise LowbitError(f"unknown --quant {quant!r}; choose one of: {', '.join(QUANTS)}")
+    return QUANTS[quant.lower()]
+
+
+def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: int | None = None) -> Path:
+    """Convert a 2B4T-layout HF checkpoint to TQ2_0/TQ1_0: written to a temporary name, verified, renamed."""
+    from gguf import GGUFReader
+
+    from lowbit.toolchain.build import active_build
+    from lowbit.ui import step
+
+    qtype = quant_type(quant)
+    src = Path(src)
+    check_checkpoint(src)
+    build = active_build()
+    if qtype not in build_quant_types(build):
+        raise LowbitError(
+            f"the llama.cpp build at {build.bin_dir} has no {qtype} quantization; "
+            "rebuild it with `invoke build-llama --force`"
+        )
+    out = Path(out) if out else src / f"ggml-model-{quant.lower()}.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".bitnet-convert-", dir=out.parent))
+    try:
+        master = work / "model-bf16.gguf"
+        step(f"converting {src.name} (ternarizing BitLinear weights) with the patched convert_hf_to_gguf.py")
+        # the converter must use the patched tree's gguf-py (it knows the 2B4T tensor names)
+        env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+        run_checked(
+            [
+                sys.executable,
+                str(converter_script()),
+                str(src),
+                "--outtype",
+                "bf16",
+                "--outfile",
+                str(master),
+            ],
+            "convert_hf_to_gguf.py",
+            env=env,
+        )
+        step(f"quantizing to {qtype} with llama-quantize")
+        tmp = work / out.name
+        log = run_checked(
+            [
+                str(build.tool("llama-quantize")),
+                str(master),
+                str(tmp),
+                qtype,
+                str(threads or os.cpu_count() or 2),
+            ],
+            "llama-quantize",
+        )
+        if "fallback" in log and re.search(r"(\d+) of \d+ tensor\(s\) required fallback", log):
+            raise LowbitError(
+                f"llama-quantize fell back from {qtype} for some tensors:\n"
+                + "\n".join(line for line in log.splitlines() if "fallback" in line)
+            )
+        verify_ternary(tmp)
+        reader = GGUFReader(tmp)
+        act = (
+            bytes(reader.fields["bitnet.hidden_activation"].parts[-1]).decode()
+            if "bitnet.hidden_activation" in reader.fields
+            else None
+        )
+        if act != "relu2":
+            raise LowbitError(
+                f"the converted GGUF records hidden_activation={act!r}, not 'relu2': the converter "
+                "lacks the BitNet patch (patches/0001-bitnet-2b4t-convert.patch)"
+            )
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise LowbitError(f"unknown --engine {engine!r}; choose llama.cpp (default) or bitnet.cpp")
+    return engine
+
+
+def checkpoint_path(src: str) -> Path:
+    """`src` (catalog name, Hub repo id or path) on disk: a checkpoint folder or a GGUF file."""
+    from lowbit.models.catalog import resolve_model
+
+    resolved = resolve_model(src)
+    path = resolved.path
+    entry = resolved.entry or {}
+    if path is None and entry.get("kind") == "replica" and entry.get("format") == "hf":
+        from lowbit.models.replicas import hf_dir
+
+        path = hf_dir(resolved.name)  # the offline stand-in, built on first use
+    if path is None or not Path(path).exists():
+        raise LowbitError(
+            f"{src!r} is not on disk; download it first "
+            f"(`invoke fetch --model {resolved.repo_id or src}`) or pass its path"
+        )
+    return Path(path)
+
+
+def convert_command(
+    src: str, quant: str | None = None, out: str | None = None, engine: str = "llama.cpp"
+) -> int:
+    """`invoke bitnet-convert SRC`: a catalog name, Hub repo id (fetched) or a checkpoint folder."""
+    from lowbit.ui import human_bytes
+
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit.bitnet import engine as bitnet_cpp
+
+        return bitnet_cpp.convert_command(src, out=out, quant=quant)
+    quant_type(quant or "tq2_0")  # refused before the checkpoint is looked up (or a replica built)
+    path = checkpoint_path(src)
+    if not path.is_dir():
+        raise LowbitError(f"{src!r} is not a checkpoint folder ({path}); bitnet-convert reads HF checkpoints")
+    result = convert(path, quant=quant or "tq2_0", out=Path(out) if out else None)
+    print(f"wrote {result} ({human_bytes(result.stat().st_size)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness against transformers' BitNetForCausalLM
+
+
+SAMPLE_TEXT = (
+    "BitNet b1.58 stores every weight of its linear layers as minus one, zero or plus one, with one scale "
+    "per "
+    "matrix, and quantizes the activations to eight bits per token. The model was trained that way from the "
+    "start on four trillion tokens, so nothing is lost when it runs with ternary weights. On a laptop CPU "
+    "the "
+    "matrix products become additions and subtractions, memory traffic drops by a factor of eight compared "
+    "with sixteen-bit weights, and decoding speed is limited by how fast the cores can unpack two-bit codes. "
+)
+
+
+@dataclass
+class CheckResult:
+    """How closely llama.cpp's logits follow the reference over `positions` positions."""
+
+    positions: int
+    correlation: float  # mean over positions of Pearson r between the two logit vectors
+    top1: float  # fraction of positions whose argmax agrees
+    top10_overlap: float  # mean |top10(ref) ∩ top10(llama.cpp)| / 10
+    rel_error: float  # median over positions of mean|Δlogit| / std(reference logits)
+    activation: str  # the FFN activation llama.cpp ran
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.correlation >= MIN_CORRELATION
+            and self.top10_overlap >= MIN_TOP10_OVERLAP
+            and self.rel_error <= MAX_REL_ERROR
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def sample_tokens(hf_dir: Path, n: int) -> list[int]:
+    """`n` token ids of a fixed English text (BOS first), with the checkpoint's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    ids = tok(SAMPLE_TEXT * (1 + n // 60))["input_ids"]
+    if len(ids) < n:
+        raise LowbitError(f"sample text gives only {len(ids)} tokens, {n} asked")
+    return ids[:n]
+
+
+def reference_logits(hf_dir: Path, tokens: list[int]):
+    """Logits of transformers' BitNetForCausalLM, online BitNet quantization (ternary weights, int8 acts)."""
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # the quantizer's @torch.compile needs no compiler then
+    import torch
+    from transformers import BitNetForCausalLM
+
+    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
+    if (cfg.get("quantization_config") or {}).get("quantization_mode") != "online":
+        raise LowbitError(
+            f"{hf_dir}/config.json has no online BitNet quantization_config {ONLINE_QUANT}: the "
+            "reference would run full-precision weights that nothing ternary can match"
+        )
+    model = BitNetForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def llama_logits(gguf_path: Path, tokens: list[int], activation: str | None = None, threads: int = 2):
+    """Logits of every position from the kit's llama.cpp (Python bindings on the active build).
+
+    `activation` overrides the GGUF's `bitnet.hidden_activation` (e.g. "silu" to run mainline's graph).
+    """
+    import numpy as np
+
+    llama_cpp = import_llama_cpp()
+    overrides = {"bitnet.hidden_activation": activation} if activation else None
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path),
+        n_ctx=len(tokens) + 8,
+        n_batch=len(tokens) + 8,
+        n_ubatch=len(tokens) + 8,
+        logits_all=True,
+        n_threads=threads,
+        kv_overrides=overrides,
+        verbose=False,
+        seed=0,
+    )
+    try:
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def import_llama_cpp():
+    """llama_cpp bound to the active build's shared libraries."""
+    from lowbit.toolchain.build import active_build
+
+    os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(active_build().bin_dir))
+    import llama_cpp
+
+    return llama_cpp
+
+
+def compare_logits(ref, got, activation: str) -> CheckResult:
+    """The check's measures; see CheckResult."""
+    import numpy as np
+
+    ref = ref.astype(np.float64)
+    got = got.astype(np.float64)
+    rc = ref - ref.mean(axis=1, keepdims=True)
+    gc = got - got.mean(axis=1, keepdims=True)
+    corr = (rc * gc).sum(1) / np.sqrt((rc * rc).sum(1) * (gc * gc).sum(1))
+    top_ref = np.argsort(-ref, axis=1)[:, :10]
+    top_got = np.argsort(-got, axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got, strict=True)])
+    rel = np.median(np.abs(ref - got).mean(1) / ref.std(1))
+    return CheckResult(
+        positions=len(ref),
+        correlation=float(corr.mean()),
+        top1=float((top_ref[:, 0] == top_got[:, 0]).mean()),
+        top10_overlap=float(overlap),
+        rel_error=float(rel),
+        activation=activation,
+    )
+
+
+def reference_check(
+    hf_dir: Path, gguf_path: Path, positions: int = 256, activation: str | None = None, threads: int = 2
+) -> CheckResult:
+    """Compare llama.cpp's logits on `gguf_path` with the reference's on `hf_dir` over `positions` tokens."""
+    tokens = sample_tokens(hf_dir, positions)
+    ref = reference_logits(hf_dir, tokens)
+    got = llama_logits(gguf_path, tokens, activation=activation, threads=threads)
+    return compare_logits(ref, got, activation or "from GGUF (relu2)")
+
+
+def check_command(
+    model: str, gguf: str | None = None, positions: int = 256, activation: str | None = None
+) -> int:
+    """`invoke bitnet-check`: print the reference check's measures; exit 1 if it fails."""
+    from lowbit.models.catalog import resolve_model
+    from lowbit.ui import print_table
+
+    hf = resolve_model(model).path
+    if hf is None or not Path(hf).is_dir():
+        raise LowbitError(f"{model!r} has no local checkpoint folder to use as the reference")
+    gguf_path = Path(gguf) if gguf else Path(hf) / "ggml-model-tq2_0.gguf"
+    if not gguf_path.exists():
+        gguf_path = convert(Path(hf), "tq2_0", gguf_path)
+    if activation is None:
+        require_patched_build()
+    r = reference_check(Path(hf), gguf_path, positions=positions, activation=activation)
+    print_table(
+        "llama.cpp vs transformers BitNetForCausalLM (online quantization)",
+        ["measure", "value", "needs"],
+        [
+            ["mean per-position correlation", f"{r.correlation:.4f}", f">= {MIN_CORRELATION}"],
+            ["top-10 overlap", f"{r.top10_overlap:.3f}", f">= {MIN_TOP10_OVERLAP}"],
+            ["median mean|Δlogit| / std", f"{r.rel_error:.3f}", f"<= {MAX_REL_ERROR}"],
+            ["top-1 agreement", f"{r.top1:.3f}", "(reported)"],
+        ],
+    )
+    print("PASS" if r.passed else "FAIL", f"({r.positions} positions, activation {r.activation})")
+    return 0 if r.passed else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# perplexity: the gate for a real download
+
+
+def perplexity(
+    gguf_path: Path,
+    text_file: Path,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    engine: str = "llama.cpp",
+) -> float:
+    """llama-perplexity's final estimate on `text_file` (real 2B4T on wikitext-2: ≈17 expected).
+
+    `engine="bitnet.cpp"` runs bitnet.cpp's own llama-perplexity (built on first use) on an I2_S GGUF.
+    """
+    if not Path(gguf_path).is_file() or not Path(text_file).is_file():
+        missing = gguf_path if not Path(gguf_path).is_file() else text_file
+        raise LowbitError(f"{missing} does not exist")
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit.bitnet.engine import perplexity_tool
+
+        tool = perplexity_tool()
+    else:
+        from lowbit.toolchain.build import active_build
+
+        tool = active_build().tool("llama-perplexity")
+    cmd = [
+        str(tool),
+        "-m",
+        str(gguf_path),
+        "-f",
+        str(text_file),
+        "-c",
+        str(ctx),
+        "-t",
+        str(threads or os.cpu_count() or 2),
+        "-b",
+        str(ctx),
+    ]
+    if chunks:
+        cmd += ["--chunks", str(chunks)]
+    log = run_checked(cmd, "llama-perplexity")
+    m = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)", log)
+    if not m:
+        raise LowbitError(f"llama-perplexity printed no final estimate:\n{log[-1500:]}")
+    return float(m.group(1))
+
+
+def perplexity_command(
+    gguf: str,
+    text: str,
+    ctx: int = 512,
+    chunks: int | None = None,
+    max_ppl: float | None = None,
+    engine: str = "llama.cpp",
+) -> int:
+    """`invoke bitnet-perplexity`: print PPL; with --max-ppl, fail above it (real-model gate: ≈17)."""
+    chunks, max_ppl = flag_number("chunks", chunks, int, 1), flag_number("max_ppl", max_ppl, float)
+    ppl = perplexity(Path(gguf), Path(text), ctx=ctx, chunks=chunks, engine=engine)
+    print(f"perplexity {ppl:.3f} on {text} (ctx {ctx}, {engine})")
+    if max_ppl is not None and not ppl <= max_ppl:
+        print(f"FAIL: above {max_ppl} — a SiLU graph or a broken conversion gives ~100 on wikitext-2")
+        return 1
+    return 0
+
+
+def generate_command(
+    gguf: str, prompt: str = "The capital of France is", n: int = 32, engine: str = "llama.cpp"
+) -> int:
+    """`invoke bitnet-generate`: greedy completion of `prompt` with the chosen engine's CLI."""
+    if check_engine(engine) == "bitnet.cpp":
+        from lowbit.bitnet.engine import generate
+
+        print(generate(Path(gguf), prompt, n=n))
+        return 0
+    from lowbit.toolchain.build import active_build
+
+    tool = active_build().tool("llama-completion")
+    cmd = [str(tool), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-no-cnv",
+           "-t", str(os.cpu_count() or 2)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise LowbitError(f"llama-completion failed (exit {proc.returncode}):\n{proc.stderr[-2500:]}")
+    print(proc.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# for the lesson
+
+
+def checkpoint_for(model: str) -> Path:
+    """The HF checkpoint folder for `model` (catalog name, repo id or path; the replica is built if missing)."""
+    path = checkpoint_path(model)
+    if not path.is_dir():
+        raise LowbitError(f"{model!r} is a single file ({path.name}), not an HF checkpoint folder")
+    return path
+
+
+def gguf_for(model: str, quant: str = "tq2_0") -> Path:
+    """The converted GGUF next to the checkpoint (converted on first use)."""
+    hf = checkpoint_for(model)
+    out = hf / f"ggml-model-{quant.lower()}.gguf"
+    return out if out.exists() else convert(hf, quant, out)
+
+
+def ternary_view(gguf_path: Path, tensor: str = "blk.0.ffn_up.weight", rows: int = 4, cols: int = 12):
+    """(codes in {-1,0,+1}, scale) of the top-left corner of one BitLinear weight."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    t = next(t for t in GGUFReader(gguf_path).tensors if t.name == tensor)
+    values = dequantize(np.asarray(t.data)[:rows], t.tensor_type)[:, :cols]
+    scale = float(np.abs(values[values != 0]).max())
+    return np.rint(values / scale).astype(int), scale

@@ -1,0 +1,1 @@
+"""GGUF files: the bounded header reader, tensor layout, shard sets."""

@@ -1,0 +1,1 @@
+"""Serving a model to a room: the OpenAI-compatible server and its load test."""

@@ -1,0 +1,107 @@
+"""First half of `invoke setup`, run by whatever Python carries invoke (standard library only).
+
+It picks the kit's environment (an activated conda env, else `.venv`), creates the venv if needed,
+installs lowbit with its extras when pyproject.toml changed, records the interpreter for tasks.py,
+then hands over to `lowbit.setup.finish:finish` inside that environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lowbit import LowbitError
+from lowbit.paths import active_conda_env, kit_root, state_dir, venv_dir, venv_python
+
+EXTRAS = "replicas,notebooks,dev,checks"
+
+
+def choose_environment() -> tuple[Path, str]:
+    """(interpreter, description) of the environment the kit uses."""
+    if "LOWBIT_PYTHON" in os.environ:
+        return Path(os.environ["LOWBIT_PYTHON"]), "LOWBIT_PYTHON"
+    conda = active_conda_env()
+    if conda is not None:
+        return venv_python(conda), f"conda env {os.environ.get('CONDA_DEFAULT_ENV')} ({conda})"
+    return venv_python(venv_dir()), f"virtual environment {venv_dir()}"
+
+
+def create_venv(venv: Path) -> None:
+    try:
+        import ensurepip  # noqa: F401
+        import venv as _venv  # noqa: F401  (Debian ships venv separately)
+    except ImportError as exc:
+        major, minor = sys.version_info[:2]
+        raise LowbitError(
+            f"this Python ({sys.executable}) cannot create virtual environments: {exc}.\n"
+            f"Fix: `sudo apt install python{major}.{minor}-venv` (Debian/Ubuntu), then run `invoke setup` again."
+        ) from exc
+    print(f"> creating virtual environment {venv}", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+
+
+def install_fingerprint() -> str:
+    """Changes whenever what `pip install -e .[extras]` installs could change."""
+    return hashlib.sha256((kit_root() / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()[:16]
+
+
+def install_package(python: Path) -> bool:
+    """`pip install -e .[extras]` into the kit env unless already done for this pyproject.toml."""
+    stamp = state_dir() / "installed"
+    fingerprint = f"{install_fingerprint()} {python}"
+    if stamp.exists() and stamp.read_text().strip() == fingerprint:
+        return False
+    print(f"> installing lowbit[{EXTRAS}] and its dependencies into {python.parent.parent}", flush=True)
+    # torch is pinned in pyproject.toml so a CPU wheel already on the machine (or PyPI's) is used.
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f".[{EXTRAS}]"]
+    proc = subprocess.run(cmd, cwd=kit_root())
+    if proc.returncode != 0:
+        raise LowbitError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); see the pip output above")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+    return True
+
+
+def main(kwargs: dict) -> int:
+    started = time.monotonic()
+    python, where = choose_environment()
+    if not python.exists():
+        if "conda" in where or "LOWBIT_PYTHON" in where:
+            raise LowbitError(f"{where} has no interpreter at {python}")
+        create_venv(venv_dir())
+    print(f"> environment: {where}", flush=True)
+    # The build needs only the standard library: compile llama.cpp while pip installs the packages.
+    build_args = {k: kwargs[k] for k in ("backend", "source", "cuda_arch", "force") if k in kwargs}
+    build = subprocess.Popen([str(python), "-m", "lowbit", "lowbit.toolchain.build:build_llama_command",
+                              json.dumps(build_args)], cwd=kit_root())
+    try:
+        install_package(python)
+    except BaseException:
+        build.terminate()
+        build.wait()
+        raise
+    if build.wait() != 0:
+        return build.returncode
+    kwargs["force"] = False  # built just now
+    state_dir().mkdir(parents=True, exist_ok=True)
+    (state_dir() / "python").write_text(str(python) + "\n")
+    kwargs["started"] = time.time() - (time.monotonic() - started)
+    kwargs["environment"] = where
+    return subprocess.run([str(python), "-m", "lowbit", "lowbit.setup.finish:finish", json.dumps(kwargs)],
+                          cwd=kit_root()).returncode
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}))
+    except LowbitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
