@@ -12,6 +12,7 @@ import pytest
 
 from lowbit import LowbitError
 from lowbit.bitnet import convert as bitnet
+from lowbit.models import replicas
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def hf(tmp_path_factory) -> Path:
         return hf_dir("bitnet")
     except ImportError:
         dest = tmp_path_factory.mktemp("bitnet") / "hf"
-        return bitnet.make_hf_checkpoint(dest, seed=0, hidden=256, layers=2)
+        return replicas.make_bitnet_checkpoint(dest, seed=0, hidden=256, layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_convert_writes_2b4t_gguf(tq2):
     assert kv["general.architecture"] == "bitnet"
     assert kv["bitnet.hidden_activation"] == "relu2"
     assert (kv["tokenizer.ggml.model"], kv["tokenizer.ggml.pre"]) == ("gpt2", "llama-bpe")
-    assert kv["n_vocab"] == bitnet.LLAMA3_VOCAB
+    assert kv["n_vocab"] == replicas.LLAMA_VOCAB
     assert "Assistant: " in kv["tokenizer.chat_template"]
     assert "blk.0.attn_sub_norm.weight" in types and "blk.1.ffn_sub_norm.weight" in types
     assert "output.weight" not in types  # tied embeddings
@@ -90,7 +91,7 @@ def test_reference_check_fails_on_silu_graph(hf, tq2):
 
 
 def test_reference_check_other_seed_and_size_tq1(patched, tmp_path):
-    hf = bitnet.make_hf_checkpoint(tmp_path / "hf", seed=7, hidden=512, layers=3)
+    hf = replicas.make_bitnet_checkpoint(tmp_path / "hf", seed=7, hidden=512, layers=3)
     gguf = bitnet.convert(hf, "tq1_0", tmp_path / "model-tq1_0.gguf")
     assert set(bitnet.verify_ternary(gguf).values()) == {"TQ1_0"}
     assert bitnet.reference_check(hf, gguf, positions=200).passed
@@ -117,7 +118,7 @@ def test_not_a_2b4t_checkpoint(hf, tmp_path):
 
 
 def test_command_refuses_a_bad_quant_before_looking_up_the_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(bitnet, "checkpoint_path", lambda src: pytest.fail("looked up (or built) the model first"))
+    monkeypatch.setattr(bitnet, "locate", lambda *a, **k: pytest.fail("looked up (or built) the model first"))
     with pytest.raises(LowbitError, match="unknown --quant 'q9_9'"):
         bitnet.convert_command("bitnet", quant="q9_9")
 

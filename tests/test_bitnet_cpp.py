@@ -408,7 +408,7 @@ def test_convert_command_resolves_catalog_entries(kit, tmp_path, monkeypatch, ca
     assert f"ready for bitnet.cpp: {gguf_repo / 'ggml-model-i2_s.gguf'}" in capsys.readouterr().out
     # an HF-format entry resolves to its folder once fetched
     bf16 = _checkpoint(models / "microsoft" / "bitnet-b1.58-2B-4T-bf16")
-    assert bitnet.checkpoint_path("bitnet-2b4t-bf16") == bf16
+    assert bitnet.locate("bitnet-2b4t-bf16", kind="any", obtain=True) == bf16
     assert bitnet.convert_command("bitnet-2b4t-bf16", engine="bitnet.cpp", quant="i2_s") == 0
     assert (bf16 / "ggml-model-i2_s.gguf").exists()
 

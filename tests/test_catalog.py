@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lowbit import LowbitError
-from lowbit.models.catalog import find_quant, load_catalog, replica_for, resolve_model
+from lowbit.models.catalog import resolve_model
+from lowbit.models.entries import find_quant, load_catalog, replica_for
 from lowbit.models.replicas import REPLICAS
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from gguf_factory import split_gguf, write_gguf
 
-from lowbit import LowbitError
+from lowbit import LowbitError, machine
 from lowbit.models import fetch as hub
 from lowbit.models.mirror import MirrorHandler, MirrorServer
 
@@ -516,7 +516,7 @@ def test_downloads_dropped_before_the_first_byte_keep_no_empty_part(models, mirr
 
 
 def test_disk_margin_scales_with_the_download(mirror, tmp_path, monkeypatch):
-    assert hub.disk_margin(9) == 9 and hub.disk_margin(10**9) == hub.MIN_MARGIN
+    assert hub.disk_margin(9) == 9 and hub.disk_margin(10**9) == machine.MIN_MARGIN
     assert hub.disk_margin(10**12) == 2 * 10**10
     server, _ = mirror()
     monkeypatch.setattr(hub, "free_disk", lambda path: 1000)  # a 9-byte README fits in 1000 free bytes

@@ -10,7 +10,8 @@ import pytest
 
 from lowbit import LowbitError
 from lowbit.models import real
-from lowbit.models.catalog import load_catalog, resolve_model
+from lowbit.models.catalog import resolve_model
+from lowbit.models.entries import load_catalog
 
 
 def make_wheel(folder: Path, package: str, version: str, members: dict[str, bytes]) -> Path:

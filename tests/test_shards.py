@@ -113,7 +113,7 @@ def test_merged_data_reaches_the_disk_before_it_gets_its_name(shard_dir, monkeyp
 
 
 def test_merge_checks_disk_first(shard_dir, monkeypatch):
-    monkeypatch.setattr(shards, "_free", lambda path: 1000)
+    monkeypatch.setattr(shards, "free_disk", lambda path: 1000)
     with pytest.raises(LowbitError, match="not enough disk space"):
         shards.merge(shard_dir / "m-00001-of-00003.gguf")
     assert not (shard_dir / "m.gguf").exists() and not list(shard_dir.glob(".*"))

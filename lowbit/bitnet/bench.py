@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
 
 PAPER_WEIGHTS_GB = 0.4  # arXiv 2504.12285, non-embedding weights
 PAPER_MS_PER_TOKEN = 29.0  # same paper, CPU decode
@@ -158,7 +159,7 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     from lowbit.toolchain.build import active_build
 
     tool = tool or active_build().tool("llama-bench")
-    busy0, own0, wall0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
+    busy0, own0, wall0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
     out = run_checked(
         [
             str(tool),
@@ -183,8 +184,8 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
         key = "pp" if row["n_prompt"] else "tg"
         got[key] = float(row["avg_ts"])
     if busy0 is not None:
-        busy1 = _busy_cpu_seconds() or busy0
-        other = (busy1 - busy0) - (_children_cpu_seconds() - own0)
+        busy1 = busy_cpu_seconds() or busy0
+        other = (busy1 - busy0) - (children_cpu_seconds() - own0)
         got["others"] = max(0.0, other / max(time.monotonic() - wall0, 1e-9))
     return got
 
@@ -208,23 +209,6 @@ def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None =
         run_checked([str(tool), "-m", str(model), "-t", "1", "-p", str(p), "-n", "0", "-r", str(r)], "llama-bench")
         used.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
     return reps * p / max(used[0] - used[1], 1e-9)
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU-seconds all processes have run (user, nice, system, irq, softirq, steal), or None off Linux."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:

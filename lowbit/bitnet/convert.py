@@ -9,7 +9,6 @@ three; this module drives them and proves the result against transformers' `BitN
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -20,137 +19,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError, flag_number
+from lowbit.models.catalog import ANY_KIND, HF_KIND, locate
+from lowbit.models.replicas import ONLINE_QUANT
 from lowbit.procs import run_checked
 
 ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM")
-LLAMA3_VOCAB = 128256
 QUANTS = {"tq2_0": "TQ2_0", "tq1_0": "TQ1_0"}
 # The BitLinear layers: ternary in 2B4T, everything else (embeddings, norms) stays higher precision.
 TERNARY_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 PATCHES = ("0001-bitnet-2b4t-convert.patch", "0002-bitnet-relu2-ffn.patch")
-ONLINE_QUANT = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
-# 2B4T's chat format ("User: ...<|eot_id|>Assistant: "), as in the model card's example.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-    "{{ message['role'] | capitalize }}: {{ message['content'] | trim }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
-)
 # Thresholds of the reference check (see `reference_check` and docs/bitnet.md for why these).
 MIN_CORRELATION = 0.95
 MIN_TOP10_OVERLAP = 0.6
 MAX_REL_ERROR = 0.35
 ENGINES = ("llama.cpp", "bitnet.cpp")  # bitnet.cpp: optional, see lowbit.bitnet.engine
-
-
-# ---------------------------------------------------------------------------------------------
-# a 2B4T-layout checkpoint with random weights
-
-
-def make_hf_checkpoint(
-    dest: Path,
-    seed: int = 0,
-    hidden: int = 256,
-    layers: int = 2,
-    heads: int | None = None,
-    kv_heads: int | None = None,
-    intermediate: int | None = None,
-) -> Path:
-    """Save a BitNet b1.58 2B4T-layout HF checkpoint: random bf16 master weights, the Llama 3 tokenizer.
-
-    Configured like microsoft/bitnet-b1.58-2B-4T-bf16: ReLU^2 FFN, attention/FFN sub-norms, tied
-    embeddings, 128256-token Llama 3 vocabulary, GQA 4:1, online BitNet quantization in config.json.
-    `hidden` and `intermediate` must be multiples of 256 (the TQ block size).
-    """
-    import torch
-    import transformers
-
-    heads = heads or max(1, hidden // 64)
-    kv_heads = kv_heads or max(1, heads // 4)
-    intermediate = intermediate or int(math.ceil(hidden * 2.7 / 256) * 256)
-    if hidden % 256 or intermediate % 256:
-        raise LowbitError(
-            f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 256 for TQ types"
-        )
-    dest = Path(dest)
-    config = transformers.BitNetConfig(
-        vocab_size=LLAMA3_VOCAB,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        hidden_act="relu2",
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-    )
-    torch.manual_seed(seed)
-    model = transformers.BitNetForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = transformers.GenerationConfig(
-        bos_token_id=128000, eos_token_id=[128001, 128009]
-    )
-    transformers.utils.logging.disable_progress_bar()
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    cfg_path = tmp / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["quantization_config"] = dict(ONLINE_QUANT)
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    _copy_llama3_tokenizer(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
-
-
-def _copy_llama3_tokenizer(dest: Path) -> None:
-    """Copy the 2B4T tokenizer files, cached per llama.cpp commit (the vocab is slow to parse)."""
-    from lowbit.paths import cache_dir
-    from lowbit.toolchain.build import LLAMA_CPP_COMMIT
-
-    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}-v2"
-    if not (cached / "tokenizer_config.json").exists():
-        tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _save_llama3_tokenizer(tmp)
-        shutil.rmtree(cached, ignore_errors=True)
-        os.replace(tmp, cached)
-    for f in cached.iterdir():
-        shutil.copy(f, dest / f.name)
-
-
-def _save_llama3_tokenizer(dest: Path) -> None:
-    """The 2B4T tokenizer: the kit's Llama 3 tokenizer (made from llama.cpp's ggml-vocab-llama-bpe.gguf,
-    see `lowbit.models.replicas.llama3_tokenizer_dir`) with 2B4T's end-of-turn EOS, context and chat template."""
-    from transformers import PreTrainedTokenizerFast
-
-    from lowbit.models.replicas import llama3_tokenizer_dir
-
-    source = llama3_tokenizer_dir() / "tokenizer.json"
-    fast = PreTrainedTokenizerFast(
-        tokenizer_file=str(source),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        model_max_length=4096,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(dest)
-    path = dest / "tokenizer_config.json"
-    cfg = json.loads(path.read_text())
-    for key in ("is_local", "local_files_only", "name_or_path"):
-        cfg.pop(key, None)
-    cfg["add_bos_token"] = True
-    cfg["chat_template"] = CHAT_TEMPLATE
-    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-    (dest / "chat_template.jinja").unlink(missing_ok=True)
-    if len(PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"))) != LLAMA3_VOCAB:
-        raise LowbitError(
-            f"the Llama 3 tokenizer in {source.parent} does not have {LLAMA3_VOCAB} tokens"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,25 +239,6 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def checkpoint_path(src: str) -> Path:
-    """`src` (catalog name, Hub repo id or path) on disk: a checkpoint folder or a GGUF file."""
-    from lowbit.models.catalog import resolve_model
-
-    resolved = resolve_model(src)
-    path = resolved.path
-    entry = resolved.entry or {}
-    if path is None and entry.get("kind") == "replica" and entry.get("format") == "hf":
-        from lowbit.models.replicas import hf_dir
-
-        path = hf_dir(resolved.name)  # the offline stand-in, built on first use
-    if path is None or not Path(path).exists():
-        raise LowbitError(
-            f"{src!r} is not on disk; download it first "
-            f"(`invoke fetch --model {resolved.repo_id or src}`) or pass its path"
-        )
-    return Path(path)
-
-
 def convert_command(
     src: str, quant: str | None = None, out: str | None = None, engine: str = "llama.cpp"
 ) -> int:
@@ -387,7 +250,7 @@ def convert_command(
 
         return bitnet_cpp.convert_command(src, out=out, quant=quant)
     quant_type(quant or "tq2_0")  # refused before the checkpoint is looked up (or a replica built)
-    path = checkpoint_path(src)
+    path = locate(src, kind=ANY_KIND, obtain=True)
     if not path.is_dir():
         raise LowbitError(f"{src!r} is not a checkpoint folder ({path}); bitnet-convert reads HF checkpoints")
     result = convert(path, quant=quant or "tq2_0", out=Path(out) if out else None)
@@ -654,17 +517,9 @@ def generate_command(
 # for the lesson
 
 
-def checkpoint_for(model: str) -> Path:
-    """The HF checkpoint folder for `model` (catalog name, repo id or path; the replica is built if missing)."""
-    path = checkpoint_path(model)
-    if not path.is_dir():
-        raise LowbitError(f"{model!r} is a single file ({path.name}), not an HF checkpoint folder")
-    return path
-
-
 def gguf_for(model: str, quant: str = "tq2_0") -> Path:
     """The converted GGUF next to the checkpoint (converted on first use)."""
-    hf = checkpoint_for(model)
+    hf = locate(model, kind=HF_KIND, obtain=True)
     out = hf / f"ggml-model-{quant.lower()}.gguf"
     return out if out.exists() else convert(hf, quant, out)
 

@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
-from lowbit.models.fetch import free_disk
+from lowbit.machine import cpu_fingerprint, free_disk
+from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.paths import cache_dir
 from lowbit.procs import run_checked
-from lowbit.toolchain.build import builds_root, cpu_fingerprint, run_logged
+from lowbit.toolchain.build import builds_root, run_logged
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
 # The pinned commit: microsoft/BitNet 01eb415 (2026-03-10), whose 3rdparty/llama.cpp submodule is
@@ -525,7 +526,6 @@ def build_command(force: bool = False) -> int:
 
 def convert_command(src: str, out: str | None = None, quant: str | None = None) -> int:
     """`invoke bitnet-convert SRC --engine bitnet.cpp`: an I2_S GGUF that bitnet.cpp runs."""
-    from lowbit.bitnet.convert import checkpoint_path
     from lowbit.ui import human_bytes
 
     if quant not in (None, "i2_s", "I2_S"):
@@ -533,7 +533,7 @@ def convert_command(src: str, out: str | None = None, quant: str | None = None) 
                           "belongs to the llama.cpp engine (tq2_0, tq1_0)")
     if cached_engine() is None:  # say what is missing before fetching or building anything
         preflight(need_source=not source_ready(), need_build=True)
-    path = checkpoint_path(src)
+    path = locate(src, kind=ANY_KIND, obtain=True)
     result = convert(path, out=Path(out) if out else None)
     print(f"ready for bitnet.cpp: {result} ({human_bytes(result.stat().st_size)})")
     return 0

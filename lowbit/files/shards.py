@@ -22,6 +22,8 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import GGUFHeader, read_header
+from lowbit.files.hashes import RECORD_FILE, hash_file, load_records
+from lowbit.machine import disk_margin, free_disk
 
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # Compare chunk: small enough that both sides stay in the CPU cache for the memcmp that follows the copy
@@ -151,11 +153,9 @@ def _manifest_problems(s: ShardSet) -> tuple[list[str], bool]:
     """Compare the parts with the sha256 records `invoke fetch` keeps in the destination it wrote to.
 
     Returns (problems, whether any record was found)."""
-    from lowbit.models.mirror import hash_file, load_records
-
     root = s.directory.resolve()
     for folder in (root, *root.parents):
-        if (folder / ".cache" / "lowbit" / "verified.json").is_file():
+        if (folder / RECORD_FILE).is_file():
             break
     else:
         return [], False
@@ -439,22 +439,11 @@ def gguf_split_tool() -> Path:
     return active_build().tool("llama-gguf-split")
 
 
-def _free(path: Path) -> int:
-    from lowbit.models.fetch import free_disk
-
-    return free_disk(path)
-
-
-def disk_margin(n_bytes: int) -> int:
-    from lowbit.models.fetch import disk_margin as margin
-
-    return margin(n_bytes)
-
 
 def _check_disk(directory: Path, needed: int, what: str) -> None:
     from lowbit.ui import human_bytes
 
-    free = _free(directory)
+    free = free_disk(directory)
     margin = disk_margin(needed)
     if needed + margin > free:
         raise LowbitError(
@@ -554,7 +543,7 @@ def _tool_failed(what: str, proc: subprocess.CompletedProcess, directory: Path, 
     """The error for a failed llama-gguf-split run: "disk full" with the numbers when the disk filled up."""
     from lowbit.ui import human_bytes
 
-    free = _free(directory)
+    free = free_disk(directory)
     out = proc.stdout or ""
     if free < 16 * 1024 * 1024 or "No space left" in out or "basic_ios" in out:
         return LowbitError(

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import LowbitError, flag_number
+from lowbit.machine import machine_summary
+from lowbit.models.catalog import locate, resolve_model
 from lowbit.run.seeds import SeedPrompt, grade, select_prompts, split_thinking
 
 DEFAULT_MODELS = "smollm2,gemma3-270m,r1"
@@ -29,7 +31,7 @@ def sampling_defaults() -> dict[str, float]:
     """DeepSeek's recommended sampling, as the catalog's defaults hold it."""
     import yaml
 
-    from lowbit.models.catalog import CATALOG_FILE
+    from lowbit.models.entries import CATALOG_FILE
 
     data = yaml.safe_load(CATALOG_FILE.read_text())
     return dict(data["defaults"]["deepseek-r1-sampling"])
@@ -109,7 +111,7 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
 
     `max_tokens` caps each prompt's own budget (SeedPrompt.max_tokens), e.g. to keep CI short.
     """
-    from lowbit.lessons.quickstart import machine_summary, model_file
+    from lowbit.lessons.quickstart import OFFLINE_HINT
     from lowbit.lessons.runner import new_run_dir
     from lowbit.run.generation import load_model
 
@@ -121,7 +123,7 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
         raise LowbitError(f"max_tokens must be at least 1, not {max_tokens}")
     # every model on disk before the first token (fetches a real model, builds a replica; a missing Hub
     # model fails here with the command that fetches it, not after an hour of the others)
-    located = [model_file(name) for name in names]
+    located = [(resolve_model(name), locate(name, obtain=True, hint=OFFLINE_HINT)) for name in names]
     sampling = sampling_defaults()
     out = Path(out_dir) if out_dir else new_run_dir("compare")
     out.mkdir(parents=True, exist_ok=True)

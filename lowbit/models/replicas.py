@@ -29,7 +29,8 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import read_header
-from lowbit.paths import models_dir
+from lowbit.paths import cache_dir, models_dir
+from lowbit.toolchain.build import LLAMA_CPP_COMMIT
 
 REPLICAS = ("r1", "distill-qwen", "distill-llama", "bitnet")
 HONESTY = "random weights: the text is meaningless; tokens, templates, speed paths and file layout are real"
@@ -407,13 +408,11 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
 
 
 def _build_bitnet_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Path]:
-    from lowbit.bitnet.convert import make_hf_checkpoint as make_bitnet_checkpoint
-
     hf = work / "hf"
-    with stage(f"lowbit.bitnet.convert.make_hf_checkpoint (seed {SEED})"), _SEEDED:
+    with stage(f"lowbit.models.replicas.make_bitnet_checkpoint (seed {SEED})"), _SEEDED:
         make_bitnet_checkpoint(hf, seed=SEED, **spec.config)
     if not (hf / "config.json").exists() or not (hf / "tokenizer.json").exists():
-        raise LowbitError(f"lowbit.bitnet.convert.make_hf_checkpoint left no config.json/tokenizer.json in {hf}")
+        raise LowbitError(f"lowbit.models.replicas.make_bitnet_checkpoint left no config.json/tokenizer.json in {hf}")
     return {"hf": hf}
 
 
@@ -797,3 +796,117 @@ def replicas_command(force: bool = False, only: list[str] | str | None = None) -
                    [r for r in status_rows() if not names or r[0] in names])
     print(f"replicas ready in {time.monotonic() - started:.1f} s")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# a BitNet b1.58 2B4T-layout HF checkpoint with random weights (the `bitnet` replica; lowbit.bitnet converts it)
+
+ONLINE_QUANT = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+# 2B4T's chat format ("User: ...<|eot_id|>Assistant: "), as in the model card's example.
+BITNET_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+def make_bitnet_checkpoint(
+    dest: Path,
+    seed: int = 0,
+    hidden: int = 256,
+    layers: int = 2,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+) -> Path:
+    """Save a BitNet b1.58 2B4T-layout HF checkpoint: random bf16 master weights, the Llama 3 tokenizer.
+
+    Configured like microsoft/bitnet-b1.58-2B-4T-bf16: ReLU^2 FFN, attention/FFN sub-norms, tied
+    embeddings, 128256-token Llama 3 vocabulary, GQA 4:1, online BitNet quantization in config.json.
+    `hidden` and `intermediate` must be multiples of 256 (the TQ block size).
+    """
+    import torch  # heavy, optional (the `replicas` extra): imported when a checkpoint is made
+    import transformers
+
+    heads = heads or max(1, hidden // 64)
+    kv_heads = kv_heads or max(1, heads // 4)
+    intermediate = intermediate or int(math.ceil(hidden * 2.7 / 256) * 256)
+    if hidden % 256 or intermediate % 256:
+        raise LowbitError(
+            f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 256 for TQ types"
+        )
+    dest = Path(dest)
+    config = transformers.BitNetConfig(
+        vocab_size=LLAMA_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        hidden_act="relu2",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
+    torch.manual_seed(seed)
+    model = transformers.BitNetForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=128000, eos_token_id=[128001, 128009]
+    )
+    transformers.utils.logging.disable_progress_bar()
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    cfg_path = tmp / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = dict(ONLINE_QUANT)
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    _copy_bitnet_tokenizer(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _copy_bitnet_tokenizer(dest: Path) -> None:
+    """Copy the 2B4T tokenizer files, cached per llama.cpp commit (the vocab is slow to parse)."""
+    cached = cache_dir() / "tokenizers" / f"bitnet-2b4t-llama3-{LLAMA_CPP_COMMIT[:12]}-v2"
+    if not (cached / "tokenizer_config.json").exists():
+        tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_bitnet_tokenizer(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)
+    for f in cached.iterdir():
+        shutil.copy(f, dest / f.name)
+
+
+def _save_bitnet_tokenizer(dest: Path) -> None:
+    """The 2B4T tokenizer: the kit's Llama 3 tokenizer (made from llama.cpp's ggml-vocab-llama-bpe.gguf,
+    see `lowbit.models.replicas.llama3_tokenizer_dir`) with 2B4T's end-of-turn EOS, context and chat template."""
+    from transformers import PreTrainedTokenizerFast  # heavy, optional (the `replicas` extra)
+
+    source = llama3_tokenizer_dir() / "tokenizer.json"
+    fast = PreTrainedTokenizerFast(
+        tokenizer_file=str(source),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=4096,
+    )
+    fast.chat_template = BITNET_CHAT_TEMPLATE
+    fast.save_pretrained(dest)
+    path = dest / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        cfg.pop(key, None)
+    cfg["add_bos_token"] = True
+    cfg["chat_template"] = BITNET_CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    (dest / "chat_template.jinja").unlink(missing_ok=True)
+    if len(PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"))) != LLAMA_VOCAB:
+        raise LowbitError(
+            f"the Llama 3 tokenizer in {source.parent} does not have {LLAMA_VOCAB} tokens"
+        )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from lowbit import LowbitError
+from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.sandbox import DEFAULT_LIMITS, LimitExceeded, Limits, render_limited
 from lowbit.prompts.tokens import THINK_CLOSE, Vocab, load_vocab, token_kinds
 
@@ -459,10 +460,9 @@ def template_command(
     model: str, message: str = "Hello! What is 1+1?", system: str | None = None, no_fix: bool = False
 ) -> int:
     """`invoke template --model M --message ...`: the rendered prompt and its token IDs."""
-    from lowbit.prompts.tokens import model_path
     from lowbit.ui import console, print_table
 
-    v = load_vocab(model_path(model))
+    v = load_vocab(locate(model, kind=ANY_KIND))
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": message}
     ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.tokens import Vocab, load_vocab
 
 # Dedicated pad tokens by name, in order of preference. The Llama 3.0 vocabulary has the same slot
@@ -449,10 +450,9 @@ def fix_padding_command(
     path: str, pad: str | None = None, out: str | None = None, check: bool = False
 ) -> int:
     """`invoke fix-padding PATH [--pad TOKEN] [--out PATH] [--check]`."""
-    from lowbit.prompts.tokens import model_path
     from lowbit.ui import print_table, step
 
-    src = model_path(path)
+    src = locate(path, kind=ANY_KIND)
     a = audit(src)
     print_table(
         f"padding audit: {src}",

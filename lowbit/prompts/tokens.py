@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.models.catalog import ANY_KIND, locate
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -447,13 +448,13 @@ def tokens_command(
         raise LowbitError(
             "give at least one --model (catalog name, HF tokenizer dir, tokenizer.json or GGUF)"
         )
-    models = {m: load_vocab(model_path(m)) for m in model}
+    models = {m: load_vocab(locate(m, kind=ANY_KIND)) for m in model}
     bases: dict[str, Vocab] = {}
     for spec in base or []:
         name, sep, path = spec.partition("=")
         if not sep or name not in models:
             raise LowbitError(f"--base {spec!r}: write MODEL=PATH where MODEL is one of the --model values")
-        bases[name] = load_vocab(model_path(path))
+        bases[name] = load_vocab(locate(path, kind=ANY_KIND))
     if as_json:
         print(json.dumps({m: special_ids(v) for m, v in models.items()}, indent=2))
         return 0
@@ -464,11 +465,3 @@ def tokens_command(
     return 0
 
 
-def model_path(model: str) -> Path:
-    """A `--model` value as a tokenizer path: catalog names resolve to their files."""
-    from lowbit.models.catalog import resolve_model
-
-    resolved = resolve_model(model)
-    if resolved.path is None:
-        raise LowbitError(f"{model!r} is not on this machine; fetch it first or give a local path")
-    return resolved.path

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.machine import bandwidth_path, cached_bandwidth, machine_key, physical_cores
+from lowbit.models.catalog import locate
 
-BANDWIDTH_FILE = "bandwidth.json"
 SWEEP_KEYS = {
     "ngl": "-ngl",
     "threads": "-t",
@@ -37,26 +38,12 @@ SWEEP_KEYS = {
 # memory bandwidth
 
 
-def _bandwidth_path() -> Path:
-    from lowbit.paths import cache_dir
-
-    return cache_dir() / BANDWIDTH_FILE
-
-
-def _machine_key() -> str:
-    from lowbit.toolchain.build import cpu_fingerprint, gpu_names
-
-    return cpu_fingerprint() + "|" + ";".join(gpu_names())
-
-
 def measure_cpu_bandwidth(threads: int | None = None, mib: int = 256, rounds: int = 5) -> float:
     """Read bandwidth in GB/s with `threads` threads each summing its own `mib` MiB buffer (numpy
     reductions release the GIL); best of `rounds`. Buffers are far larger than any CPU cache."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-
-    from lowbit.run.plan import physical_cores
 
     threads = threads or physical_cores()
     bufs = [np.ones(mib * 2**20 // 8, dtype=np.float64) for _ in range(threads)]
@@ -90,23 +77,10 @@ def measure_gpu_bandwidth() -> float | None:
     return round(best, 1)
 
 
-def cached_bandwidth() -> dict | None:
-    """This machine's cached measurement, if any."""
-    path = _bandwidth_path()
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data.get(_machine_key())
-
-
 def machine_bandwidth(refresh: bool = False) -> dict:
     """Measure CPU (and GPU) bandwidth once per machine; later calls read the cache."""
     if not refresh and (bw := cached_bandwidth()):
         return bw
-    from lowbit.run.plan import physical_cores
     from lowbit.ui import step
 
     step("measuring memory bandwidth (once per machine)")
@@ -118,7 +92,7 @@ def machine_bandwidth(refresh: bool = False) -> dict:
         "gpu_gbs": measure_gpu_bandwidth(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    path = _bandwidth_path()
+    path = bandwidth_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {}
     if path.exists():
@@ -126,7 +100,7 @@ def machine_bandwidth(refresh: bool = False) -> dict:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             data = {}
-    data[_machine_key()] = bw
+    data[machine_key()] = bw
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
@@ -303,7 +277,7 @@ def bench_model(
     from lowbit.toolchain.build import active_build
     from lowbit.ui import step, warn
 
-    path = planner.model_path(model)
+    path = locate(model)
     meta = read_model(path)
     params = parse_sweep(sweep)
     if threads:

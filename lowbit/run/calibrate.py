@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.machine import busy_cpu_seconds, own_cpu_seconds, physical_cores
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = 5  # bump when what is measured changes: every machine recalibrates once
@@ -90,36 +91,22 @@ def cached(key: str | None = None) -> dict | None:
     return _read_all().get(key or fingerprint())
 
 
-def physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-
-
 def others_busy(seconds: float = 0.5) -> float:
     """CPUs' worth of time other processes use right now (/proc/stat over `seconds`; 0 off Linux)."""
-    from lowbit.bitnet.bench import _busy_cpu_seconds
-
-    b0, t0 = _busy_cpu_seconds(), time.monotonic()
+    b0, t0 = busy_cpu_seconds(), time.monotonic()
     if b0 is None:
         return 0.0
     time.sleep(seconds)
-    b1 = _busy_cpu_seconds() or b0
+    b1 = busy_cpu_seconds() or b0
     return max(0.0, (b1 - b0) / (time.monotonic() - t0))
 
 
 def cpu_seconds() -> tuple[float, float, float] | None:
     """(CPU-seconds all processes ran, CPU-seconds of this process and its reaped children, monotonic time)."""
-    import resource
-
-    from lowbit.bitnet.bench import _busy_cpu_seconds
-
-    total = _busy_cpu_seconds()
+    total = busy_cpu_seconds()
     if total is None:
         return None
-    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for f in ("ru_utime", "ru_stime"))
-    return total, own, time.monotonic()
+    return total, own_cpu_seconds(), time.monotonic()
 
 
 def others_since(start: tuple[float, float, float] | None) -> float:

@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowbit import LowbitError, flag_number, procs
+from lowbit.machine import vram_gib
+from lowbit.models.catalog import locate
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
 DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
@@ -213,9 +215,9 @@ def run_model(
     ram = flag_number("ram", ram, float, 0)
     threads = flag_number("threads", threads, int, 1)
     n_predict = int(n_predict)
-    path = planner.model_path(model)
+    path = locate(model)
     meta = read_model(path)  # a missing shard or a cut file fails here
-    vram_gb = [float(v) for v in vram] if vram else planner.detect_vram_gb()
+    vram_gb = [float(v) for v in vram] if vram else vram_gib()
     the_plan = planner.make_plan(meta, vram_gb, ram, ctx, cache_type_k, threads=threads)
     option = planner.choose(the_plan, plan)
     for w in the_plan.warnings:

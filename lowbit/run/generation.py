@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import LowbitError
+from lowbit.machine import physical_cores
+from lowbit.models.catalog import locate
 
 
 @dataclass
@@ -54,19 +56,14 @@ def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int 
 
     path = Path(path)
     if path.is_dir():
-        shards = sorted(path.glob("*-00001-of-*.gguf")) or sorted(path.glob("*.gguf"))
-        if not shards:
-            raise LowbitError(f"no GGUF file in {path}")
-        path = shards[0]
+        path = locate(str(path))  # its first GGUF (a split set's first shard)
     if not path.is_file():
         raise LowbitError(
             f"model file {path} does not exist; `invoke replicas` builds the offline ones, "
             "`invoke fetch --model M` downloads real ones"
         )
     if threads <= 0:
-        import psutil
-
-        threads = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+        threads = physical_cores()
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=n_ctx,

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.models.catalog import locate
 from lowbit.run import calibrate
 from lowbit.run import predict as P
 
@@ -104,7 +105,7 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     disk and memory rates. Labelled a prediction: nothing of that size runs here."""
     cal = P.calibration()
     if file_gb is None:
-        from lowbit.models.catalog import load_catalog
+        from lowbit.models.entries import load_catalog
 
         quants = {q["name"]: q for q in load_catalog()["deepseek-r1-0528"]["quants"]}
         file_gb = float(quants["UD-IQ1_S"]["size_gb"])
@@ -287,12 +288,10 @@ def bench_cmd(model: Path, threads: int, n_gen: int) -> list[str]:
 def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio: float = 3.0,
                     threads: int | None = None, n_gen: int = 16, timeout: float = 300) -> dict:
     """Run a MoE model `ratio` times larger than a cgroup memory limit; tok/s measured vs predicted."""
-    from lowbit.run.plan import model_path
-
     why = cgroup_available()
     if why:
         raise LowbitError(why)
-    path = model_path(model) if model else moe_model()
+    path = locate(model) if model else moe_model()
     w = P.workload(path)
     threads = threads or calibrate.physical_cores()
     limit = int(limit_mb * 2**20) if limit_mb else int(w.meta.file_bytes / ratio)

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import LayerBytes, ModelMeta
+from lowbit.machine import cached_bandwidth, memory_warning, physical_cores, ram_bytes, vram_gib
+from lowbit.models.catalog import locate
 
 GiB = 1024**3
 GB = 1000**3
@@ -177,38 +179,6 @@ def sizes_meta(spec: str) -> ModelMeta:
     )
 
 
-def physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-
-
-def total_ram_gb() -> float:
-    import psutil
-
-    return psutil.virtual_memory().total / GiB
-
-
-def detect_vram_gb() -> list[float]:
-    """VRAM of each NVIDIA GPU (GiB) from nvidia-smi; [] without one."""
-    import shutil
-    import subprocess
-
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [round(int(x) / 1024, 1) for x in out.split() if x.strip().isdigit()]
-
-
 def _bytes_per_token(meta: ModelMeta, layer: LayerBytes, experts_here: bool = True) -> int:
     """Bytes of `layer` read per generated token: everything dense, n_used/n_expert of the experts."""
     frac = meta.n_expert_used / meta.n_expert if meta.n_expert else 1.0
@@ -224,8 +194,6 @@ def _speed(gpu_b: int, cpu_b: int, gpu_bw: float, cpu_bw: float) -> float:
 def cached_cpu_bandwidth_gbs() -> float | None:
     """This machine's measured read bandwidth (all cores), if `invoke bench` has measured it."""
     try:
-        from lowbit.run.bench import cached_bandwidth
-
         bw = cached_bandwidth()
     except Exception:  # noqa: BLE001 - no measurement yet is the normal case
         return None
@@ -267,7 +235,7 @@ def make_plan(
             f"--ctx {ctx} is larger than the model's trained context ({meta.n_ctx_train} tokens in "
             f"{meta.arch}.context_length); use --ctx {meta.n_ctx_train} or less"
         )
-    ram_gb = total_ram_gb() if ram_gb is None else ram_gb
+    ram_gb = ram_bytes() / GiB if ram_gb is None else ram_gb
     mla_note = ""
     if meta.is_mla and cache_type_v not in (None, cache_type_k):
         mla_note = (
@@ -428,12 +396,8 @@ def make_plan(
             f"this machine is busy (load {load:.1f} on {physical_cores()} cores): one stolen core stalls "
             f"every token of a {threads}-thread run; compare `invoke bench --threads 1,...,{threads}`"
         )
-    if meta.file_bytes > ram_bytes_avail + total_vram * GiB:
-        plan.warnings.append(
-            f"the model ({meta.file_bytes / GB:.0f} GB) is larger than RAM + VRAM "
-            f"({ram_gb:.0f} + {total_vram:g} GiB): llama.cpp will mmap it and page weights from "
-            "disk on every token — expect far less than the estimates"
-        )
+    if too_big := memory_warning(meta.file_bytes, ram_bytes_avail, int(total_vram * GiB)):
+        plan.warnings.append(too_big)
     for opt in plan.options:
         if opt.name != "unsloth-rule" and opt.ram_bytes > ram_bytes_avail and opt.fits:
             opt.note = (opt.note + "; " if opt.note else "") + "CPU part exceeds RAM (mmap paging)"
@@ -551,25 +515,7 @@ def model_meta(model: str | None = None, sizes_from: str | None = None) -> Model
         raise LowbitError("give --model (a catalog name or a GGUF path) or --sizes-from SIZE:LAYERS")
     from lowbit.files.gguf_header import read_model
 
-    return read_model(model_path(model))
-
-
-def model_path(model: str):
-    """The local GGUF (first shard) behind a `--model` argument."""
-    from pathlib import Path
-
-    p = Path(model).expanduser()
-    if p.exists():
-        return p
-    from lowbit.models.catalog import resolve_model
-
-    resolved = resolve_model(model)
-    if resolved.path is None or not Path(resolved.path).exists():
-        raise LowbitError(
-            f"model {model!r} is not on disk yet: {resolved.missing_hint()} puts it there; or plan "
-            "from its size with --sizes-from SIZE:LAYERS"
-        )
-    return Path(resolved.path)
+    return read_model(locate(model, hint="; or plan from its size with --sizes-from SIZE:LAYERS"))
 
 
 def plan_model(
@@ -639,7 +585,7 @@ def flags_for(
 ) -> list[str]:
     """llama.cpp placement flags (-ngl, -ot/--n-cpu-moe, --tensor-split, -t, --ctx-size, cache types) for
     `plan_choice` ("auto" | "rule" | "ngl=N" | "experts-cpu"); `vram_gb=None` detects the GPUs."""
-    vram = detect_vram_gb() if vram_gb is None else vram_gb
+    vram = vram_gib() if vram_gb is None else vram_gb
     plan = plan_model(model, vram, ram_gb, ctx, cache_type_k, threads=threads)
     return list(choose(plan, plan_choice).flags)
 
@@ -652,7 +598,7 @@ def seed_table() -> dict[str, tuple[float, dict[tuple[float, ...], int]]]:
     """Unsloth's R1 table: quant -> (file GB, {VRAM config: layers}). From the catalog entry `deepseek-r1`
     (`quants[].size_gb`, `published_offload_layers`, 160 = 2x80 GB) when it has them, else the seed's."""
     try:
-        from lowbit.models.catalog import load_catalog
+        from lowbit.models.entries import load_catalog
 
         entry = load_catalog()["deepseek-r1"]
         sizes = {q["name"]: q for q in entry["quants"]}
@@ -811,7 +757,7 @@ def plan_command(
         else:
             print_seed_table()
         return 0
-    vram_gb = [float(v) for v in vram] if vram else detect_vram_gb()
+    vram_gb = [float(v) for v in vram] if vram else vram_gib()
     meta = model_meta(model, sizes_from)
     plan = make_plan(
         meta,

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
+from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
+from lowbit.models.catalog import locate
 from lowbit.run import calibrate
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
@@ -582,15 +584,13 @@ BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a bus
 def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
     """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
     and how many CPUs other processes used meanwhile (`busy` above BUSY_CPUS: the numbers measure the load)."""
-    from lowbit.bitnet.bench import _busy_cpu_seconds, _children_cpu_seconds
-
     extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
              "--repack", "1" if cfg.repack else "0"]
-    b0, own0, t0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.monotonic()
+    b0, own0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
     rows = llama_bench_json(Path(path), cfg.threads, cfg.n_prompt, cfg.n_gen, reps, depth=cfg.depth, extra=extra)
     others = 0.0
     if b0 is not None:
-        others = max(0.0, ((_busy_cpu_seconds() or b0) - b0 - (_children_cpu_seconds() - own0))
+        others = max(0.0, ((busy_cpu_seconds() or b0) - b0 - (children_cpu_seconds() - own0))
                      / max(time.monotonic() - t0, 1e-9))
     out = {"others_cpus": round(others, 2), "busy": others > BUSY_CPUS}
     if cfg.n_prompt:
@@ -708,13 +708,12 @@ def predict_command(model: str, threads: int | None = None, n_prompt: int = 512,
                     cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
                     no_repack: bool = False, json_out: bool = False) -> int:
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
-    from lowbit.run.plan import model_path
     from lowbit.ui import print_table
 
     cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
                  depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
                  n_ctx=int(ctx) if ctx else None, repack=not no_repack)
-    p = predict(model_path(model), cfg)
+    p = predict(locate(model), cfg)
     if json_out:
         print(json.dumps(p.to_dict(), indent=1))
         return 0

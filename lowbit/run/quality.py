@@ -359,7 +359,8 @@ def quality_dir() -> Path:
 def model_source(model: str) -> tuple[Path, bool, str]:
     """(GGUF or replica HF dir, is_replica, name) for a catalog name, replica name or GGUF path."""
     from lowbit.models import replicas
-    from lowbit.models.catalog import replica_for, resolve_model
+    from lowbit.models.catalog import resolve_model
+    from lowbit.models.entries import replica_for
 
     if model in replicas.REPLICAS:
         if model == "bitnet":

@@ -4,72 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import platform
-import shutil
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lowbit import LowbitError
-from lowbit.paths import kit_root, models_dir, state_dir
+from lowbit.machine import machine_summary
+from lowbit.paths import models_dir, state_dir
 
 PACKAGES = ("lowbit", "llama_cpp_python", "gguf", "huggingface_hub", "hf_xet", "transformers", "torch",
             "papermill", "nbval", "ipywidgets", "invoke")
-# SIMD features llama.cpp's CPU kernels use, as /proc/cpuinfo names them.
-SIMD_FLAGS = ("sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_tile", "asimd", "asimddp", "sve", "i8mm")
-
-
-def cpu_info() -> dict:
-    """CPU model, SIMD features, physical and logical cores."""
-    import psutil
-
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "Model", "CPU part") and model in ("", platform.machine()):
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = set(value.split()) | ({"sse3"} if "pni" in value.split() else set())
-    elif sys.platform == "darwin":
-        model = _sysctl("machdep.cpu.brand_string") or model
-        flags = {f.lower() for f in (_sysctl("machdep.cpu.features") or "").split()}
-        if platform.machine() == "arm64":
-            flags |= {"asimd", "asimddp"}
-    return {
-        "model": model,
-        "simd": [f for f in SIMD_FLAGS if f in flags],
-        "physical_cores": psutil.cpu_count(logical=False) or psutil.cpu_count(),
-        "logical_cores": psutil.cpu_count(),
-    }
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        return None
-
-
-def gpus() -> list[dict]:
-    """NVIDIA GPUs (name, memory) from nvidia-smi; Apple GPUs (unified memory) on macOS."""
-    found = []
-    if shutil.which("nvidia-smi"):
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True)
-        for line in proc.stdout.strip().splitlines():
-            name, _, mem = line.rpartition(",")
-            found.append({"name": name.strip(), "memory_gb": round(float(mem) / 1024, 1), "api": "cuda"})
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        import psutil
-
-        found.append({"name": _sysctl("machdep.cpu.brand_string") or "Apple GPU",
-                      "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "api": "metal (unified)"})
-    return found
 
 
 def package_versions() -> dict[str, str]:
@@ -80,23 +25,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "-"
     return out
-
-
-def machine_summary() -> dict:
-    """Everything `doctor` reports about the machine, as a dict (lessons show it)."""
-    import psutil
-
-    models = models_dir()
-    probe = models if models.exists() else kit_root()
-    return {
-        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
-        "python": platform.python_version(),
-        "cpu": cpu_info(),
-        "ram_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        "ram_available_gb": round(psutil.virtual_memory().available / 1e9, 1),
-        "disk_free_gb": round(shutil.disk_usage(probe).free / 1e9, 1),
-        "gpus": gpus(),
-    }
 
 
 def setup_problems() -> list[tuple[str, str]]:

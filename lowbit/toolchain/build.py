@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.machine import cpu_fingerprint, gpu_names
 from lowbit.paths import cache_dir, kit_root, state_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -209,18 +210,6 @@ def patched_source(pristine: Path, commit: str) -> Path:
 # backend and flags
 
 
-def gpu_names() -> list[str]:
-    """NVIDIA GPUs that `nvidia-smi -L` lists (an nvcc alone is not a GPU)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
-
-
 def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise LowbitError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -238,17 +227,6 @@ def find_nvcc() -> Path | None:
         if cand and Path(cand).exists():
             return Path(cand)
     return None
-
-
-def cpu_fingerprint() -> str:
-    """Native CPU builds are only valid on the same CPU: the model name goes into the cache key."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return hashlib.sha256(line.encode()).hexdigest()[:8] + platform.machine()
-    except OSError:
-        pass
-    return platform.machine() + platform.processor()
 
 
 def cmake_flags(backend: str, cuda_arch: str | None, cuda_root: Path | None) -> list[str]:
