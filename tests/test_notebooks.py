@@ -349,11 +349,11 @@ def test_lesson_runs_through_papermill_with_ci_parameters(name, runs):
 
 @pytest.fixture(scope="module")
 def llm():
-    from lowbit.lessons.quickstart import model_file
+    from lowbit.models.catalog import locate
     from lowbit.run.generation import load_model
 
     model = os.environ.get("LOWBIT_TEST_MODEL") or "r1"
-    return load_model(model_file(model)[1], threads=2, n_ctx=512)
+    return load_model(locate(model, obtain=True), threads=2, n_ctx=512)
 
 
 @pytest.mark.slow
