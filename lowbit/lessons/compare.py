@@ -22,19 +22,10 @@ from typing import Any
 from lowbit import LowbitError, flag_number
 from lowbit.machine import machine_summary
 from lowbit.models.catalog import locate, resolve_model
+from lowbit.models.entries import sampling_defaults
 from lowbit.run.seeds import SeedPrompt, grade, select_prompts, split_thinking
 
 DEFAULT_MODELS = "smollm2,gemma3-270m,r1"
-
-
-def sampling_defaults() -> dict[str, float]:
-    """DeepSeek's recommended sampling, as the catalog's defaults hold it."""
-    import yaml
-
-    from lowbit.models.entries import CATALOG_FILE
-
-    data = yaml.safe_load(CATALOG_FILE.read_text())
-    return dict(data["defaults"]["deepseek-r1-sampling"])
 
 
 @dataclass

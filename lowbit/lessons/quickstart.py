@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.models.catalog import locate, resolve_model
+from lowbit.models.entries import R1_SAMPLING
 
 # Ends the not-on-disk error of a lesson's model: what works without a network.
 OFFLINE_HINT = " (offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
@@ -85,7 +86,8 @@ def common_word_share(text: str) -> float:
     return sum(w.lower() in COMMON_WORDS for w in words) / len(words) if words else 0.0
 
 
-def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: int = 0, seed: int = 3407):
+def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: int = 0,
+                     seed: int = R1_SAMPLING["seed"]):
     """What the R1 replica is for, next to a real model: R1's architecture, tokens and template at real speed.
 
     Returns (table rows, Generation). The replica's weights are random, so its text is noise; the

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lowbit.models.entries import R1_SAMPLING
 from lowbit.run.generation import Generation, generate
 
 
@@ -20,10 +21,10 @@ class ChatWidget:
         self,
         llm,
         prompt: str = "Why is the sky blue?",
-        temperature: float = 0.6,
-        min_p: float = 0.01,
+        temperature: float = R1_SAMPLING["temp"],
+        min_p: float = R1_SAMPLING["min_p"],
         n_predict: int = 64,
-        seed: int = 3407,
+        seed: int = R1_SAMPLING["seed"],
         max_length: int = 512,
         chat: bool = True,
     ):

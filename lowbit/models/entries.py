@@ -15,10 +15,29 @@ CATALOG_FILE = Path(__file__).with_name("models.yaml")
 
 
 @lru_cache(maxsize=1)
+def _catalog_data() -> dict:
+    return yaml.safe_load(CATALOG_FILE.read_text())
+
+
+@lru_cache(maxsize=1)
 def load_catalog() -> dict[str, dict]:
     """Catalog entries by name (see models.yaml for the fields)."""
-    data = yaml.safe_load(CATALOG_FILE.read_text())
-    return {entry["name"]: entry for entry in data["models"]}
+    return {entry["name"]: entry for entry in _catalog_data()["models"]}
+
+
+def sampling_defaults() -> dict[str, float]:
+    """DeepSeek's recommended sampling for R1 (temp, top_p, min_p, seed), as the catalog's defaults hold it."""
+    return dict(_catalog_data()["defaults"]["deepseek-r1-sampling"])
+
+
+def sampling_flags(sampling: dict | None = None) -> list[str]:
+    """`sampling` (DeepSeek's recommendation by default) as llama.cpp flags: --temp, --top-p, --min-p, --seed."""
+    s = sampling or sampling_defaults()
+    return ["--temp", str(s["temp"]), "--top-p", str(s["top_p"]), "--min-p", str(s["min_p"]), "--seed", str(s["seed"])]
+
+
+# The one place the kit's sampling defaults come from (models.yaml); every generator defaults to these.
+R1_SAMPLING = sampling_defaults()
 
 
 def aliases() -> dict[str, str]:

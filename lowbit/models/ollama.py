@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.models.entries import R1_SAMPLING
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 
@@ -58,9 +59,9 @@ def special_tokens(gguf_path: Path) -> dict[str, str]:
 
 def modelfile_text(
     gguf_path: Path,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    min_p: float = 0.05,
+    temperature: float = R1_SAMPLING["temp"],
+    top_p: float = R1_SAMPLING["top_p"],
+    min_p: float = 0.05,  # Unsloth's floor for the 1.58-bit quants, above DeepSeek's 0.01
     from_path: str | None = None,
 ) -> str:
     """The Modelfile content for `gguf_path` (FROM: `from_path` if given, else the path)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import read_header
+from lowbit.models.entries import R1_SAMPLING
 from lowbit.paths import cache_dir, models_dir
 from lowbit.toolchain.build import LLAMA_CPP_COMMIT
 
@@ -439,7 +440,8 @@ def make_hf_checkpoint(spec: Spec, dest: Path, tokenizer: bool = True) -> Path:
     # generation_config.json as the real releases ship it (R1's recommended sampling).
     bos, eos = spec.generation_ids
     model.generation_config = transformers.GenerationConfig(bos_token_id=bos, eos_token_id=eos,
-                                                             do_sample=True, temperature=0.6, top_p=0.95)
+                                                             do_sample=True, temperature=R1_SAMPLING["temp"],
+                                                             top_p=R1_SAMPLING["top_p"])
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(dest)
     if tokenizer:

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from lowbit import LowbitError
 from lowbit.models.catalog import ANY_KIND, locate
+from lowbit.models.entries import R1_SAMPLING
 from lowbit.prompts.sandbox import DEFAULT_LIMITS, LimitExceeded, Limits, render_limited
 from lowbit.prompts.tokens import THINK_CLOSE, Vocab, load_vocab, token_kinds
 
@@ -406,7 +407,8 @@ def llamacpp_warnings(log: str) -> list[str]:
     ]
 
 
-def generate(gguf: str | os.PathLike, prompt_text: str, *, n_predict: int = 16, seed: int = 3407) -> dict:
+def generate(gguf: str | os.PathLike, prompt_text: str, *, n_predict: int = 16,
+             seed: int = R1_SAMPLING["seed"]) -> dict:
     """Run llama-completion on exactly `prompt_text` (special tokens parsed, BOS as the file says);
     returns the prompt tokens llama.cpp evaluated, the generated text and any double-BOS warning."""
     from lowbit.toolchain.build import active_build

@@ -22,10 +22,11 @@ from pathlib import Path
 from lowbit import LowbitError, flag_number, procs
 from lowbit.machine import vram_gib
 from lowbit.models.catalog import locate
+from lowbit.models.entries import R1_SAMPLING, sampling_flags
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
-DEEPSEEK_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
-GREEDY_SAMPLING = ["--temp", "0", "--top-k", "1", "--seed", "3407"]
+DEEPSEEK_SAMPLING = sampling_flags()
+GREEDY_SAMPLING = ["--temp", "0", "--top-k", "1", "--seed", str(R1_SAMPLING["seed"])]
 DEFAULT_PROMPT = "What is 1+1?"
 R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 

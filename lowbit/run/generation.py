@@ -17,6 +17,7 @@ from typing import Any
 from lowbit import LowbitError
 from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
+from lowbit.models.entries import R1_SAMPLING
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Generation:
         return self.n_decoded / (self.generation_ms / 1000) if self.generation_ms > 0 else 0.0
 
 
-def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int = 3407, **kwargs: Any):
+def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int = R1_SAMPLING["seed"],
+               **kwargs: Any):
     """A `llama_cpp.Llama` for a GGUF file (or the first shard of a split set); threads 0 = physical cores."""
     import llama_cpp
 
@@ -112,10 +114,10 @@ def generate(
     llm,
     prompt: str,
     n_predict: int = 64,
-    temperature: float = 0.6,
-    min_p: float = 0.01,
-    top_p: float = 0.95,
-    seed: int = 3407,
+    temperature: float = R1_SAMPLING["temp"],
+    min_p: float = R1_SAMPLING["min_p"],
+    top_p: float = R1_SAMPLING["top_p"],
+    seed: int = R1_SAMPLING["seed"],
     on_text: Callable[[str], None] | None = None,
     chat: bool = True,
 ) -> Generation:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from lowbit import LowbitError, procs
+from lowbit.models.entries import R1_SAMPLING
 
 MAX_REQUESTS = 256
 MAX_CONCURRENCY = 64
@@ -101,7 +102,7 @@ def _one(client, model: str, index: int, prompt: str, max_tokens: int, ignore_eo
     try:
         stream = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, stream=True,
-            stream_options={"include_usage": True}, temperature=0.6,
+            stream_options={"include_usage": True}, temperature=R1_SAMPLING["temp"],
             extra_body={"ignore_eos": ignore_eos} if ignore_eos else None)
         for chunk in stream:
             if ttft is None and chunk.choices:

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
+from lowbit.models.entries import sampling_flags
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, parse_rpc, rpc_flags, worker_failure
 
 # DeepSeek's recommendation for R1 (docs/facts.md); llama-server applies them to every request that
 # does not set its own values.
-RECOMMENDED_SAMPLING = ["--temp", "0.6", "--top-p", "0.95", "--min-p", "0.01", "--seed", "3407"]
+RECOMMENDED_SAMPLING = sampling_flags()
 RECOMMENDED_CACHE = ["--cache-type-k", "q4_0"]
 # MLA models (deepseek2: R1, V3) keep one compressed latent for K and V; llama.cpp 0c1e5709 refuses
 # different K and V types for them ("model does not support different K (q4_0) and V (f16) cache
