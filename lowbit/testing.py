@@ -1,4 +1,5 @@
-"""`invoke test`: ruff, the pytest suite, and every notebook under nbval (lax mode + sanitize file)."""
+"""`invoke test`: ruff, import-linter's contracts, the pytest suite, and every notebook under nbval (lax mode +
+sanitize file)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from lowbit.paths import kit_root
 
 NO_TESTS = 5  # pytest's exit status when it collected nothing
+# import-linter's `lint-imports` (the contracts in pyproject.toml), run by this interpreter whatever PATH says.
+LINT_IMPORTS = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 
 
 def nbval_args(root: Path) -> list[str]:
@@ -32,6 +35,9 @@ def run_tests(k: str | None = None, notebooks: bool = True, lint: bool = True) -
     if lint:
         print("> ruff check", flush=True)
         if subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=root).returncode:
+            return 1
+        print("> lint-imports", flush=True)
+        if subprocess.run([sys.executable, "-c", LINT_IMPORTS, "--no-cache"], cwd=root).returncode:
             return 1
     args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
     if k:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_engine import make_runnable
 
-from lowbit import LowbitError
+from lowbit import LowbitError, machine
 from lowbit.run import bench
 
 
@@ -20,7 +20,7 @@ def model(tmp_path_factory, llama_build) -> Path:
 @pytest.fixture
 def bw_file(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "bandwidth.json"
-    monkeypatch.setattr(bench, "_bandwidth_path", lambda: path)
+    monkeypatch.setattr(machine, "bandwidth_path", lambda: path)
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
+from lowbit.bitnet import checkpoint
 from lowbit.bitnet import convert as bitnet
 from lowbit.models import replicas
 
@@ -59,7 +60,7 @@ def test_checkpoint_is_2b4t_layout(hf):
     cfg = json.loads((hf / "config.json").read_text())
     assert cfg["hidden_act"] == "relu2" and cfg["tie_word_embeddings"] is True
     assert cfg["quantization_config"] == bitnet.ONLINE_QUANT
-    names = bitnet._tensor_names(hf)
+    names = checkpoint._tensor_names(hf)
     assert any(n.endswith("self_attn.attn_sub_norm.weight") for n in names)
     assert not any(n.startswith("lm_head") for n in names)
 

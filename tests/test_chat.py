@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lowbit import LowbitError
-from lowbit.prompts.chat import build_prompt, llamacpp_tokenize, load_template, render, sandbox, tokenize
+from lowbit.prompts.chat import build_prompt, llamacpp_tokenize, load_template, render, tokenize
+from lowbit.prompts.template import sandbox
 from lowbit.prompts.tokens import load_vocab
 
 

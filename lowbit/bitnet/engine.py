@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.bitnet.checkpoint import check_checkpoint
 from lowbit.machine import cpu_fingerprint, free_disk
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.paths import cache_dir
@@ -441,7 +442,6 @@ def convert(src: Path, out: Path | None = None, threads: int | None = None) -> P
     (convert-ms-to-gguf-bitnet.py --vocab-type bpe), quantize to I2_S single-threaded (`llama-quantize ... I2_S
     1`, as upstream; multi-threaded I2_S quantization misplaces the per-tensor scale), load-test, rename.
     """
-    from lowbit.bitnet.convert import check_checkpoint
     from lowbit.ui import step
 
     src = Path(src)

@@ -61,11 +61,6 @@ def output_dir() -> Path:
     return path
 
 
-def under_runner() -> bool:
-    """True when this kernel was started by `invoke run-notebook` / `run-pipeline`."""
-    return bool(os.environ.get(RUN_DIR_ENV))
-
-
 # --- finding lessons and their parameters ---------------------------------------------------
 
 

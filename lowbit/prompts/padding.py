@@ -21,19 +21,8 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.models.catalog import ANY_KIND, locate
-from lowbit.prompts.tokens import Vocab, load_vocab
+from lowbit.prompts.tokens import Vocab, dedicated_pad, load_vocab
 
-# Dedicated pad tokens by name, in order of preference. The Llama 3.0 vocabulary has the same slot
-# under its reserved name (Llama 3.1 renamed reserved_special_token_2 to finetune_right_pad_id).
-DEDICATED_PADS = (
-    "<｜▁pad▁｜>",
-    "<|vision_pad|>",
-    "<|finetune_right_pad_id|>",
-    "<|reserved_special_token_2|>",
-    "<|pad|>",
-    "<pad>",
-    "[PAD]",
-)
 NEW_PAD = "<|lowbit_pad|>"
 PAD_KEY = "tokenizer.ggml.padding_token_id"
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -91,15 +80,6 @@ class Audit:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def dedicated_pad(v: Vocab) -> tuple[str, int] | None:
-    """The family's dedicated pad token in this vocabulary, by name; None if it has none."""
-    for name in DEDICATED_PADS:
-        i = v.id_of(name)
-        if i is not None and i not in (v.bos_id, v.eos_id):
-            return name, i
-    return None
 
 
 def audit(source: str | os.PathLike | Vocab) -> Audit:

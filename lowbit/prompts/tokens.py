@@ -17,10 +17,10 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.models.catalog import ANY_KIND, locate
+from lowbit.prompts.template import render
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-SPECIAL_KINDS = ("bos", "eos", "pad", "unk", "role", "think", "special")
 # GGUF token types (llama.cpp's llama_token_type): 2 unknown, 3 control, 4 user-defined, 6 byte.
 _GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNKNOWN = 3, 4, 2
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -249,6 +249,28 @@ def _int(x) -> int | None:
 # what the tokens are
 
 
+# Dedicated pad tokens by name, in order of preference. The Llama 3.0 vocabulary has the same slot
+# under its reserved name (Llama 3.1 renamed reserved_special_token_2 to finetune_right_pad_id).
+DEDICATED_PADS = (
+    "<｜▁pad▁｜>",
+    "<|vision_pad|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+)
+
+
+def dedicated_pad(v: Vocab) -> tuple[str, int] | None:
+    """The family's dedicated pad token in this vocabulary, by name; None if it has none."""
+    for name in DEDICATED_PADS:
+        i = v.id_of(name)
+        if i is not None and i not in (v.bos_id, v.eos_id):
+            return name, i
+    return None
+
+
 @dataclass
 class SpecialToken:
     role: str  # BOS, EOS, PAD, UNK, think, /think, user, assistant
@@ -266,8 +288,6 @@ def role_markers(v: Vocab) -> dict[str, tuple[str, int] | None]:
     """
     out: dict[str, tuple[str, int] | None] = {"user": None, "assistant": None}
     if v.chat_template:
-        from lowbit.prompts.chat import render
-
         sentinel = "\u2063lowbit-sentinel\u2063"
         try:
             text = render(
@@ -318,8 +338,6 @@ def special_tokens(v: Vocab) -> list[SpecialToken]:
         if tid is None and f"{role.lower()}_missing" in v.metadata:
             note = f"{v.metadata[role.lower() + '_missing']!r} not in vocabulary"
         rows.append(SpecialToken(role, v.token(tid), tid, note))
-    from lowbit.prompts.padding import dedicated_pad
-
     pad = dedicated_pad(v)
     rows.append(
         SpecialToken(

@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lowbit import LowbitError
-from lowbit.machine import bandwidth_path, cached_bandwidth, machine_key, physical_cores
+from lowbit import LowbitError, machine
+from lowbit.machine import cached_bandwidth, physical_cores
 from lowbit.models.catalog import locate
 
 SWEEP_KEYS = {
@@ -92,7 +92,7 @@ def machine_bandwidth(refresh: bool = False) -> dict:
         "gpu_gbs": measure_gpu_bandwidth(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    path = bandwidth_path()
+    path = machine.bandwidth_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {}
     if path.exists():
@@ -100,7 +100,7 @@ def machine_bandwidth(refresh: bool = False) -> dict:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             data = {}
-    data[machine_key()] = bw
+    data[machine.machine_key()] = bw
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
