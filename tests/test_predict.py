@@ -210,12 +210,10 @@ def test_corrupt_cache_recalibrates(cache):
 
 
 def test_fingerprint_names_cpu_and_build(monkeypatch, llama_build):
-    import lowbit.toolchain.build
-
     base = calibrate.fingerprint()
     assert llama_build.key in base
     other = type("B", (), {"key": "another-build"})()
-    monkeypatch.setattr(lowbit.toolchain.build, "active_build", lambda: other)
+    monkeypatch.setattr(calibrate, "active_build", lambda: other)
     assert calibrate.fingerprint() != base and "another-build" in calibrate.fingerprint()
 
 

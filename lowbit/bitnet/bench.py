@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
 from lowbit import LowbitError
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
+from lowbit.paths import models_dir, runs_dir
+from lowbit.procs import run_checked
+from lowbit.toolchain.build import active_build, load_build, sdist_tree
+from lowbit.toolchain.ggml_kernels import Kernels
+from lowbit.ui import human_bytes, print_table, step, warn
 
 PAPER_WEIGHTS_GB = 0.4  # arXiv 2504.12285, non-embedding weights
 PAPER_MS_PER_TOKEN = 29.0  # same paper, CPU decode
@@ -40,10 +50,6 @@ REDUCED = Shape(hidden=1024, layers=6, ffn=2816, heads=8, kv_heads=2)
 
 def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
     """A 2B4T-shape bitnet GGUF: random ternary BitLinear weights (TQ2_0), f16 embeddings, Llama 3 vocab."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-
-    from lowbit.toolchain.build import sdist_tree
 
     rng = np.random.default_rng(seed)
     vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf")
@@ -117,9 +123,6 @@ def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
 
 def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
     """The master file plus one llama-quantize output per benchmarked type (cached in `folder`)."""
-    from lowbit.procs import run_checked
-    from lowbit.toolchain.build import active_build
-    from lowbit.ui import step
 
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
@@ -155,8 +158,6 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     run's own CPU time). On a small shared machine a 2-thread run that competes with other work loses most of
     its speed (its threads wait for each other), so such samples are told apart, not averaged in.
     """
-    from lowbit.procs import run_checked
-    from lowbit.toolchain.build import active_build
 
     tool = tool or active_build().tool("llama-bench")
     busy0, own0, wall0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
@@ -197,10 +198,7 @@ def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None =
     barely moves when other processes share the machine, where wall-clock tok/s at 2 threads swings
     several-fold; it still includes the cache misses the neighbours cause, so compare builds in the same run.
     """
-    import resource
-
-    from lowbit.procs import run_checked
-    from lowbit.toolchain.build import active_build
+    import resource  # Unix only
 
     tool = tool or active_build().tool("llama-bench")
     used = []
@@ -213,7 +211,6 @@ def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None =
 
 def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
     """Peak RSS (bytes) of llama-completion making 16 tokens (batch 64: a small logits buffer)."""
-    from lowbit.toolchain.build import active_build
 
     cmd = [
         str(active_build().tool("llama-completion")),
@@ -265,9 +262,6 @@ def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
     (≈25 to ≈60 GB/s here, with an AVX-512 load loop agreeing), so `run_benchmark` samples it every round and
     uses the best sample as the ceiling.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
 
     arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
     best = 0.0
@@ -281,7 +275,6 @@ def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
 
 def tensor_bytes(model: Path) -> tuple[int, int]:
     """(non-embedding weight bytes, embedding bytes) of a GGUF."""
-    from gguf import GGUFReader
 
     emb = other = 0
     for t in GGUFReader(model).tensors:
@@ -324,10 +317,6 @@ def run_benchmark(
     `baseline`: another build's folder (e.g. one without the kernel patch); its llama-bench runs every type in
     the same interleaved rounds, so `vs_baseline` shows what the build difference is worth (Q4_0 is the control).
     """
-    import statistics
-
-    from lowbit.paths import models_dir
-    from lowbit.ui import step
 
     folder = folder or models_dir() / "bench"
     files = quantized_files(folder, shape)
@@ -402,7 +391,6 @@ def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) ->
     Q4_0 here is the plain `vec_dot`; llama.cpp runs Q4_0 matmuls through its repacked (8-row interleaved)
     kernels instead. Q6_K is the tied output matrix every type shares. Empty when the libraries cannot be loaded.
     """
-    from lowbit.toolchain.ggml_kernels import Kernels
 
     try:
         kernels = Kernels()
@@ -412,14 +400,10 @@ def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) ->
 
 
 def _active_patches() -> list[str]:
-    from lowbit.toolchain.build import active_build
-
     return list(active_build().patches)
 
 
 def _build_patches(directory: Path) -> list[str] | None:
-    from lowbit.toolchain.build import load_build
-
     build = load_build(directory)
     return list(build.patches) if build else None
 
@@ -436,7 +420,6 @@ def _cpu_name() -> str:
 
 def report(result: dict) -> None:
     """Print the speed table (ratios to Q4_0, and to the baseline build if any), memory split and roofline."""
-    from lowbit.ui import human_bytes, print_table, warn
 
     s = result["speed"]
     vs = result.get("vs_baseline") or {}
@@ -514,8 +497,6 @@ def report(result: dict) -> None:
 
 
 def results_file() -> Path:
-    from lowbit.paths import runs_dir
-
     return runs_dir() / "bench" / "bitnet.json"
 
 

@@ -18,11 +18,19 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+
 from lowbit import LowbitError, flag_number
+from lowbit.bitnet import engine as bitnet_cpp
 from lowbit.bitnet.checkpoint import check_checkpoint
-from lowbit.models.catalog import ANY_KIND, HF_KIND, locate
+from lowbit.bitnet.engine import generate, perplexity_tool
+from lowbit.models.catalog import ANY_KIND, HF_KIND, locate, resolve_model
 from lowbit.models.replicas import ONLINE_QUANT
 from lowbit.procs import run_checked
+from lowbit.toolchain.build import active_build, llama_source, patched_source
+from lowbit.ui import human_bytes, print_table, step
 
 QUANTS = {"tq2_0": "TQ2_0", "tq1_0": "TQ1_0"}
 # The BitLinear layers: ternary in 2B4T, everything else (embeddings, norms) stays higher precision.
@@ -41,7 +49,6 @@ ENGINES = ("llama.cpp", "bitnet.cpp")  # bitnet.cpp: optional, see lowbit.bitnet
 
 def build_quant_types(build=None) -> set[str]:
     """Quant type names the build's llama-quantize accepts (parsed from its --help)."""
-    from lowbit.toolchain.build import active_build
 
     build = build or active_build()
     proc = subprocess.run([str(build.tool("llama-quantize")), "--help"], capture_output=True, text=True,
@@ -51,7 +58,6 @@ def build_quant_types(build=None) -> set[str]:
 
 def require_patched_build(build=None):
     """The active build, if it carries the BitNet patches (else the graph would run 2B4T with SiLU)."""
-    from lowbit.toolchain.build import active_build
 
     build = build or active_build()
     missing = [p for p in PATCHES if p not in build.patches]
@@ -65,9 +71,6 @@ def require_patched_build(build=None):
 
 def verify_ternary(gguf_path: Path) -> dict[str, str]:
     """Check every BitLinear weight is TQ1_0/TQ2_0 with one scale per tensor; return name -> type."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, GGUFReader
-    from gguf.quants import dequantize
 
     reader = GGUFReader(gguf_path)
     types: dict[str, str] = {}
@@ -101,7 +104,6 @@ def verify_ternary(gguf_path: Path) -> dict[str, str]:
 
 def converter_script() -> Path:
     """convert_hf_to_gguf.py of the patched llama.cpp tree (the patch series teaches it 2B4T)."""
-    from lowbit.toolchain.build import llama_source, patched_source
 
     return patched_source(*llama_source("sdist")) / "convert_hf_to_gguf.py"
 
@@ -115,10 +117,6 @@ def quant_type(quant: str) -> str:
 
 def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: int | None = None) -> Path:
     """Convert a 2B4T-layout HF checkpoint to TQ2_0/TQ1_0: written to a temporary name, verified, renamed."""
-    from gguf import GGUFReader
-
-    from lowbit.toolchain.build import active_build
-    from lowbit.ui import step
 
     qtype = quant_type(quant)
     src = Path(src)
@@ -195,11 +193,8 @@ def convert_command(
     src: str, quant: str | None = None, out: str | None = None, engine: str = "llama.cpp"
 ) -> int:
     """`invoke bitnet-convert SRC`: a catalog name, Hub repo id (fetched) or a checkpoint folder."""
-    from lowbit.ui import human_bytes
 
     if check_engine(engine) == "bitnet.cpp":
-        from lowbit.bitnet import engine as bitnet_cpp
-
         return bitnet_cpp.convert_command(src, out=out, quant=quant)
     quant_type(quant or "tq2_0")  # refused before the checkpoint is looked up (or a replica built)
     path = locate(src, kind=ANY_KIND, obtain=True)
@@ -250,7 +245,7 @@ class CheckResult:
 
 def sample_tokens(hf_dir: Path, n: int) -> list[int]:
     """`n` token ids of a fixed English text (BOS first), with the checkpoint's own tokenizer."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy, optional (the `replicas` extra): imported on use
 
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     ids = tok(SAMPLE_TEXT * (1 + n // 60))["input_ids"]
@@ -262,8 +257,8 @@ def sample_tokens(hf_dir: Path, n: int) -> list[int]:
 def reference_logits(hf_dir: Path, tokens: list[int]):
     """Logits of transformers' BitNetForCausalLM, online BitNet quantization (ternary weights, int8 acts)."""
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # the quantizer's @torch.compile needs no compiler then
-    import torch
-    from transformers import BitNetForCausalLM
+    import torch  # heavy, optional (the `replicas` extra): imported on use
+    from transformers import BitNetForCausalLM  # heavy, optional (the `replicas` extra): imported on use
 
     cfg = json.loads((Path(hf_dir) / "config.json").read_text())
     if (cfg.get("quantization_config") or {}).get("quantization_mode") != "online":
@@ -282,7 +277,6 @@ def llama_logits(gguf_path: Path, tokens: list[int], activation: str | None = No
 
     `activation` overrides the GGUF's `bitnet.hidden_activation` (e.g. "silu" to run mainline's graph).
     """
-    import numpy as np
 
     llama_cpp = import_llama_cpp()
     overrides = {"bitnet.hidden_activation": activation} if activation else None
@@ -306,17 +300,15 @@ def llama_logits(gguf_path: Path, tokens: list[int], activation: str | None = No
 
 def import_llama_cpp():
     """llama_cpp bound to the active build's shared libraries."""
-    from lowbit.toolchain.build import active_build
 
     os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(active_build().bin_dir))
-    import llama_cpp
+    import llama_cpp  # the bindings: installed by setup against the kit's build, loaded on use
 
     return llama_cpp
 
 
 def compare_logits(ref, got, activation: str) -> CheckResult:
     """The check's measures; see CheckResult."""
-    import numpy as np
 
     ref = ref.astype(np.float64)
     got = got.astype(np.float64)
@@ -351,8 +343,6 @@ def check_command(
     model: str, gguf: str | None = None, positions: int = 256, activation: str | None = None
 ) -> int:
     """`invoke bitnet-check`: print the reference check's measures; exit 1 if it fails."""
-    from lowbit.models.catalog import resolve_model
-    from lowbit.ui import print_table
 
     hf = resolve_model(model).path
     if hf is None or not Path(hf).is_dir():
@@ -397,12 +387,8 @@ def perplexity(
         missing = gguf_path if not Path(gguf_path).is_file() else text_file
         raise LowbitError(f"{missing} does not exist")
     if check_engine(engine) == "bitnet.cpp":
-        from lowbit.bitnet.engine import perplexity_tool
-
         tool = perplexity_tool()
     else:
-        from lowbit.toolchain.build import active_build
-
         tool = active_build().tool("llama-perplexity")
     cmd = [
         str(tool),
@@ -449,11 +435,8 @@ def generate_command(
 ) -> int:
     """`invoke bitnet-generate`: greedy completion of `prompt` with the chosen engine's CLI."""
     if check_engine(engine) == "bitnet.cpp":
-        from lowbit.bitnet.engine import generate
-
         print(generate(Path(gguf), prompt, n=n))
         return 0
-    from lowbit.toolchain.build import active_build
 
     tool = active_build().tool("llama-completion")
     cmd = [str(tool), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-no-cnv",
@@ -478,9 +461,6 @@ def gguf_for(model: str, quant: str = "tq2_0") -> Path:
 
 def ternary_view(gguf_path: Path, tensor: str = "blk.0.ffn_up.weight", rows: int = 4, cols: int = 12):
     """(codes in {-1,0,+1}, scale) of the top-left corner of one BitLinear weight."""
-    import numpy as np
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
 
     t = next(t for t in GGUFReader(gguf_path).tensors if t.name == tensor)
     values = dequantize(np.asarray(t.data)[:rows], t.tensor_type)[:, :cols]

@@ -37,6 +37,7 @@ from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.paths import cache_dir
 from lowbit.procs import run_checked
 from lowbit.toolchain.build import builds_root, run_logged
+from lowbit.ui import human_bytes, step
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
 # The pinned commit: microsoft/BitNet 01eb415 (2026-03-10), whose 3rdparty/llama.cpp submodule is
@@ -333,7 +334,6 @@ def cmake_flags(clang: Clang, arch: str) -> list[str]:
 
 
 def build_key(flags: list[str], clang: Clang) -> str:
-
     h = hashlib.sha256()
     for part in (BITNET_CPP_COMMIT, LLAMA_FORK_COMMIT, clang.banner, *flags, *TARGETS, cpu_fingerprint()):
         h.update(part.encode() + b"\0")
@@ -442,7 +442,6 @@ def convert(src: Path, out: Path | None = None, threads: int | None = None) -> P
     (convert-ms-to-gguf-bitnet.py --vocab-type bpe), quantize to I2_S single-threaded (`llama-quantize ... I2_S
     1`, as upstream; multi-threaded I2_S quantization misplaces the per-tensor scale), load-test, rename.
     """
-    from lowbit.ui import step
 
     src = Path(src)
     ready = src if src.suffix == ".gguf" else src / "ggml-model-i2_s.gguf"
@@ -526,7 +525,6 @@ def build_command(force: bool = False) -> int:
 
 def convert_command(src: str, out: str | None = None, quant: str | None = None) -> int:
     """`invoke bitnet-convert SRC --engine bitnet.cpp`: an I2_S GGUF that bitnet.cpp runs."""
-    from lowbit.ui import human_bytes
 
     if quant not in (None, "i2_s", "I2_S"):
         raise LowbitError(f"--engine bitnet.cpp writes I2_S only (its x86/arm64 i2_s path); --quant {quant!r} "

@@ -9,6 +9,7 @@ planner needs (layer count, context length, KV head sizes, MLA, experts).
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -16,6 +17,9 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lowbit import LowbitError
 
@@ -226,11 +230,6 @@ def read_header(path: Path | str, arrays: Collection[str] | str = ()) -> GGUFHea
 
 
 def _parse_header(path: Path, keep: frozenset[str] | str) -> GGUFHeader:
-    import mmap
-
-    import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 24:

@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gguf
+import numpy as np
+
+from lowbit.toolchain.build import sdist_tree
+
 
 def write_deepseek2(
     path: Path,
@@ -36,8 +41,6 @@ def write_deepseek2(
     written and the data region is a sparse hole of the right length (valid file, all-zero tensors). With it,
     the tokenizer is copied from that vocab GGUF and tensors get small random F16/F32 values: llama.cpp runs
     it."""
-    import gguf
-    import numpy as np
 
     rng = np.random.default_rng(0)
     vocab_fields = []
@@ -141,7 +144,6 @@ def write_deepseek2(
 def runnable_deepseek2(directory: Path, name: str = "tiny-ds2", shards: bool = True) -> Path:
     """A 4-layer deepseek2 MoE (8 experts, 2 used, MLA) with random weights and GPT-2's vocabulary from the
     llama.cpp tree, split in three shards when `shards`; returns the first shard (about 100 MB, seconds)."""
-    from lowbit.toolchain.build import sdist_tree
 
     vocab = sdist_tree() / "vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf"
     directory = Path(directory)

@@ -20,10 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
 from lowbit import LowbitError
 from lowbit.files.gguf_header import GGUFHeader, read_header
 from lowbit.files.hashes import RECORD_FILE, hash_file, load_records
 from lowbit.machine import disk_margin, free_disk
+from lowbit.toolchain.build import active_build
+from lowbit.ui import err_console, human_bytes, print_table, step, warn
 
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # Compare chunk: small enough that both sides stay in the CPU cache for the memcmp that follows the copy
@@ -434,15 +438,11 @@ def verify_tensors(
 
 
 def gguf_split_tool() -> Path:
-    from lowbit.toolchain.build import active_build
-
     return active_build().tool("llama-gguf-split")
 
 
 
 def _check_disk(directory: Path, needed: int, what: str) -> None:
-    from lowbit.ui import human_bytes
-
     free = free_disk(directory)
     margin = disk_margin(needed)
     if needed + margin > free:
@@ -493,9 +493,6 @@ def _run_with_progress(
     """Run `cmd`, showing a bar of how many bytes the watched output file(s) reached.
 
     `on_start(proc)` is called once the process runs (merge starts its verifier there)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from lowbit.ui import err_console
 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -541,7 +538,6 @@ def _run_with_progress(
 
 def _tool_failed(what: str, proc: subprocess.CompletedProcess, directory: Path, needed: int) -> LowbitError:
     """The error for a failed llama-gguf-split run: "disk full" with the numbers when the disk filled up."""
-    from lowbit.ui import human_bytes
 
     free = free_disk(directory)
     out = proc.stdout or ""
@@ -636,7 +632,6 @@ def merge(
     first: Path | str, out: Path | str | None = None, verify: bool = True
 ) -> tuple[Path, VerifyReport | None]:
     """Merge a complete shard set into one GGUF next to it (or `out`), verified, never overwriting."""
-    from lowbit.ui import step, warn
 
     cache: dict = {}  # each file's header is parsed once
     check = require_complete(first, cache)
@@ -695,7 +690,6 @@ def merge(
 
 def merge_command(first: str, out: str | None = None) -> int:
     """`invoke merge FIRST_SHARD [--out FILE]`."""
-    from lowbit.ui import human_bytes, step
 
     final, report = merge(first, out)
     assert report is not None
@@ -729,7 +723,6 @@ def split(
     out: Path | str | None = None,
 ) -> ShardSet:
     """Split one GGUF into a verified shard set (`out` = path prefix, default next to the file)."""
-    from lowbit.ui import human_bytes, step
 
     src = Path(file)
     if not src.is_file():
@@ -791,8 +784,6 @@ def split(
             limit = _parse_size(max_size)[1]
             for p in made.parts:
                 if p.stat().st_size > limit:
-                    from lowbit.ui import warn
-
                     warn(
                         f"{p.name} is {human_bytes(p.stat().st_size)}, over --max-size {max_size}: "
                         "it holds a tensor larger than the limit (tensors are never cut)"
@@ -809,7 +800,6 @@ def split_command(
     file: str, max_size: str | None = None, max_tensors: int | str | None = None, out: str | None = None
 ) -> int:
     """`invoke split FILE --max-size 2G | --max-tensors N`."""
-    from lowbit.ui import human_bytes, print_table, step
 
     s = split(file, max_size=max_size, max_tensors=max_tensors, out=out)
     print_table(

@@ -19,11 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lowbit import LowbitError, flag_number
+from lowbit.lessons.quickstart import OFFLINE_HINT
+from lowbit.lessons.runner import new_run_dir
 from lowbit.machine import machine_summary
 from lowbit.models.catalog import locate, resolve_model
 from lowbit.models.entries import sampling_defaults
+from lowbit.run.generation import generate, load_model
 from lowbit.run.seeds import SeedPrompt, grade, select_prompts, split_thinking
+from lowbit.ui import print_table, step
 
 DEFAULT_MODELS = "smollm2,gemma3-270m,r1"
 
@@ -77,7 +83,6 @@ def _parse_list(value: str | list[str] | None, default: str) -> list[str]:
 def run_prompt(llm, model: str, prompt: SeedPrompt, max_tokens: int, sampling: dict, out_dir: Path,
                chat: bool = True) -> Cell:
     """Generate one answer, split off the thinking, grade the answer, keep the text (and code artifacts)."""
-    from lowbit.run.generation import generate
 
     t0 = time.monotonic()
     g = generate(llm, prompt.text, n_predict=max_tokens, temperature=sampling["temp"], min_p=sampling["min_p"],
@@ -102,9 +107,6 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
 
     `max_tokens` caps each prompt's own budget (SeedPrompt.max_tokens), e.g. to keep CI short.
     """
-    from lowbit.lessons.quickstart import OFFLINE_HINT
-    from lowbit.lessons.runner import new_run_dir
-    from lowbit.run.generation import load_model
 
     names = _parse_list(models, DEFAULT_MODELS)
     chosen = select_prompts(prompts)
@@ -142,7 +144,7 @@ def compare(models: str | list[str] | None = None, prompts: str | list[str] | No
     (out / "compare.json").write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n",
                                       encoding="utf-8")
     (out / "table.md").write_text(markdown(result) + "\n", encoding="utf-8")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional (the `notebooks` extra): imported on use
 
     plt.close(plot(result, out / "compare.png"))
     return result
@@ -191,9 +193,8 @@ def markdown(result: Comparison) -> str:
 
 def plot(result: Comparison, path: Path | None = None):
     """A pass/fail grid (green/red) annotated with tokens/s and thinking tokens; saved to `path` if given."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib  # optional (the `notebooks` extra): imported on use
+    import matplotlib.pyplot as plt  # optional (the `notebooks` extra): imported on use
 
     grid = np.array([[1.0 if result.cell(m, p).passed else 0.0 for p in result.prompts] for m in result.models])
     fig, ax = plt.subplots(figsize=(1.6 * len(result.prompts) + 2.5, 0.9 * len(result.models) + 1.5))
@@ -216,7 +217,6 @@ def plot(result: Comparison, path: Path | None = None):
 def compare_command(models: str = DEFAULT_MODELS, prompts: str = "seeds", max_tokens: int | None = None,
                     threads: int = 0, out: str | None = None) -> int:
     """`invoke compare`: run, grade, print the table; write compare.json, table.md, compare.png."""
-    from lowbit.ui import print_table, step
 
     result = compare(models, prompts, flag_number("max_tokens", max_tokens, int, 1),
                      flag_number("threads", threads, int, 0) or 0,

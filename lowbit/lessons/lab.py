@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from lowbit import LowbitError, procs
 from lowbit.paths import kit_root
+from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
 
 class LabServer:
@@ -31,8 +33,6 @@ class LabServer:
         return f"{self.info['url'].rstrip('/')}/lab?token={self.info['token']}"
 
     def start(self, timeout: float = 90) -> LabServer:
-        from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
-
         register_kernel()
         cmd = [
             sys.executable,
@@ -79,8 +79,6 @@ class LabServer:
 
     def status(self) -> dict:
         """`GET /api/status` with the token (raises on HTTP errors)."""
-        import urllib.request
-
         req = urllib.request.Request(
             f"{self.info['url'].rstrip('/')}/api/status",
             headers={"Authorization": f"token {self.info['token']}"},

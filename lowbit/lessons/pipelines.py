@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit import LowbitError
+import yaml
+
+from lowbit import LowbitError, ui
 from lowbit.lessons.runner import (
     check_parameters,
     execute,
@@ -35,6 +37,7 @@ from lowbit.lessons.runner import (
     parse_assignments,
 )
 from lowbit.paths import kit_root
+from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
 TOP_KEYS = {"description", "stop_on_failure", "parameters", "steps"}
 STEP_KEYS = {"notebook", "parameters", "if_present"}
@@ -89,7 +92,6 @@ def _mapping(value: Any, where: str) -> dict:
 
 def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipeline:
     """Parse and validate a pipeline completely; `overrides` replace shared parameters."""
-    import yaml
 
     file = pipeline_file(name)
     try:
@@ -167,8 +169,6 @@ def load_pipeline(name: str, overrides: dict[str, Any] | None = None) -> Pipelin
 
 def run_pipeline(name: str, param: list[str] | None = None, kernel: str = "lowbit") -> int:
     """`invoke run-pipeline NAME`: run the steps, write `runs/<time>-pipeline-NAME/index.html`."""
-    from lowbit import ui
-    from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
     pipeline = load_pipeline(name, parse_assignments(param))  # everything validated before anything runs
     if kernel == KERNEL_NAME:

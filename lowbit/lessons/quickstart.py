@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from lowbit.files.gguf_header import read_header
 from lowbit.models.catalog import locate, resolve_model
 from lowbit.models.entries import R1_SAMPLING
+from lowbit.run.generation import generate, load_model
 
 # Ends the not-on-disk error of a lesson's model: what works without a network.
 OFFLINE_HINT = " (offline: model='smollm2', a real model from PyPI, or model='r1', the R1 replica)"
@@ -27,7 +30,6 @@ def offline_note(resolved) -> str | None:
 
 def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
     """Catalog entry and GGUF header facts (metadata only, no tensor data read)."""
-    from lowbit.files.gguf_header import read_header
 
     entry = resolved.entry or {}
     header = read_header(path)
@@ -63,7 +65,7 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
 
 def markdown_table(columns: list[str], rows: list[tuple]) -> Any:
     """A small table for a notebook cell (Markdown: readable as plain text too)."""
-    from IPython.display import Markdown
+    from IPython.display import Markdown  # optional (the `notebooks` extra): imported on use
 
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
@@ -80,7 +82,6 @@ which who when because than more not can will has have they we you he she there 
 def common_word_share(text: str) -> float:
     """Share of a reply's Latin-script words that are common English function words: a real model's English
     sentence scores 0.3-0.6, a random-weight replica's soup of scripts and word pieces about 0."""
-    import re
 
     words = re.findall(r"[A-Za-z]+", text)
     return sum(w.lower() in COMMON_WORDS for w in words) / len(words) if words else 0.0
@@ -93,7 +94,6 @@ def replica_contrast(replica: str, prompt: str, n_predict: int = 16, threads: in
     Returns (table rows, Generation). The replica's weights are random, so its text is noise; the
     rendered template, the special-token IDs, the architecture and the speed are R1's.
     """
-    from lowbit.run.generation import generate, load_model
 
     resolved, path = resolve_model(replica), locate(replica, obtain=True, hint=OFFLINE_HINT)
     llm = load_model(path, threads=threads, seed=seed, n_ctx=512)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import sys
@@ -18,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit import LowbitError
+import yaml
+
+from lowbit import LowbitError, ui
 from lowbit.machine import busy_cpu_seconds, own_cpu_seconds
-from lowbit.paths import kit_root, runs_dir
+from lowbit.paths import KIT_ROOT, kit_root, runs_dir
+from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
 RUN_DIR_ENV = "LOWBIT_RUN_DIR"  # set for the kernel by the runner: where `record` and `output_dir` write
 _METRICS: dict[str, Any] = {}  # interactive sessions: what `record` was given
@@ -104,7 +108,7 @@ class Parameter:
 
 def notebook_parameters(path: Path) -> dict[str, Parameter]:
     """The parameters a notebook declares, read with `papermill.inspect_notebook`."""
-    import papermill
+    import papermill  # optional (the `notebooks` extra): imported on use
 
     params = {}
     for name, info in papermill.inspect_notebook(str(path)).items():
@@ -215,7 +219,6 @@ def parse_assignments(items: list[str] | None) -> dict[str, str]:
 
 def load_params_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping of parameter values."""
-    import yaml
 
     path = Path(path)
     try:
@@ -350,7 +353,7 @@ def _cell_label(cell, limit: int = 48) -> str | None:
 
 def _register_engine() -> str:
     """papermill's nbclient engine, with each cell's first line as the progress bar's description."""
-    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.engines import NBClientEngine, papermill_engines  # optional (the `notebooks` extra): imported on use
 
     class LowbitEngine(NBClientEngine):
         @classmethod
@@ -364,7 +367,7 @@ def _register_engine() -> str:
 
 def export_html(nb, path: Path) -> Path:
     """The notebook as HTML (nbconvert's lab template; saved widget state makes controls show)."""
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter  # optional (the `notebooks` extra): imported on use
 
     body, _ = HTMLExporter().from_notebook_node(nb)
     tmp = path.with_suffix(".html.tmp")
@@ -382,11 +385,10 @@ def execute(
     cell_timeout: int | None = 600,
 ) -> RunResult:
     """Run one lesson with papermill into a run folder; never raises for a failing cell (see `.failure`)."""
-    import logging
 
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    import nbformat  # optional (the `notebooks` extra): imported on use
+    import papermill  # optional (the `notebooks` extra): imported on use
+    from papermill.exceptions import PapermillExecutionError  # optional (the `notebooks` extra): imported on use
 
     path = notebook if isinstance(notebook, Path) else lesson_path(str(notebook))
     params = check_parameters(path, dict(parameters or {}))
@@ -482,9 +484,7 @@ def _others_cpus(start: tuple[float, float] | None, seconds: float) -> float | N
 def store_executed(result: RunResult, allow_busy: bool = False) -> Path:
     """Replace the stored lesson with this run's executed copy — only from a quiet machine (unless
     `allow_busy`), only without absolute paths of this machine in it, atomically."""
-    import nbformat
-
-    from lowbit.paths import KIT_ROOT
+    import nbformat  # optional (the `notebooks` extra): imported on use
 
     if not result.ok:
         raise LowbitError(f"not stored: {result.notebook} failed ({result.failure.describe()})")
@@ -521,8 +521,6 @@ def run_notebook(
 ) -> int:
     """`invoke run-notebook`: run one lesson, print where its outputs are; exit 1 when a cell fails. `store`
     replaces the lesson's stored executed copy (refused when the machine was busy, unless `allow_busy`)."""
-    from lowbit import ui
-    from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
     path = lesson_path(name)
     values = load_params_file(params_file) if params_file else {}
@@ -566,7 +564,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def lesson_purpose(path: Path) -> str:
     """The lesson's one-line purpose: its title (first markdown heading), without the number prefix."""
-    import nbformat
+    import nbformat  # optional (the `notebooks` extra): imported on use
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -578,7 +576,6 @@ def lesson_purpose(path: Path) -> str:
 
 def list_lessons() -> int:
     """`invoke notebooks`: each lesson with its purpose and parameters (name=default)."""
-    from lowbit import ui
 
     rows = []
     for path in lessons():

@@ -28,7 +28,7 @@ class ChatWidget:
         max_length: int = 512,
         chat: bool = True,
     ):
-        import ipywidgets as w
+        import ipywidgets as w  # optional (the `notebooks` extra): imported on use
 
         self.llm, self.seed, self.chat = llm, seed, chat  # chat=False: raw text (a GGUF with no template)
         wide = w.Layout(width="90%")
@@ -88,7 +88,7 @@ class ChatWidget:
 
     def show(self, run_once: bool = True) -> Generation | None:
         """Display the controls; with `run_once` also generate now and print it (the headless output)."""
-        from IPython.display import display
+        from IPython.display import display  # optional (the `notebooks` extra): imported on use
 
         display(self.box)
         if not run_once:
@@ -105,8 +105,8 @@ def linked(action: Callable[..., Any], button: str | None = None, **controls: An
     papermill, nbval and the HTML export see); later runs (browser only) go into an Output area below the
     controls. Returns the first run's result.
     """
-    import ipywidgets as w
-    from IPython.display import display
+    import ipywidgets as w  # optional (the `notebooks` extra): imported on use
+    from IPython.display import display  # optional (the `notebooks` extra): imported on use
 
     out = w.Output()
 

@@ -35,11 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import huggingface_hub
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import HTTPError, RepositoryNotFoundError, RevisionNotFoundError, XetDownloadError
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import are_progress_bars_disabled, build_hf_headers, filter_repo_objects
+from huggingface_hub.utils._runtime import is_xet_available
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
 from lowbit import LowbitError
 from lowbit.files.hashes import hash_file, load_records, save_records
 from lowbit.machine import disk_margin, free_disk, memory_warning
 from lowbit.models import hf_cache
-from lowbit.paths import unsafe_repo_path
+from lowbit.models.catalog import resolve_model
+from lowbit.paths import models_dir, unsafe_repo_path
+from lowbit.ui import err_console, human_bytes, print_table, quiet, step, warn
 
 PARTIAL_DIR = Path(".cache") / "lowbit" / "partial"
 HF_DOWNLOAD_DIR = Path(".cache") / "huggingface" / "download"
@@ -155,7 +165,6 @@ def credentials_for(endpoint: str, token: str | None) -> str | bool | None:
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """What huggingface_hub raises for network and HTTP failures (httpx's errors are not OSErrors)."""
-    from huggingface_hub.errors import HTTPError, XetDownloadError
 
     return (HTTPError, XetDownloadError, OSError)
 
@@ -171,8 +180,6 @@ def _import_hub(fast: bool = False):
     with warnings.catch_warnings():
         # We explain HF_HUB_ENABLE_HF_TRANSFER ourselves in one line (transfer_notes).
         warnings.filterwarnings("ignore", message=".*HF_HUB_ENABLE_HF_TRANSFER.*")
-        import huggingface_hub
-        from huggingface_hub import constants
     if fast:
         constants.HF_XET_HIGH_PERFORMANCE = True
     return huggingface_hub
@@ -219,8 +226,6 @@ def quants_in(paths: Sequence[str], sizes: dict[str, int] | None = None) -> dict
 
 
 def _default_dest(repo_id: str) -> Path:
-    from lowbit.paths import models_dir
-
     return models_dir() / repo_id
 
 
@@ -269,9 +274,6 @@ def plan_fetch(
     Face cache get status "cache" (linked, not downloaded).
     """
     hub = _import_hub()
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import filter_repo_objects
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     dest = Path(dest) if dest else _default_dest(repo_id)
@@ -305,7 +307,6 @@ def plan_fetch(
     if not selected:
         sizes = {e.path: e.size for e in tree}
         quants = quants_in([e.path for e in tree], sizes)
-        from lowbit.ui import human_bytes
 
         have = "; ".join(
             f"{q} ({n} file{'s' if n > 1 else ''}, {human_bytes(b)})" for q, (n, b) in quants.items()
@@ -358,7 +359,6 @@ def plan_from_cache(
     cache_dir: str | Path | None = None,
 ) -> FetchPlan:
     """Offline (HF_HUB_OFFLINE): the plan from the Hugging Face cache's snapshot; no network at all."""
-    from huggingface_hub.utils import filter_repo_objects
 
     commit, cached = hf_cache.snapshot(repo_id, revision, cache_dir)
     dest = Path(dest) if dest else _default_dest(repo_id)
@@ -385,8 +385,6 @@ def plan_from_cache(
 
 
 def print_plan(plan: FetchPlan) -> None:
-    from lowbit.ui import human_bytes, print_table
-
     rows = [
         (
             f.path,
@@ -405,7 +403,6 @@ def print_plan(plan: FetchPlan) -> None:
 
 def check_plan(plan: FetchPlan) -> None:
     """Refuse a download that does not fit on disk (with margin)."""
-    from lowbit.ui import human_bytes
 
     if plan.download_bytes and plan.needed_bytes > plan.free_bytes:
         raise LowbitError(
@@ -469,9 +466,6 @@ def _same_origin(a: str, b: str) -> bool:
 
 def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
     """Plain-HTTP download into the resumable partial file, then move it into place."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(plan.repo_id, f.path, revision=plan.revision, endpoint=plan.endpoint)
     headers = build_hf_headers(token=token)
@@ -509,8 +503,6 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
 
 
 def _xet_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
-    from huggingface_hub import hf_hub_download
-
     contained_path(plan.dest, f.path, plan.endpoint)
     hf_hub_download(
         plan.repo_id,
@@ -597,19 +589,7 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
 
 
 def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) -> FetchResult:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from lowbit.ui import err_console, warn
-
     _import_hub()
-    from huggingface_hub.utils._runtime import is_xet_available
 
     for p in remove_orphans(plan.dest):
         warn(f"removed leftover of an interrupted download: {p.name}")
@@ -700,9 +680,6 @@ def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) ->
 def progress_bars_disabled() -> bool:
     """True when the user turned progress bars off: `HF_HUB_DISABLE_PROGRESS_BARS` (as `hf download`
     reads it, at call time) or `huggingface_hub.utils.disable_progress_bars()`, or quiet output (`-q`)."""
-    from huggingface_hub.utils import are_progress_bars_disabled
-
-    from lowbit.ui import quiet
 
     value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "")
     return value.strip().upper() in ("1", "ON", "YES", "TRUE") or are_progress_bars_disabled() or quiet()
@@ -730,8 +707,6 @@ def fetch(
     (`local_dir` is `dest`). With `hf_cache_links`, files already in the Hugging Face cache are linked
     instead of downloaded, and fetched files are entered into the cache (hard links, no extra disk).
     """
-    from lowbit.models.catalog import resolve_model
-    from lowbit.ui import human_bytes, step, warn
 
     if local_dir and dest and Path(local_dir).expanduser() != Path(dest).expanduser():
         raise LowbitError(f"--local-dir {local_dir} and --dest {dest} disagree: --local-dir is another name for "

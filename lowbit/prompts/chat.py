@@ -12,6 +12,8 @@ knows both facts and hands over text that ends up with exactly one BOS.
 
 from __future__ import annotations
 
+import ast
+import html
 import os
 import re
 import subprocess
@@ -22,6 +24,8 @@ from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.models.entries import R1_SAMPLING
 from lowbit.prompts.template import render
 from lowbit.prompts.tokens import THINK_CLOSE, Vocab, load_vocab, token_kinds
+from lowbit.toolchain.build import active_build
+from lowbit.ui import console, print_table
 
 
 def drop_history_thinking(messages: list[dict]) -> list[dict]:
@@ -169,7 +173,7 @@ def tokenize(source: str | os.PathLike | Vocab, text: str, *, add_special: bool 
 
 
 def _hf_tokenize(v: Vocab, text: str, add_special: bool) -> list[int]:
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # heavy, optional (the `replicas` extra): imported on use
 
     path = v.source / "tokenizer.json" if v.source.is_dir() else v.source
     ids = Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
@@ -194,7 +198,6 @@ TOKEN_COLOURS = {
 def prompt_html(v: Vocab, text: str, name: str) -> str:
     """HTML of `text` rendered as a user turn with `v`'s template: the BOS facts, the prompt handed
     over, and its tokens (piece and ID) coloured by kind (`TOKEN_COLOURS`)."""
-    import html
 
     prompt = build_prompt(v, [{"role": "user", "content": text}])
     spans = "".join(
@@ -230,9 +233,6 @@ def _prompt_ids(log: str) -> list[int] | None:
 def llamacpp_tokenize(gguf: str | os.PathLike, text: str, *, add_special: bool = True) -> list[int]:
     """Token IDs llama.cpp itself produces for `text` (special tokens parsed), from the vocabulary alone:
     `llama-tokenize` is one of the kit's build targets, so no model weights are loaded."""
-    import ast
-
-    from lowbit.toolchain.build import active_build
 
     gguf = str(gguf)
     cmd = [str(active_build().tool("llama-tokenize")), "-m", gguf, "-p", text, "--ids", "--log-disable"]
@@ -257,7 +257,6 @@ def generate(gguf: str | os.PathLike, prompt_text: str, *, n_predict: int = 16,
              seed: int = R1_SAMPLING["seed"]) -> dict:
     """Run llama-completion on exactly `prompt_text` (special tokens parsed, BOS as the file says);
     returns the prompt tokens llama.cpp evaluated, the generated text and any double-BOS warning."""
-    from lowbit.toolchain.build import active_build
 
     build = active_build()
     cmd = [
@@ -308,7 +307,6 @@ def template_command(
     model: str, message: str = "Hello! What is 1+1?", system: str | None = None, no_fix: bool = False
 ) -> int:
     """`invoke template --model M --message ...`: the rendered prompt and its token IDs."""
-    from lowbit.ui import console, print_table
 
     v = load_vocab(locate(model, kind=ANY_KIND))
     messages = ([{"role": "system", "content": system}] if system else []) + [

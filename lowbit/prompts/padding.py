@@ -12,16 +12,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import mmap
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
 from lowbit import LowbitError
+from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 from lowbit.models.catalog import ANY_KIND, locate
+from lowbit.prompts.chat import build_prompt
 from lowbit.prompts.tokens import Vocab, dedicated_pad, load_vocab
+from lowbit.ui import print_table, step
 
 NEW_PAD = "<|lowbit_pad|>"
 PAD_KEY = "tokenizer.ggml.padding_token_id"
@@ -314,9 +323,6 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
     """Existing uint32 key: copy the bytes and patch the 4-byte value in the copy (what gguf-py's
     gguf_set_metadata does in place). Missing key: rewrite through gguf-py's GGUFWriter
     (gguf_new_metadata's copy_with_new_metadata)."""
-    import struct
-
-    from lowbit.files.gguf_header import read_header
 
     header = read_header(src)
     if PAD_KEY in header.value_at and header.value_at[PAD_KEY][1] in (4, 5):  # uint32 / int32
@@ -325,8 +331,6 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
             f.seek(header.value_at[PAD_KEY][0])
             f.write(struct.pack("<I", pid))
         return
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     reader = GGUFReader(src)
     arch = reader.get_field("general.architecture").contents()
@@ -340,11 +344,6 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
 def verify_only_pad_changed(original: str | os.PathLike, new: str | os.PathLike, pid: int) -> dict:
     """Raise unless `new` equals `original` in every tensor (name, type, shape, bytes) and every key
     except the pad ID, which must be `pid`. Returns counts of what was compared."""
-    import mmap
-
-    import numpy as np
-
-    from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 
     a, b = read_header(original, arrays=ALL_ARRAYS), read_header(new, arrays=ALL_ARRAYS)
     if a.version != b.version:
@@ -395,9 +394,7 @@ def collator_eos_labels(
 ) -> dict:
     """Tokenize conversations with the model's template and run transformers'
     DataCollatorForLanguageModeling(mlm=False); count the EOS tokens and how many keep their label."""
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
-
-    from lowbit.prompts.chat import build_prompt
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling  # heavy, optional (the `replicas` extra)
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     conversations = conversations or SAMPLE_CONVERSATIONS
@@ -430,7 +427,6 @@ def fix_padding_command(
     path: str, pad: str | None = None, out: str | None = None, check: bool = False
 ) -> int:
     """`invoke fix-padding PATH [--pad TOKEN] [--out PATH] [--check]`."""
-    from lowbit.ui import print_table, step
 
     src = locate(path, kind=ANY_KIND)
     a = audit(src)

@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from lowbit import LowbitError
+from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.template import render
+from lowbit.ui import print_table
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -164,7 +170,7 @@ def _hf_adds_bos(tokenizer_json: Path, config: dict, bos_id: int | None) -> bool
         return config["add_bos_token"]
     if bos_id is None:
         return False
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # heavy, optional (the `replicas` extra): imported on use
 
     ids = Tokenizer.from_file(str(tokenizer_json)).encode("a", add_special_tokens=True).ids
     return bool(ids) and ids[0] == bos_id
@@ -194,7 +200,6 @@ def _pick_template(tpl) -> str | None:
 def gguf_metadata(path: str | os.PathLike) -> dict:
     """All key/value metadata of a GGUF file (arrays as lists / numpy arrays), plus `GGUF.version` and
     `GGUF.tensor_count`; read by lowbit.files.gguf_header's header reader (tensor data is never read)."""
-    from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 
     header = read_header(path, arrays=ALL_ARRAYS)
     return {"GGUF.version": header.version, "GGUF.tensor_count": len(header.tensors), **header.values()}
@@ -210,8 +215,6 @@ def _load_gguf(path: Path) -> Vocab:
     added: set[int] = set()
     types = meta.get("tokenizer.ggml.token_type")
     if types is not None:
-        import numpy as np
-
         types = np.asarray(types)
         added = set(np.flatnonzero((types == _GGUF_CONTROL) | (types == _GGUF_USER_DEFINED)).tolist())
 
@@ -412,10 +415,8 @@ def hf_tokenizer_from_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathL
     llama-bpe vocab) beyond the GGUF's token count; those are dropped so the result matches the
     model's embedding size. Written under a temporary name, then renamed.
     """
-    import shutil
-    import tempfile
 
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy, optional (the `replicas` extra): imported on use
 
     gguf_path, out = Path(gguf_path).resolve(), Path(out_dir)
     v = load_vocab(gguf_path)
@@ -460,7 +461,6 @@ def tokens_command(
     model: list[str] | None = None, base: list[str] | None = None, as_json: bool = False
 ) -> int:
     """`invoke tokens --model A --model B [--base A=PATH]`: special tokens and the remap table."""
-    from lowbit.ui import print_table
 
     if not model:
         raise LowbitError(

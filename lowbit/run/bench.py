@@ -10,17 +10,29 @@ measured once per machine (cached under the kit's cache dir, keyed by CPU).
 from __future__ import annotations
 
 import json
+import json as _json
 import os
 import re
+import shlex
 import statistics
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lowbit import LowbitError, machine
+from lowbit.files.gguf_header import read_model
 from lowbit.machine import cached_bandwidth, physical_cores
 from lowbit.models.catalog import locate
+from lowbit.paths import runs_dir
+from lowbit.run import plan as planner
+from lowbit.run.plan import _bytes_per_token
+from lowbit.toolchain.build import active_build
+from lowbit.ui import console, print_table, step, warn
 
 SWEEP_KEYS = {
     "ngl": "-ngl",
@@ -41,9 +53,6 @@ SWEEP_KEYS = {
 def measure_cpu_bandwidth(threads: int | None = None, mib: int = 256, rounds: int = 5) -> float:
     """Read bandwidth in GB/s with `threads` threads each summing its own `mib` MiB buffer (numpy
     reductions release the GIL); best of `rounds`. Buffers are far larger than any CPU cache."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
 
     threads = threads or physical_cores()
     bufs = [np.ones(mib * 2**20 // 8, dtype=np.float64) for _ in range(threads)]
@@ -81,7 +90,6 @@ def machine_bandwidth(refresh: bool = False) -> dict:
     """Measure CPU (and GPU) bandwidth once per machine; later calls read the cache."""
     if not refresh and (bw := cached_bandwidth()):
         return bw
-    from lowbit.ui import step
 
     step("measuring memory bandwidth (once per machine)")
     cores = physical_cores()
@@ -189,7 +197,6 @@ def bench_flags(placement: list[str]) -> list[str]:
 
 def roofline(meta, n_gpu_layers: int, n_cpu_moe: int, bw: dict, gpu_bw_gbs: float | None = None) -> float:
     """Decode tokens/s if every byte a token needs streamed at the measured bandwidth (empty context)."""
-    from lowbit.run.plan import _bytes_per_token
 
     n = meta.n_layers
     gpu_present = bool(bw.get("gpu_gbs") or gpu_bw_gbs)
@@ -227,7 +234,6 @@ def run_llama_bench(
     timeout: float = 1800,
 ) -> tuple[list, list]:
     """Run llama-bench once with comma-list parameters; return (its JSON rows, the command)."""
-    from lowbit.toolchain.build import active_build
 
     binary = active_build().tool("llama-bench")
     cmd = [
@@ -270,12 +276,6 @@ def bench_model(
     write: bool = True,
 ) -> BenchResult:
     """Sweep `model` with llama-bench; rows carry roofline fractions; results go under runs/ when `write`."""
-    import shlex
-
-    from lowbit.files.gguf_header import read_model
-    from lowbit.run import plan as planner
-    from lowbit.toolchain.build import active_build
-    from lowbit.ui import step, warn
 
     path = locate(model)
     meta = read_model(path)
@@ -340,7 +340,6 @@ def bench_model(
 
 def write_results(result: BenchResult, name: str) -> Path:
     """results.json, table.md and plots (tokens/s vs the swept parameter) under runs/<time>-bench-<name>/."""
-    from lowbit.paths import runs_dir
 
     stem = re.sub(r"-\d{5}-of-\d{5}$", "", Path(name).stem)
     out = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-bench-{stem}"
@@ -363,10 +362,10 @@ def write_results(result: BenchResult, name: str) -> Path:
 
 def plot_results(result: BenchResult, path: Path) -> Path:
     """Prompt and generation tokens/s against layers offloaded (or threads when only one ngl was swept)."""
-    import matplotlib
+    import matplotlib  # optional (the `notebooks` extra): imported on use
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional (the `notebooks` extra): imported on use
 
     ngls = sorted({r.n_gpu_layers for r in result.rows})
     x_attr, x_label = (
@@ -415,10 +414,6 @@ def bench_command(
     refresh_bandwidth: bool = False,
 ) -> int:
     """`invoke bench`: print the table (or JSON) and where the plots went."""
-    import json as _json
-    import sys
-
-    from lowbit.ui import console, print_table
 
     if refresh_bandwidth:
         machine_bandwidth(refresh=True)

@@ -25,8 +25,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from lowbit import LowbitError
 from lowbit.machine import busy_cpu_seconds, own_cpu_seconds, physical_cores
+from lowbit.paths import cache_dir, models_dir
+from lowbit.toolchain.build import active_build, cpu_fingerprint
+from lowbit.toolchain.ggml_kernels import Kernels
+from lowbit.ui import step, warn
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = 5  # bump when what is measured changes: every machine recalibrates once
@@ -56,14 +62,11 @@ def llc_bytes() -> int:
 
 def fingerprint() -> str:
     """CPU + llama.cpp build: what the kernel rates depend on."""
-    from lowbit.toolchain.build import active_build, cpu_fingerprint
 
     return f"{cpu_fingerprint()}|{active_build().key}|v{FORMAT}"
 
 
 def cache_path() -> Path:
-    from lowbit.paths import cache_dir
-
     return cache_dir() / CALIBRATION_FILE
 
 
@@ -128,7 +131,6 @@ def read_bandwidth_gbs(threads: int, mib: int = 128, reps: int = 9) -> float:
     than any cache. The median, not the best pass: decode streams the weights every token, and on a
     shared VM single passes swing from ~0.5x to ~2x of the steady rate.
     """
-    import numpy as np
 
     arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
     samples = []
@@ -149,7 +151,6 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
     repacks it by default; for those types also `mv_norepack`/`mm_norepack` (`--no-repack`, out-of-core
     runs). Types this build cannot run carry an "error" instead.
     """
-    from lowbit.toolchain.ggml_kernels import Kernels
 
     kernels = Kernels()
     out = {}
@@ -182,7 +183,6 @@ FA_PROBE = {"n_head": 8, "n_head_kv": 2, "n_kv": 2048, "dims": (64, 128)}
 def attention_rates(threads: int, seconds: float = 0.05) -> dict:
     """ggml's CPU flash attention (llama.cpp's CPU default) as seconds per query x head x cached position,
     `a + b x (k_dim + v_dim)`, for one query (decode) and a 64-token batch (prefill), f16 cache."""
-    from lowbit.toolchain.ggml_kernels import Kernels
 
     kernels = Kernels()
     out = {}
@@ -204,7 +204,6 @@ def disk_read_gbs(directory: Path, mib: int = DISK_PROBE_MIB) -> dict:
     Writes a probe file, syncs it, evicts it from the page cache (posix_fadvise DONTNEED), then touches
     every page through mmap as llama.cpp's mmap loader does. The probe is deleted afterwards.
     """
-    import numpy as np
 
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".lowbit-disk-probe-", dir=directory)
@@ -231,8 +230,6 @@ def disk_read_gbs(directory: Path, mib: int = DISK_PROBE_MIB) -> dict:
 
 def measure(disk_dir: Path | None = None) -> dict:
     """Every hardware rate, for thread counts 1..physical cores (a few seconds)."""
-    from lowbit.paths import models_dir
-    from lowbit.ui import step
 
     cores = physical_cores()
     busy = others_busy()
@@ -256,8 +253,6 @@ def measure(disk_dir: Path | None = None) -> dict:
     cal["disk"] = disk_read_gbs(disk_dir or models_dir())
     busy = cal["busy_cpus"] = max(busy, others_since(start))
     if busy > 0.5:
-        from lowbit.ui import warn
-
         warn(f"other processes used {busy:.1f} CPUs while calibrating: rates may be low; "
              "recalibrate on a quiet machine (`invoke calibrate --refresh`)")
     return cal

@@ -9,6 +9,8 @@ and every flag against the binary's own `--help`.
 
 from __future__ import annotations
 
+import difflib
+import json as _json
 import os
 import re
 import shlex
@@ -20,10 +22,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowbit import LowbitError, flag_number, procs
+from lowbit.files.gguf_header import read_header, read_model
 from lowbit.machine import vram_gib
 from lowbit.models.catalog import locate
 from lowbit.models.entries import R1_SAMPLING, sampling_flags
+from lowbit.prompts.chat import build_prompt
+from lowbit.run import plan as planner
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
+from lowbit.toolchain.build import active_build
+from lowbit.ui import console, print_table, step, warn
 
 DEEPSEEK_SAMPLING = sampling_flags()
 GREEDY_SAMPLING = ["--temp", "0", "--top-k", "1", "--seed", str(R1_SAMPLING["seed"])]
@@ -66,7 +73,6 @@ class RunResult:
 def greedy_completion(model_file: str | Path, prompt: str = "Hello", n_predict: int = 16) -> str:
     """The text `llama-completion` writes for `prompt` with greedy sampling on 2 threads: deterministic,
     so two files holding the same model (shards and their merge) must give the same text."""
-    from lowbit.toolchain.build import active_build
 
     cmd = [str(active_build().tool("llama-completion")), "-m", str(model_file), "-p", prompt,
            "-n", str(n_predict), *GREEDY_SAMPLING, "-no-cnv", "-t", "2", "--no-warmup"]
@@ -102,8 +108,6 @@ def check_flags(binary: Path, args: list[str]) -> None:
     known = known_flags(str(binary))
     unknown = [a for a in args if re.match(r"^--?[A-Za-z]", a) and a.split("=", 1)[0] not in known]
     if unknown:
-        import difflib
-
         hints = [
             f"{u} (did you mean {', '.join(difflib.get_close_matches(u, known, n=2))}?)"
             if difflib.get_close_matches(u, known, n=2)
@@ -144,8 +148,6 @@ def chat_prompt(model: Path, prompt: str, arch: str, raw: bool = False) -> str:
     (sandboxed, exactly one BOS) when it has one, else the text as is."""
     if raw or arch.startswith("deepseek") or R1_USER in prompt:
         return format_prompt(prompt, arch, raw)
-    from lowbit.files.gguf_header import read_header
-    from lowbit.prompts.chat import build_prompt
 
     if not read_header(model).value("tokenizer.chat_template"):
         return prompt  # a base model (e.g. gemma3-270m): plain text to continue
@@ -165,8 +167,6 @@ def build_command(
 ) -> list[str]:
     """The llama-completion command line for one plan (placement flags from `lowbit.run.plan`)."""
     if binary is None:
-        from lowbit.toolchain.build import active_build
-
         binary = active_build().tool("llama-completion")
     extra_args = shlex.split(extra) if isinstance(extra, str) else list(extra or [])
     cmd = [
@@ -206,10 +206,6 @@ def run_model(
     echo: bool = True,
 ) -> RunResult:
     """Plan, check and run `model` once; return the parsed result (the exact command included)."""
-    from lowbit.files.gguf_header import read_model
-    from lowbit.run import plan as planner
-    from lowbit.toolchain.build import active_build
-    from lowbit.ui import step, warn
 
     # invoke hands untyped flags over as strings: type them here, once
     ctx = flag_number("ctx", ctx, int, 1)
@@ -303,9 +299,6 @@ def run_command(
     json: bool = False,
 ) -> int:
     """`invoke run`: the generated text on stdout, then the command and the speeds."""
-    import json as _json
-
-    from lowbit.ui import console, print_table
 
     r = run_model(
         model,

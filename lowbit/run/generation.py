@@ -18,6 +18,7 @@ from lowbit import LowbitError
 from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
 from lowbit.models.entries import R1_SAMPLING
+from lowbit.prompts.chat import render
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Generation:
 def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int = R1_SAMPLING["seed"],
                **kwargs: Any):
     """A `llama_cpp.Llama` for a GGUF file (or the first shard of a split set); threads 0 = physical cores."""
-    import llama_cpp
+    import llama_cpp  # the bindings: installed by setup against the kit's build, loaded on use
 
     path = Path(path)
     if path.is_dir():
@@ -88,7 +89,6 @@ def chat_template(llm) -> str:
 def render_chat(llm, messages: list[dict[str, str]]) -> str:
     """`messages` rendered with the model's template, generation prompt added, in lowbit's limited
     sandbox (`lowbit.prompts.chat.render`: unsafe constructs refused, time and size bounded)."""
-    from lowbit.prompts.chat import render
 
     def piece(token_id: int) -> str:
         return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace") if token_id >= 0 else ""
@@ -125,7 +125,7 @@ def generate(
 
     Sampling defaults are DeepSeek's recommendation for R1 (temperature 0.6, top-p 0.95, min-p 0.01).
     """
-    import llama_cpp
+    import llama_cpp  # the bindings: installed by setup against the kit's build, loaded on use
 
     rendered = render_chat(llm, [{"role": "user", "content": prompt}]) if chat else prompt
     tokens = prompt_tokens(llm, rendered)

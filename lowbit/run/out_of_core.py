@@ -29,9 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.files.gguf_layout import write_deepseek2
 from lowbit.models.catalog import locate
+from lowbit.models.entries import load_catalog
+from lowbit.paths import models_dir
 from lowbit.run import calibrate
 from lowbit.run import predict as P
+from lowbit.toolchain.build import active_build, sdist_tree
+from lowbit.ui import step
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 NO_ROOT_HINT = (
@@ -105,8 +110,6 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     disk and memory rates. Labelled a prediction: nothing of that size runs here."""
     cal = P.calibration()
     if file_gb is None:
-        from lowbit.models.entries import load_catalog
-
         quants = {q["name"]: q for q in load_catalog()["deepseek-r1-0528"]["quants"]}
         file_gb = float(quants["UD-IQ1_S"]["size_gb"])
     disk = (disk_gbs or cal["disk"]["gbs"]) * 1e9
@@ -259,16 +262,11 @@ def moe_model(folder: Path | None = None) -> Path:
     """An R1-layout MoE (deepseek2: MLA, 32 routed experts, 4 used, 1 shared; 8 layers of width 512,
     F16, random weights, phi-3 vocabulary), ~0.5 GB: big enough to be several times a memory limit that
     still holds llama.cpp itself."""
-    from lowbit.files.gguf_layout import write_deepseek2
-    from lowbit.paths import models_dir
-    from lowbit.toolchain.build import sdist_tree
 
     folder = folder or models_dir() / "bigger-than-ram"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "r1-layout-moe-32x512.gguf"
     if not path.exists():
-        from lowbit.ui import step
-
         step(f"writing {path.name} (R1 layout, 32 experts, random F16 weights; once)")
         tmp = folder / "tmp-r1-layout-moe.gguf"
         write_deepseek2(tmp, n_layers=8, n_embd=512, n_expert=32, n_used=4, n_ff=1024, n_ff_exp=512,
@@ -279,8 +277,6 @@ def moe_model(folder: Path | None = None) -> Path:
 
 
 def bench_cmd(model: Path, threads: int, n_gen: int) -> list[str]:
-    from lowbit.toolchain.build import active_build
-
     return [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", "0",
             "-n", str(n_gen), "-r", "1", "--repack", "0", "-lm", "mmap", "-o", "json"]
 

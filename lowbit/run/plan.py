@@ -25,10 +25,15 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from lowbit import LowbitError
-from lowbit.files.gguf_header import LayerBytes, ModelMeta
+from lowbit.files.gguf_header import LayerBytes, ModelMeta, read_model
 from lowbit.machine import cached_bandwidth, memory_warning, physical_cores, ram_bytes, vram_gib
 from lowbit.models.catalog import locate
+from lowbit.models.entries import load_catalog
+from lowbit.run import calibrate, predict
+from lowbit.ui import console, human_bytes, print_table, warn
 
 GiB = 1024**3
 GB = 1000**3
@@ -118,7 +123,6 @@ class Plan:
 
 def cache_type_bytes(cache_type: str) -> float:
     """Bytes per element of a llama.cpp KV cache type (q4_0: 18/32)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if cache_type not in CACHE_TYPES:
         raise LowbitError(
@@ -413,7 +417,6 @@ PREDICT_PROMPT, PREDICT_GEN = 512, 128  # what the calibrated prediction describ
 def _add_prediction(plan: Plan, meta: ModelMeta, threads: int, cache_type_k: str, cache_type_v: str) -> None:
     """The calibrated cost model's cpu-only prediction (when this machine is calibrated): it replaces the
     bandwidth-only estimate of the cpu-only option, which ignores compute, attention and overhead."""
-    from lowbit.run import calibrate, predict
 
     cal = calibrate.cached()
     if not cal or not cal.get("overhead"):
@@ -513,7 +516,6 @@ def model_meta(model: str | None = None, sizes_from: str | None = None) -> Model
         return sizes_meta(sizes_from)
     if not model:
         raise LowbitError("give --model (a catalog name or a GGUF path) or --sizes-from SIZE:LAYERS")
-    from lowbit.files.gguf_header import read_model
 
     return read_model(locate(model, hint="; or plan from its size with --sizes-from SIZE:LAYERS"))
 
@@ -598,8 +600,6 @@ def seed_table() -> dict[str, tuple[float, dict[tuple[float, ...], int]]]:
     """Unsloth's R1 table: quant -> (file GB, {VRAM config: layers}). From the catalog entry `deepseek-r1`
     (`quants[].size_gb`, `published_offload_layers`, 160 = 2x80 GB) when it has them, else the seed's."""
     try:
-        from lowbit.models.entries import load_catalog
-
         entry = load_catalog()["deepseek-r1"]
         sizes = {q["name"]: q for q in entry["quants"]}
         table = {}
@@ -609,7 +609,7 @@ def seed_table() -> dict[str, tuple[float, dict[tuple[float, ...], int]]]:
             table[f"{q['bits']}bit {name}"] = (float(q["size_gb"]), configs)
         if len(table) == len(SEED_OFFLOAD_TABLE):
             return table
-    except (KeyError, TypeError, ValueError, ImportError):
+    except (KeyError, TypeError, ValueError):
         pass
     return {
         q: (float(gb), dict(zip(SEED_VRAM_CONFIGS, layers, strict=True)))
@@ -655,8 +655,6 @@ def _gb(n: int) -> str:
 
 
 def print_plan(plan: Plan) -> None:
-    from lowbit.ui import print_table, warn
-
     rows = [
         (
             o.name,
@@ -679,7 +677,6 @@ def print_plan(plan: Plan) -> None:
         f"bandwidth CPU {plan.cpu_bw_gbs:.0f} / GPU {plan.gpu_bw_gbs:.0f} GB/s"
     )
     print_table(title, ["option", "fits", "-ngl", "VRAM GiB", "RAM GiB", "est tok/s", "flags", "note"], rows)
-    from lowbit.ui import console
 
     console.print(f"recommended: [bold]{plan.recommended}[/]")
     if plan.prediction:
@@ -696,8 +693,6 @@ def print_plan(plan: Plan) -> None:
 
 
 def print_layers(meta: ModelMeta) -> None:
-    from lowbit.ui import human_bytes, print_table
-
     rows = [
         ("embeddings", "", "", "", "", human_bytes(meta.embeddings)),
         ("output", "", "", "", "", human_bytes(meta.output)),
@@ -721,8 +716,6 @@ def print_layers(meta: ModelMeta) -> None:
 
 
 def print_seed_table() -> None:
-    from lowbit.ui import console, print_table
-
     rows = [
         (r["quant"], r["file_gb"], r["vram"], r["table"], r["rule"], "yes" if r["agree"] else "NO")
         for r in seed_table_rows()
@@ -771,8 +764,6 @@ def plan_command(
         float(gpu_bw) if gpu_bw else None,
     )
     if json:
-        from lowbit.ui import warn
-
         for w in plan.warnings:
             warn(w)  # stderr
         out = plan.to_dict()

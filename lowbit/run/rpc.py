@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, flag_number, procs
+from lowbit.paths import runs_dir
+from lowbit.toolchain.build import active_build
+from lowbit.ui import step, warn
 
 DEFAULT_PORT = 50052
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -134,7 +137,6 @@ class RpcWorker:
 def worker_command(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int | None = None,
                    cache: bool = False) -> list[str]:
     """The `ggml-rpc-server` command line from the active build."""
-    from lowbit.toolchain.build import active_build
 
     cmd = [str(active_build().tool("ggml-rpc-server")), "--host", host, "--port", str(port)]
     if threads:
@@ -188,8 +190,6 @@ def rpc_arg(workers: Iterable[RpcWorker]) -> str:
 
 
 def _log_dir(log_dir: Path | None) -> Path:
-    from lowbit.paths import runs_dir
-
     return Path(log_dir) if log_dir else runs_dir() / "serve"
 
 
@@ -204,7 +204,6 @@ MEM_REMOVED = (
 def rpc_worker_command(host: str = "127.0.0.1", port: int = DEFAULT_PORT, mem: float | None = None,
                        threads: int | None = None, cache: bool = False) -> int:
     """`invoke rpc-worker`: run one worker in the foreground until Ctrl-C."""
-    from lowbit.ui import step, warn
 
     if mem is not None:
         raise LowbitError(MEM_REMOVED)

@@ -11,6 +11,7 @@ the network switched off, for HTML/JavaScript answers.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ class Limited:
 
 def _limits(mem_bytes: int, cpu_s: int, fsize: int):
     def apply() -> None:  # runs in the child between fork and exec
-        import resource
+        import resource  # Unix only
 
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
@@ -220,8 +221,8 @@ class Browser:
         if why:
             raise LowbitError(why)
         # selenium is an optional extra: imported here so the kit works without it
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        from selenium import webdriver  # optional (the `checks` extra): imported on use
+        from selenium.webdriver.chrome.service import Service  # optional (the `checks` extra): imported on use
 
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM
@@ -256,9 +257,8 @@ class Browser:
 
 def changed_pixels(a: bytes, b: bytes) -> int:
     """How many pixels differ between two PNG screenshots of the same size."""
-    import io
 
-    from PIL import Image, ImageChops
+    from PIL import Image, ImageChops  # optional (the `checks` extra): imported on use
 
     ia, ib = (Image.open(io.BytesIO(x)).convert("RGB") for x in (a, b))
     if ia.size != ib.size:
@@ -297,8 +297,8 @@ def play_html_game(html: str, keys: tuple[str, ...] = ("ArrowDown", "ArrowLeft",
     "screenshots"}: pixels changed with no key pressed, after the key presses (most of three frames),
     and between frames after them (a game keeps moving).
     """
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.common.action_chains import ActionChains  # optional (the `checks` extra): imported on use
+    from selenium.webdriver.common.keys import Keys  # optional (the `checks` extra): imported on use
 
     names = {"ArrowDown": Keys.ARROW_DOWN, "ArrowLeft": Keys.ARROW_LEFT, "ArrowUp": Keys.ARROW_UP,
              "ArrowRight": Keys.ARROW_RIGHT, "Space": Keys.SPACE, "Enter": Keys.ENTER}

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lowbit import LowbitError
+from lowbit.run.sandbox import browser_missing, play_html_game, play_pygame
+
 FLAPPY_BIRD = (
     "Create a Flappy Bird game in Python. You must include these things:\n"
     "1. You must use pygame.\n"
@@ -68,7 +71,6 @@ SEED_PROMPTS: dict[str, SeedPrompt] = {p.id: p for p in [
 
 def select_prompts(spec: str | list[str] | None) -> list[SeedPrompt]:
     """`seeds`/None/`all` -> every prompt; else a comma list of ids (unknown ids list the choices)."""
-    from lowbit import LowbitError
 
     if spec in (None, "", "seeds", "all"):
         return list(SEED_PROMPTS.values())
@@ -230,7 +232,6 @@ def extract_html(answer: str) -> str | None:
 def check_snake(answer: str, keep: Path | None = None) -> Check:
     """The HTML page loads in headless Chromium without script errors, listens to keys, moves on its own,
     and its screen changes after arrow keys are pressed."""
-    from lowbit.run.sandbox import browser_missing, play_html_game
 
     page = extract_html(answer)
     if page is None:
@@ -280,7 +281,6 @@ def _names(tree: ast.AST) -> set[str]:
 def check_flappy(answer: str, frames: int = 300, keep: Path | None = None) -> Check:
     """Parses; runs `frames` headless frames with SPACE presses without an exception (limited child);
     the code handles q/Esc (quit), SPACE, and draws a score."""
-    from lowbit.run.sandbox import play_pygame
 
     code = extract_python(answer)
     if code is None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from lowbit import LowbitError, procs
 from lowbit.models.entries import R1_SAMPLING
+from lowbit.ui import print_table
 
 MAX_REQUESTS = 256
 MAX_CONCURRENCY = 64
@@ -126,7 +127,7 @@ def run_load(base_url: str, model: str, requests: int = 16, concurrency: int = 4
     numbers compare across runs and models. Requests still running when `budget_s` is spent count as
     failed.
     """
-    from openai import OpenAI
+    from openai import OpenAI  # slow to import (pydantic models); only the API clients need it
 
     _check_loopback(base_url)
     if not 1 <= requests <= MAX_REQUESTS:
@@ -153,7 +154,6 @@ def run_load(base_url: str, model: str, requests: int = 16, concurrency: int = 4
 
 def print_load(result: LoadResult, title: str = "load test") -> None:
     """A one-row table of the summary numbers."""
-    from lowbit.ui import print_table
 
     s = result.summary()
     print_table(title, ["requests", "ok", "concurrency", "tokens", "wall s", "aggregate tok/s",

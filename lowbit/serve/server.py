@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -27,8 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError, procs
+from lowbit.files.gguf_header import read_header
+from lowbit.models.catalog import resolve_model
 from lowbit.models.entries import sampling_flags
+from lowbit.paths import runs_dir
+from lowbit.run.plan import flags_for
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, parse_rpc, rpc_flags, worker_failure
+from lowbit.toolchain.build import active_build
+from lowbit.ui import console, step, warn
 
 # DeepSeek's recommendation for R1 (docs/facts.md); llama-server applies them to every request that
 # does not set its own values.
@@ -99,7 +106,7 @@ class LlamaServer:
 
     def client(self, **kwargs):
         """An `openai.OpenAI` client for this server (no retries: a failure shows at once)."""
-        from openai import OpenAI
+        from openai import OpenAI  # slow to import (pydantic models); only the API clients need it
 
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 120.0)
@@ -151,23 +158,14 @@ def plan_flags(plan: str | None, model_path: Path, ctx_total: int, rpc: str | No
     The planner models this machine's GPUs and RAM, not RPC workers: with `--rpc`, `auto` leaves
     placement to llama.cpp (it fills the workers by their free memory), since a planned `-ngl 0` on a
     CPU-only client would keep every layer off the workers. An explicit choice is passed through.
-    Without the planner in this checkout, `auto` means llama.cpp's defaults.
     """
     if plan in (None, "", "none") or (plan == "auto" and parse_rpc(rpc)):
         return []
-    try:
-        from lowbit.run.plan import flags_for
-    except ImportError:
-        if plan == "auto":
-            return []
-        raise LowbitError(f"--plan {plan} needs the offload planner (lowbit.run.plan), which this checkout "
-                          "lacks; leave --plan out to use llama.cpp's defaults") from None
     return [str(f) for f in flags_for(plan, str(model_path), ctx=ctx_total)]
 
 
 def uses_mla(model_path: Path) -> bool:
     """True if the GGUF's attention is MLA (it has `<arch>.attention.kv_lora_rank`), from its header."""
-    from lowbit.files.gguf_header import read_header
 
     try:
         header = read_header(model_path)
@@ -190,7 +188,6 @@ def server_command(model_path: Path, host: str, port: int, alias: str, parallel:
     Order matters (llama.cpp keeps the last value of a repeated flag): the planner's `placement`
     first, then lowbit's own context, sampling and cache flags, then `extra` (the caller's last word).
     """
-    from lowbit.toolchain.build import active_build
 
     if parallel < 1:
         raise LowbitError(f"--parallel must be at least 1 (got {parallel})")
@@ -248,7 +245,6 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     Raises LowbitError (and leaves no process behind) when the host policy refuses, the port is taken,
     a worker is unreachable, or the model fails to load.
     """
-    from lowbit.models.catalog import resolve_model
 
     api_key = api_key or default_api_key()
     check_host(host, api_key, insecure)
@@ -277,7 +273,6 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
         env["LLAMA_API_KEY"] = api_key
     else:
         cmd += ["--cors-origins", "localhost"]
-    from lowbit.paths import runs_dir
 
     log_dir = Path(log_dir) if log_dir else runs_dir() / "serve"
     log_path = log_dir / f"llama-server-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -356,7 +351,6 @@ def resolve_key(host: str, api_key: str | None = None, api_key_file: str | None 
     $LOWBIT_API_KEY, else llama-server's own $LLAMA_API_KEY; a non-loopback bind with none of them (and
     not `insecure`) gets a fresh
     `secrets.token_urlsafe(24)`. Strength is checked by `check_host`."""
-    import secrets
 
     if api_key_file and not api_key:
         api_key = read_key_file(api_key_file)
@@ -377,8 +371,6 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key
     without `insecure`) gets a generated key, printed once. `key_on_command_line` says the key was typed
     as `--api-key KEY`, which other local users can read in `ps` while invoke runs.
     """
-    from lowbit.models.catalog import resolve_model
-    from lowbit.ui import console, step, warn
 
     port, parallel, ctx, max_tokens = int(port), int(parallel), int(ctx), int(max_tokens)
     api_key, generated = resolve_key(host, api_key, api_key_file, insecure)

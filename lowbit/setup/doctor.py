@@ -11,7 +11,12 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.machine import machine_summary
+from lowbit.models import replicas
 from lowbit.paths import models_dir, state_dir
+from lowbit.toolchain import bindings
+from lowbit.toolchain.build import TARGETS, active_build, builds_root, load_build
+from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, kernel_locations, kernel_registered
+from lowbit.ui import print_table
 
 PACKAGES = ("lowbit", "llama_cpp_python", "gguf", "huggingface_hub", "hf_xet", "transformers", "torch",
             "papermill", "nbval", "ipywidgets", "invoke")
@@ -29,8 +34,6 @@ def package_versions() -> dict[str, str]:
 
 def setup_problems() -> list[tuple[str, str]]:
     """(what is wrong, how to fix it) for every incomplete part of setup."""
-    from lowbit.toolchain import bindings
-    from lowbit.toolchain.build import TARGETS, active_build
 
     problems = []
     if not (state_dir() / "python").exists():
@@ -53,13 +56,10 @@ def setup_problems() -> list[tuple[str, str]]:
         if check.returncode != 0 or Path(check.stdout.strip()).parent != build.bin_dir.resolve():
             problems.append((f"`import llama_cpp` does not load the kit's build: {check.stdout or check.stderr[-300:]}",
                              "run `invoke setup`"))
-    from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, kernel_registered
 
     if not kernel_registered():
         problems.append((f"Jupyter kernel {KERNEL_NAME!r} is not registered", "run `invoke setup`"))
     if importlib.util.find_spec("lowbit.models.replicas") is not None:
-        from lowbit.models import replicas
-
         absent = [name for name in replicas.REPLICAS if replicas.replica_path(name) is None]
         if absent:
             problems.append((f"replica models not built: {', '.join(absent)}", "run `invoke replicas`"))
@@ -68,7 +68,6 @@ def setup_problems() -> list[tuple[str, str]]:
 
 def kernels() -> list[dict]:
     """Where the `lowbit` Jupyter kernel is registered, in Jupyter's search order ([] without jupyter_client)."""
-    from lowbit.toolchain.jupyter_kernel import kernel_locations
 
     try:
         return kernel_locations()
@@ -77,9 +76,6 @@ def kernels() -> list[dict]:
 
 
 def doctor_command(json_output: bool = False) -> int:
-    from lowbit.toolchain.build import active_build, builds_root, load_build
-    from lowbit.ui import print_table
-
     summary = machine_summary()
     cpu = summary["cpu"]
     builds = [b for d in sorted(builds_root().glob("*")) if d.is_dir() and (b := load_build(d))]

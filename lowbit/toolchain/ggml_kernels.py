@@ -11,11 +11,15 @@ activation columns per call, e.g. patch 0005's TQ2_0 GEMM) are reached.
 from __future__ import annotations
 
 import ctypes
+import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from lowbit import LowbitError
+from lowbit.toolchain.build import active_build
 
 # enum ggml_type values (ggml.h at the pinned commit): the types a GGUF's weights and KV cache use
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9, "Q2_K": 10, "Q3_K": 11,
@@ -62,8 +66,6 @@ class Kernels:
     """The CPU kernels of a build's libggml-base / libggml-cpu (the active build by default)."""
 
     def __init__(self, build=None) -> None:
-        from lowbit.toolchain.build import active_build
-
         build = build or active_build()
         suffix = ".dylib" if sys.platform == "darwin" else ".so"
         libs = {name: Path(build.bin_dir) / f"lib{name}{suffix}" for name in ("ggml-base", "ggml-cpu")}
@@ -141,7 +143,6 @@ class Kernels:
 
     def quantize(self, qtype: str, x):
         """Weights: ggml's reference quantizer (what llama-quantize writes). Returns a uint8 array."""
-        import numpy as np
 
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         out = np.zeros(self.row_size(qtype, x.size), dtype=np.uint8)
@@ -154,7 +155,6 @@ class Kernels:
 
     def quantize_activations(self, qtype: str, y):
         """Activations as the CPU matmul quantizes them for `qtype` (the `from_float` of its vec_dot_type)."""
-        import numpy as np
 
         y = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
         dot_type = self.dot_type(qtype)
@@ -164,8 +164,6 @@ class Kernels:
         return out
 
     def dequantize(self, qtype: str, data, n: int):
-        import numpy as np
-
         if qtype == "Q8_K":
             return dequantize_q8_k(data, n)
         out = np.zeros(n, dtype=np.float32)
@@ -185,7 +183,6 @@ class Kernels:
     def mul_mat(self, qtype: str, wq, m: int, k: int, y, threads: int = 1):
         """`ggml_mul_mat` of m quantized weight rows (`wq`, k values each, from `quantize`) with the float
         activations `y` (n x k) on ggml's CPU backend: the path a prompt of n tokens takes. Returns n x m."""
-        import numpy as np
 
         y = np.ascontiguousarray(y, dtype=np.float32)
         n = y.shape[0]
@@ -221,7 +218,6 @@ class Kernels:
         One long row (n values, ~70-150 KB of weights + activations) stays in L2, so the rate is the
         kernel's arithmetic, not memory; the ctypes call costs ~1 µs against tens of µs of work.
         """
-        import numpy as np
 
         rng = np.random.default_rng(0)
         w = rng.integers(-1, 2, n).astype(np.float32) if qtype.startswith("TQ") else rng.standard_normal(n)
@@ -236,11 +232,9 @@ class Kernels:
             calls += 1
         return xq.size / best
 
-
     @staticmethod
     def repacks(qtype: str) -> bool:
         """Does llama.cpp repack weights of `qtype` on this CPU (x86-64 only here; elsewhere: no)?"""
-        import platform
 
         need = REPACK_X86.get(qtype)
         if not need or platform.machine() not in ("x86_64", "AMD64"):
@@ -273,7 +267,6 @@ class Kernels:
         activation quantization, chunking and thread pool. `repack=True` puts the weight in the CPU_REPACK
         buffer as llama.cpp does by default (interleaved GEMM/GEMV kernels for Q4_0, Q4_K, IQ4_NL, ... where
         this CPU has them; other types are left as they are)."""
-        import numpy as np
 
         tid = self.type_id(qtype)
         w_bytes = self.row_size(qtype, cols) * rows
@@ -318,7 +311,6 @@ class Kernels:
     def _time_graph(self, graph, threads: int, seconds: float, min_calls: int, what: str) -> float:
         """Best wall time of computing `graph` on a persistent, polling thread pool as llama.cpp uses (ggml's
         default would start threads on every call)."""
-        import numpy as np
 
         params = ctypes.create_string_buffer(4096)  # struct ggml_threadpool_params (~530 bytes)
         self.base.ggml_threadpool_params_init(params, threads)
@@ -375,7 +367,6 @@ def dequantize_q8_k(data, n: int):
     Q8_K exists only as the activation side of the K-quant dot products, so neither ggml (no `to_float`) nor
     gguf-py dequantizes it; the layout is block_q8_K in ggml-common.h.
     """
-    import numpy as np
 
     block = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
     blocks = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=block, count=n // 256)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.ui import warn
 
 KERNEL_NAME = "lowbit"
 DISPLAY_NAME = "Python (lowbit)"
@@ -28,7 +29,7 @@ def kernel_dir(prefix: str | Path | None = None) -> Path:
 def user_kernel_dir() -> Path:
     """Where `ipykernel install --user` puts the kernel spec (Jupyter's per-user data dir)."""
     # Imported here: jupyter_core comes with the notebook extras, and this module stays importable without them.
-    from jupyter_core.paths import jupyter_data_dir
+    from jupyter_core.paths import jupyter_data_dir  # optional (the `notebooks` extra): imported on use
 
     return Path(jupyter_data_dir()) / "kernels" / KERNEL_NAME
 
@@ -51,7 +52,7 @@ def kernel_registered(python: str | None = None, user: bool = False) -> bool:
 def kernel_locations() -> list[dict]:
     """Every `lowbit` kernel spec Jupyter can see, in its search order: dir, python, and which one it uses."""
     # jupyter_client is a notebook extra; its KernelSpecManager is the search order every Jupyter front end uses.
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.kernelspec import KernelSpecManager  # optional (the `notebooks` extra): imported on use
 
     ksm = KernelSpecManager()
     used = ksm.find_kernel_specs().get(KERNEL_NAME)
@@ -69,8 +70,6 @@ def register_kernel(force: bool = False, user: bool = False) -> int:
     if kernel_registered(user=user) and not force:
         return 0
     if user and (other := kernel_python(user_kernel_dir())):
-        from lowbit.ui import warn
-
         warn(f"the user kernel {KERNEL_NAME!r} ran {other}; it now runs {sys.executable} (this checkout)")
     cmd = [
         sys.executable,
