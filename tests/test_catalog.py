@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lowbit import LowbitError
-from lowbit.models.catalog import resolve_model
+from lowbit.models.catalog import ANY_KIND, HF_KIND, locate, resolve_model
 from lowbit.models.entries import find_quant, load_catalog, replica_for
 from lowbit.models.replicas import REPLICAS
 
@@ -91,3 +91,32 @@ def test_fetched_hub_model_resolves_to_its_first_shard(tmp_path, monkeypatch):
     default.mkdir()
     (default / "DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf").write_bytes(b"GGUF")
     assert resolve_model("deepseek-r1").path == default / "DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf"
+
+
+def test_locate_finds_the_file_behind_any_model(tmp_path):
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for part in ("m-00002-of-00002.gguf", "m-00001-of-00002.gguf"):
+        (folder / part).write_bytes(b"GGUF")
+    assert locate(str(folder)) == folder / "m-00001-of-00002.gguf"  # a folder: its set's first shard
+    assert locate(str(folder), kind=ANY_KIND) == folder
+    single = folder / "m-00001-of-00002.gguf"
+    assert locate(str(single)) == single
+    with pytest.raises(LowbitError, match="not an HF checkpoint folder"):
+        locate(str(single), kind=HF_KIND)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LowbitError, match="no GGUF file in"):
+        locate(str(empty))
+
+
+def test_locate_says_how_to_get_a_missing_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_MODELS", str(tmp_path))  # nothing fetched or built here
+    with pytest.raises(LowbitError, match=r"invoke fetch --model deepseek-r1.*--sizes-from"):
+        locate("deepseek-r1", hint="; or plan from its size with --sizes-from SIZE:LAYERS")
+    with pytest.raises(LowbitError, match="invoke replicas"):
+        locate("r1")
+    with pytest.raises(LowbitError, match="deepseek-r1"):  # did you mean
+        locate("deepseek-r2")
+    with pytest.raises(ValueError, match="kind"):
+        locate("r1", kind="safetensors")
