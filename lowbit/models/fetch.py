@@ -35,12 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import huggingface_hub
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import HTTPError, RepositoryNotFoundError, RevisionNotFoundError, XetDownloadError
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import are_progress_bars_disabled, build_hf_headers, filter_repo_objects
-from huggingface_hub.utils._runtime import is_xet_available
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from lowbit import LowbitError
@@ -165,6 +159,7 @@ def credentials_for(endpoint: str, token: str | None) -> str | bool | None:
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """What huggingface_hub raises for network and HTTP failures (httpx's errors are not OSErrors)."""
+    from huggingface_hub.errors import HTTPError, XetDownloadError  # reads the environment at import
 
     return (HTTPError, XetDownloadError, OSError)
 
@@ -180,6 +175,8 @@ def _import_hub(fast: bool = False):
     with warnings.catch_warnings():
         # We explain HF_HUB_ENABLE_HF_TRANSFER ourselves in one line (transfer_notes).
         warnings.filterwarnings("ignore", message=".*HF_HUB_ENABLE_HF_TRANSFER.*")
+        import huggingface_hub  # reads the environment at import: imported after fetch._import_hub sets it
+        from huggingface_hub import constants  # reads the environment at import
     if fast:
         constants.HF_XET_HIGH_PERFORMANCE = True
     return huggingface_hub
@@ -274,6 +271,9 @@ def plan_fetch(
     Face cache get status "cache" (linked, not downloaded).
     """
     hub = _import_hub()
+    from huggingface_hub import HfApi, constants  # reads the environment at import
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError  # reads the environment at import
+    from huggingface_hub.utils import filter_repo_objects  # reads the environment at import
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     dest = Path(dest) if dest else _default_dest(repo_id)
@@ -359,6 +359,7 @@ def plan_from_cache(
     cache_dir: str | Path | None = None,
 ) -> FetchPlan:
     """Offline (HF_HUB_OFFLINE): the plan from the Hugging Face cache's snapshot; no network at all."""
+    from huggingface_hub.utils import filter_repo_objects  # reads the environment at import
 
     commit, cached = hf_cache.snapshot(repo_id, revision, cache_dir)
     dest = Path(dest) if dest else _default_dest(repo_id)
@@ -466,6 +467,9 @@ def _same_origin(a: str, b: str) -> bool:
 
 def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
     """Plain-HTTP download into the resumable partial file, then move it into place."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url  # reads the environment at import
+    from huggingface_hub.file_download import http_get  # reads the environment at import
+    from huggingface_hub.utils import build_hf_headers  # reads the environment at import
 
     url = hf_hub_url(plan.repo_id, f.path, revision=plan.revision, endpoint=plan.endpoint)
     headers = build_hf_headers(token=token)
@@ -503,6 +507,8 @@ def _http_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar
 
 
 def _xet_download(plan: FetchPlan, f: RemoteFile, token: str | bool | None, bar_cls) -> None:
+    from huggingface_hub import hf_hub_download  # reads the environment at import
+
     contained_path(plan.dest, f.path, plan.endpoint)
     hf_hub_download(
         plan.repo_id,
@@ -590,6 +596,7 @@ def download(plan: FetchPlan, token: str | bool | None = None, show_progress: bo
 
 def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) -> FetchResult:
     _import_hub()
+    from huggingface_hub.utils._runtime import is_xet_available  # reads the environment at import
 
     for p in remove_orphans(plan.dest):
         warn(f"removed leftover of an interrupted download: {p.name}")
@@ -680,6 +687,7 @@ def _download(plan: FetchPlan, token: str | bool | None, show_progress: bool) ->
 def progress_bars_disabled() -> bool:
     """True when the user turned progress bars off: `HF_HUB_DISABLE_PROGRESS_BARS` (as `hf download`
     reads it, at call time) or `huggingface_hub.utils.disable_progress_bars()`, or quiet output (`-q`)."""
+    from huggingface_hub.utils import are_progress_bars_disabled  # reads the environment at import
 
     value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "")
     return value.strip().upper() in ("1", "ON", "YES", "TRUE") or are_progress_bars_disabled() or quiet()

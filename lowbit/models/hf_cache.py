@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from huggingface_hub import constants, try_to_load_from_cache
-from huggingface_hub.file_download import repo_folder_name
-
 from lowbit import LowbitError
 from lowbit.files.hashes import hash_file
 from lowbit.paths import unsafe_repo_path
@@ -60,6 +57,7 @@ def hub_cache_dir(cache_dir: str | Path | None = None) -> Path:
 
 def repo_cache(repo_id: str, cache_dir: str | Path | None = None) -> Path:
     """`<cache>/models--OWNER--NAME`, named by huggingface_hub itself."""
+    from huggingface_hub.file_download import repo_folder_name  # reads the environment at import
 
     return hub_cache_dir(cache_dir) / repo_folder_name(repo_id=repo_id, repo_type="model")
 
@@ -72,6 +70,7 @@ def _safe_relpath(path: str) -> PurePosixPath | None:
 def find(repo_id: str, path: str, size: int, digest: str, commit: str | None = None,
          cache_dir: str | Path | None = None) -> Path | None:
     """A cached file that should hold `path` (right size; content is checked when linking), or None."""
+    from huggingface_hub import try_to_load_from_cache  # reads the environment at import
 
     if not _DIGEST.match(digest or "") or _safe_relpath(path) is None:
         return None
@@ -101,6 +100,7 @@ def find(repo_id: str, path: str, size: int, digest: str, commit: str | None = N
 
 def offline() -> bool:
     """Hub offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) read now, or huggingface_hub's own flag."""
+    from huggingface_hub import constants  # reads the environment at import: imported after fetch._import_hub sets it
 
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().upper() in ("1", "ON", "YES", "TRUE") or constants.is_offline_mode()

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_layout import write_deepseek2
+from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
 from lowbit.models.entries import load_catalog
 from lowbit.paths import models_dir
-from lowbit.run import calibrate
 from lowbit.run import predict as P
 from lowbit.toolchain.build import active_build, sdist_tree
 from lowbit.ui import step
@@ -289,7 +289,7 @@ def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio
         raise LowbitError(why)
     path = locate(model) if model else moe_model()
     w = P.workload(path)
-    threads = threads or calibrate.physical_cores()
+    threads = threads or physical_cores()
     limit = int(limit_mb * 2**20) if limit_mb else int(w.meta.file_bytes / ratio)
     pred = predict_out_of_core(w, limit, threads, n_gen=n_gen)
     free = P.predict(w, P.Config(threads=threads, n_gen=n_gen, repack=False))

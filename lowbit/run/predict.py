@@ -37,7 +37,7 @@ from gguf.quants import quantize
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
-from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
+from lowbit.machine import busy_cpu_seconds, children_cpu_seconds, physical_cores
 from lowbit.models.catalog import locate
 from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build, sdist_tree
@@ -700,7 +700,7 @@ def predict_command(model: str, threads: int | None = None, n_prompt: int = 512,
                     no_repack: bool = False, json_out: bool = False) -> int:
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
 
-    cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
+    cfg = Config(threads=int(threads or physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
                  depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
                  n_ctx=int(ctx) if ctx else None, repack=not no_repack)
     p = predict(locate(model), cfg)
