@@ -85,10 +85,37 @@ def test_prefill_hand_computed_batch_reads_weights_once():
     rate = 5e9 + math.log(per_expert) / math.log(64) * (20e9 - 5e9)
     experts = max(8 * 512 * Q8_ROW * touched / bw, b * 2 / 8 * 8 * 512 * Q8_ROW / rate)
     output = max(1000 * Q8_ROW / bw, 1000 * Q8_ROW / 5e9)  # logits of the last token only
-    attention = max(32 * 1024 / bw, b * 4 * 32 * (1e-8 + 1e-10 * 128))  # mean context b/2 = 32
+    # ggml's tiled flash attention: 4 full tiles (one per head) of 64 rows, each over the 64 positions its last
+    # query sees; the cache is read once at the mean context b/2 = 32
+    attention = max(32 * 1024 / bw, b * 4 * 64 * (1e-8 + 1e-10 * 128))
     expected = 2 * (attn_q + experts + attention) + output
     assert pred.prefill_tps == pytest.approx(b / expected, rel=1e-3)
     assert pred.decode_tps is None
+
+
+@pytest.mark.parametrize(("n_tokens", "n_head", "threads", "expected"), [
+    (64, 2, 1, (2, 2.0)),  # one chunk on one thread: a full 64-row tile per head
+    (64, 2, 2, (8, 4.0)),  # 8 chunks of 16 rows, a padded tile each: 4 per thread, twice the 1-thread work
+    (64, 9, 2, (16, 8.0)),  # 8 chunks of 72 rows, each cut at a head boundary into 2 tiles
+    (64, 8, 2, (8, 4.0)),  # the probe's shape: 8 chunks of 64 rows, no waste
+    (128, 1, 1, (2, 2.0)),  # 128 queries of one head: two tiles
+    (32, 8, 2, None),  # below one tile: the untiled kernel
+])
+def test_flash_attention_tiles_mirror_ggml_chunking(n_tokens, n_head, threads, expected):
+    assert P.flash_attn_tiles(n_tokens, n_head, threads) == expected
+
+
+def test_prefill_attention_of_two_heads_is_slower_on_two_threads():
+    """64 tokens x 2 heads: 1 thread runs 2 full tiles, 2 threads 8 part-filled ones (4 each) at twice the
+    per-thread rate (the calibration's wall cost per row halves at 2 threads): attention takes twice as long."""
+    w = _moe_workload()
+    w.meta.n_head, w.meta.n_head_kv = 2, 2
+    cal = _cal()
+    one = P._attention_seconds(w, P.Config(threads=1), [2048.0], 64, 1e15, cal["attention"]["1"], batch=True)
+    two = P._attention_seconds(w, P.Config(threads=2), [2048.0], 64, 1e15, cal["attention"]["2"], batch=True)
+    per = 1e-8 + 1e-10 * 128
+    assert one == pytest.approx(2 * 64 * (2048 + 32) * per)  # 2 tiles x 64 rows x positions of the last query
+    assert two == pytest.approx(2 * one)
 
 
 def test_threads_pick_their_own_rates_and_beyond_calibrated_use_the_last():

@@ -238,19 +238,64 @@ def kv_bytes_per_token(meta: ModelMeta, cache_type_k: str, cache_type_v: str) ->
     return k + v
 
 
+FA_TILE = 64  # ggml-cpu's flash-attention query and KV tile (GGML_FA_TILE_Q / GGML_FA_TILE_KV in common.h)
+
+
+def flash_attn_tiles(n_tokens: int, n_head: int, threads: int) -> tuple[int, float] | None:
+    """(query tiles, tile rounds per thread) of ggml's CPU flash attention for a batch of `n_tokens` queries of
+    `n_head` heads on `threads` threads; None when the batch is below one tile (the untiled row-by-row path).
+
+    Mirrors `ggml_compute_forward_flash_attn_ext_f16` at the pinned commit: the `n_tokens x n_head` query rows
+    are cut into `4 x threads` chunks (one chunk on one thread), each chunk into tiles of at most 64 rows that
+    never cross a head, and every tile multiplies a full, zero-padded 64-row tile against the whole KV cache.
+    A tile's cost is fixed, so rows cut into part-filled tiles waste work: 64 tokens x 2 heads at 2 threads
+    make 8 tiles of 16 rows where 1 thread does 2 tiles of 64 — the second thread makes attention slower.
+    Rounds: the tiles one thread processes (chunks are handed out dynamically), at least the largest chunk.
+    """
+    if n_tokens < FA_TILE:
+        return None
+    nr = n_tokens * n_head
+    chunk = -(-nr // (threads * 4))
+    nchunk = -(-nr // chunk)
+    if threads == 1 or nchunk < threads:
+        nchunk = threads
+    dr = -(-nr // nchunk)
+    tiles, largest = 0, 0
+    for c in range(nchunk):
+        ir, end, n = dr * c, min(dr * (c + 1), nr), 0
+        while ir < end:
+            ir += min(FA_TILE, end - ir, n_tokens - ir % n_tokens)
+            n += 1
+        tiles, largest = tiles + n, max(largest, n)
+    return tiles, max(tiles / threads, float(largest))
+
+
 def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
                        attn: dict, batch: bool) -> float:
     """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers:
-    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost)."""
+    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost).
+
+    A batch of at least one tile (64 tokens) runs ggml's tiled kernel: its cost is the tile rounds of one thread
+    (`flash_attn_tiles`) x 64 padded rows x the positions the batch's last query sees, at the per-row cost the
+    probe measured (normalised by the probe's own tile rounds)."""
     meta = w.meta
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
     fit = attn["prefill" if batch else "decode"]
     per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
     per *= fit.get("scale", 1.0)  # llama.cpp's cache layout and mask vs the kernel probe (fit_overhead)
+    rows = tokens * meta.n_head  # query rows x positions the kernel computes, in units of `per`
+    extra = 0.0  # positions beyond the mean a query sees: a tile runs to its last query's position
+    tiled = flash_attn_tiles(tokens, meta.n_head, cfg.threads) if batch else None
+    if tiled:
+        probe = flash_attn_tiles(calibrate.MM_BATCH, calibrate.FA_PROBE["n_head"], cfg.threads)
+        probe_rows = calibrate.MM_BATCH * calibrate.FA_PROBE["n_head"]
+        # one thread's padded rows, against the probe's (the probe's `per` is wall time per row)
+        rows = tiled[1] * FA_TILE * probe_rows / (probe[1] * FA_TILE) if probe else rows
+        extra = tokens / 2
     total = 0.0
     for ctx in ctx_per_layer:
         read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
-        total += max(read / bw, tokens * meta.n_head * ctx * per)
+        total += max(read / bw, rows * (ctx + extra) * per)
     return total
 
 
