@@ -315,3 +315,32 @@ def test_model_larger_than_the_cache_decodes_at_the_streaming_rate():
     cal["attention"]["1"]["decode"]["scale"] = 3.0
     deeper = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
     assert deeper.decode_ms["attention"] == pytest.approx(3 * deep.decode_ms["attention"], rel=1e-3)
+
+
+def test_rounds_combine_to_medians_with_their_spread():
+    """Three interleaved rounds: each rate is the median, the spread (max - min) / median per rate."""
+    def rnd(bw: float, mv: float, a: float) -> dict:
+        return {"1": {"bandwidth": bw, "kernels": {"Q8_0": {"mv": mv}, "XX": {"error": "no such type"}},
+                      "attention": {"decode": {"a": a, "b": 0.0}}}}
+
+    got = calibrate.combine_rounds([rnd(30.0, 4e9, 1e-8), rnd(60.0, 5e9, 2e-8), rnd(40.0, 6e9, 3e-8)])
+    assert got["bandwidth_gbs"] == {"1": 40.0} and got["bandwidth_rounds"] == {"1": [30.0, 60.0, 40.0]}
+    assert got["kernels"]["1"]["Q8_0"]["mv"] == 5e9 and got["kernels"]["1"]["XX"] == {"error": "no such type"}
+    assert got["attention"]["1"]["decode"]["a"] == 2e-8
+    assert got["spread"]["bandwidth"]["1"] == pytest.approx(30 / 40, abs=1e-3)
+    assert got["spread"]["kernels"]["1"] == {"median": 0.4, "worst": 0.4}  # (6 - 4) / 5
+    assert got["spread"]["attention"]["1"]["worst"] == pytest.approx(1.0)  # (3 - 1) / 2; b is 0 everywhere
+    assert got["spread"]["rounds"] == 3
+
+
+def test_history_keeps_every_calibration_with_its_fit(cache):
+    _calls, key, _folder = cache
+    for i in range(calibrate.HISTORY_KEEP + 2):
+        calibrate.save({"fingerprint": key["value"], "measured_at": f"t{i}", "overhead": {"threads": {}}})
+    calibrate.save({"fingerprint": key["value"], "measured_at": f"t{calibrate.HISTORY_KEEP + 1}",
+                    "overhead": {"threads": {"1": {}}}})  # the same calibration re-saved with its fit replaces itself
+    calibrate.save({"fingerprint": key["value"], "measured_at": "unfitted"})  # no overhead fit yet: not listed
+    kept = calibrate.history()
+    assert [c["measured_at"] for c in kept] == [f"t{i}" for i in range(3, calibrate.HISTORY_KEEP + 2)]
+    assert kept[-1]["overhead"] == {"threads": {"1": {}}}
+    assert calibrate.history("another|fingerprint") == []
