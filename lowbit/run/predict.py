@@ -745,7 +745,16 @@ def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
                          f"{r['mv_norepack'] / 1e9:.1f} / {r['mm_norepack'] / 1e9:.1f}" if "mv_norepack" in r else ""))
     print_table(f"ggml mul_mat at {threads[-1]} threads, weight GB/s (mat-mat: x batch {calibrate.MM_BATCH})",
                 ["type", "mat-vec", "mat-mat", "no repack mv / mm"], rows)
-    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s")
+    spread = cal.get("spread", {})
+    if spread:
+        print(f"spread over {spread.get('rounds')} interleaved rounds, (max - min) / median: read bandwidth "
+              + ", ".join(f"{t} thread(s) {v:.0%}" for t, v in spread.get("bandwidth", {}).items())
+              + "; kernel rates " + ", ".join(f"{t} thread(s) median {v['median']:.0%} worst {v['worst']:.0%}"
+                                              for t, v in spread.get("kernels", {}).items()))
+    rnd = cal["disk"].get("random_gbs", {})
+    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s in order"
+          + (", at random offsets " + ", ".join(f"{k} KiB blocks {v:.2f}" for k, v in rnd.items()) + " GB/s"
+             if rnd else ""))
     return 0
 
 

@@ -1,0 +1,51 @@
+"""The validation benchmark's band: the worst error over the predictions of every kept calibration."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+from lowbit.run import predict as P
+from tests.test_predict import _cal
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_vs_measured.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("predict_vs_measured", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _slower(cal: dict) -> dict:
+    """The same machine calibrated at half of every rate (a busy calibration): every time doubles."""
+    out = copy.deepcopy(cal)
+    out["bandwidth_gbs"] = {t: v / 2 for t, v in cal["bandwidth_gbs"].items()}
+    out["kernels"] = {t: {q: {k: v / 2 for k, v in r.items()} for q, r in ks.items()}
+                      for t, ks in cal["kernels"].items()}
+    out["attention"] = {t: {kind: {k: v * 2 for k, v in f.items()} for kind, f in a.items()}
+                        for t, a in cal["attention"].items()}
+    return out
+
+
+def test_band_is_the_worst_error_over_every_kept_calibration(tmp_path, monkeypatch):
+    bench = _bench()
+    path = P.calibration_model(tmp_path / "m.gguf", 2)
+    fast = _cal()
+    slow = _slower(fast) | {"measured_at": "slow"}
+    truth = P.predict(path, P.Config(threads=1, n_prompt=64, n_gen=32), fast)  # measured = fast's prediction
+    rows = [{"model": "m", "threads": 1, "depth": 0, "test": test, "measured": v, "busy": False}
+            for _ in range(15) for test, v in (("pp64", truth.prefill_tps), ("tg32", truth.decode_tps))]
+    across = bench.across_calibrations(rows, [fast, slow], {"m": path})
+    assert across["n"] == 2 and across["quiet_rows"] == 30
+    assert across["per_calibration"][0]["decode"]["worst"] < 1e-3  # its own calibration predicts it
+    assert abs(across["worst"]["decode"] - 0.5) < 1e-3 and abs(across["worst"]["prefill"] - 0.5) < 1e-3
+    monkeypatch.setattr(P, "BAND_FILE", tmp_path / "band.json")
+    assert bench.store_band(rows, across) == 0
+    assert json.loads((tmp_path / "band.json").read_text())["band"] == {"decode": 0.5, "prefill": 0.5, "rss": 0.1}
+    # one calibration alone cannot give a band; nor can too few quiet rows
+    assert bench.store_band(rows, bench.across_calibrations(rows, [fast], {"m": path})) == 2
+    assert bench.store_band(rows[:10], across) == 2
