@@ -340,7 +340,9 @@ def test_history_keeps_every_calibration_with_its_fit(cache):
     calibrate.save({"fingerprint": key["value"], "measured_at": f"t{calibrate.HISTORY_KEEP + 1}",
                     "overhead": {"threads": {"1": {}}}})  # the same calibration re-saved with its fit replaces itself
     calibrate.save({"fingerprint": key["value"], "measured_at": "unfitted"})  # no overhead fit yet: not listed
-    kept = calibrate.history()
-    assert [c["measured_at"] for c in kept] == [f"t{i}" for i in range(3, calibrate.HISTORY_KEEP + 2)]
+    calibrate.save({"fingerprint": key["value"], "measured_at": "busy", "busy_cpus": 1.2, "overhead": {"x": 1}})
+    assert calibrate.history(quiet_only=False)[-1]["measured_at"] == "busy"  # kept, but measured the load:
+    kept = calibrate.history()  # not among the calibrations the band uses
+    assert [c["measured_at"] for c in kept] == [f"t{i}" for i in range(4, calibrate.HISTORY_KEEP + 2)]
     assert kept[-1]["overhead"] == {"threads": {"1": {}}}
     assert calibrate.history("another|fingerprint") == []

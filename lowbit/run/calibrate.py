@@ -120,14 +120,19 @@ def _remember(cal: dict) -> None:
     _write_json(history_path(), data)
 
 
-def history(key: str | None = None) -> list[dict]:
-    """Every kept calibration of this machine and build, oldest first (those with the overhead fit only)."""
+BUSY_CALIBRATION = 0.5  # other processes' CPUs above which a calibration measured the load, not the machine
+
+
+def history(key: str | None = None, quiet_only: bool = True) -> list[dict]:
+    """Every kept calibration of this machine and build with its overhead fit, oldest first; by default only
+    those measured while other processes used at most BUSY_CALIBRATION CPUs."""
     try:
         data = json.loads(history_path().read_text())
     except (OSError, json.JSONDecodeError):
         return []
     got = data.get(key or fingerprint(), []) if isinstance(data, dict) else []
-    return [c for c in got if isinstance(c, dict) and c.get("overhead")]
+    return [c for c in got if isinstance(c, dict) and c.get("overhead")
+            and not (quiet_only and c.get("busy_cpus", 0.0) > BUSY_CALIBRATION)]
 
 
 def cached(key: str | None = None) -> dict | None:
@@ -403,7 +408,7 @@ def measure(disk_dir: Path | None = None) -> dict:
     cal |= combine_rounds(rounds)
     cal["disk"] = disk_read_gbs(disk_dir or models_dir())
     busy = cal["busy_cpus"] = max(busy, others_since(start))
-    if busy > 0.5:
+    if busy > BUSY_CALIBRATION:
         from lowbit.ui import warn
 
         warn(f"other processes used {busy:.1f} CPUs while calibrating: rates may be low; "
