@@ -356,5 +356,6 @@ def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = Non
           f"({r1['bandwidth_gbs']:.0f} GB/s): {r1['tokens_per_s']} tok/s ({r1['seconds_per_token']} s/token; "
           f"{r1['disk_gb_per_token']} GB/token from disk, expert cache hit {r1['expert_cache_hit']:.0%}); "
           f"with everything in RAM the memory bound would be {r1['in_ram_tokens_per_s_bound']} tok/s; "
-          f"the seed's ~1 tok/s needs a disk reading {r1['disk_gbs_for_1_tok_s']} GB/s")
+          + (f"the seed's ~1 tok/s needs a disk reading {r1['disk_gbs_for_1_tok_s']} GB/s"
+             if r1["disk_gbs_for_1_tok_s"] else "the seed's ~1 tok/s is out of reach: memory alone is slower"))
     return 0 if res["measured_tps"] else 1
