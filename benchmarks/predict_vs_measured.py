@@ -168,6 +168,7 @@ def main() -> int:
 def across_calibrations(rows: list[dict], history: list[dict], found: dict[str, Path]) -> dict:
     """The quiet rows predicted again under every kept calibration: per calibration its read bandwidth and
     the median and worst |error| of decode and prefill, and the worst over all of them (what the band uses)."""
+    from lowbit.run import calibrate
     from lowbit.run import predict as P
 
     quiet = [r for r in rows if not r["busy"]]
@@ -182,6 +183,7 @@ def across_calibrations(rows: list[dict], history: list[dict], found: dict[str, 
             value = pred.decode_tps if kind == "decode" else pred.prefill_tps
             errors[kind].append(abs(value / r["measured"] - 1))
         entry = {"measured_at": cal.get("measured_at"), "bandwidth_gbs": cal.get("bandwidth_gbs"),
+                 "busy": cal.get("busy_cpus", 0.0) > calibrate.BUSY_CALIBRATION,
                  "busy_cpus": cal.get("busy_cpus"), "spread": cal.get("spread", {}).get("bandwidth")}
         for kind, errs in errors.items():
             if errs:
@@ -192,9 +194,13 @@ def across_calibrations(rows: list[dict], history: list[dict], found: dict[str, 
 
 
 def print_calibrations(across: dict) -> None:
+    if not across["quiet_rows"]:
+        print("no quiet rows: errors under the kept calibrations not computed")
+        return
     print(f"the {across['quiet_rows']} quiet rows under each of {across['n']} kept calibration(s):")
     for c in across["per_calibration"]:
-        print(f"  {c['measured_at']}: read GB/s {c['bandwidth_gbs']} (spread over rounds {c['spread']}), "
+        print(f"  {c['measured_at']}{' (BUSY calibration)' if c.get('busy') else ''}: read GB/s "
+              f"{c['bandwidth_gbs']} (spread over rounds {c['spread']}), "
               + ", ".join(f"{k} median {c[k]['median']:.1%} worst {c[k]['worst']:.1%}"
                           for k in ("decode", "prefill") if k in c))
     print("  worst over all: " + ", ".join(f"{k} {v:.1%}" for k, v in across["worst"].items()))
@@ -213,9 +219,9 @@ def store_band(rows: list[dict], across: dict) -> int:
         print(f"error: only {len(quiet)} rows were measured on a quiet machine (30 needed): band not stored",
               file=sys.stderr)
         return 2
-    if across["n"] < 2:
-        print("error: the band needs the spread of at least 2 calibrations (--calibrations 2): band not stored",
-              file=sys.stderr)
+    if across["n"] < 2 or any(c.get("busy") for c in across["per_calibration"]):
+        print("error: the band needs the spread of at least 2 quiet calibrations (--calibrations 2 on a quiet "
+              "machine): band not stored", file=sys.stderr)
         return 2
     band = {kind: math.ceil(across["worst"][kind] * 20 - 1e-9) / 20 for kind in ("decode", "prefill")}
     band["rss"] = 0.10

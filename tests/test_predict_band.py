@@ -49,3 +49,5 @@ def test_band_is_the_worst_error_over_every_kept_calibration(tmp_path, monkeypat
     # one calibration alone cannot give a band; nor can too few quiet rows
     assert bench.store_band(rows, bench.across_calibrations(rows, [fast], {"m": path})) == 2
     assert bench.store_band(rows[:10], across) == 2
+    busy = bench.across_calibrations(rows, [fast, slow | {"busy_cpus": 1.5}], {"m": path})
+    assert busy["per_calibration"][1]["busy"] and bench.store_band(rows, busy) == 2  # measured the load
