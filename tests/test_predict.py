@@ -346,3 +346,30 @@ def test_history_keeps_every_calibration_with_its_fit(cache):
     assert [c["measured_at"] for c in kept] == [f"t{i}" for i in range(4, calibrate.HISTORY_KEEP + 2)]
     assert kept[-1]["overhead"] == {"threads": {"1": {}}}
     assert calibrate.history("another|fingerprint") == []
+
+
+def test_measure_interleaves_rounds_and_keeps_medians(monkeypatch, tmp_path):
+    """Each round measures bandwidth, kernels and attention at every thread count in turn; a burst of load in
+    one round (the second: half of every rate) moves no median."""
+    calls: list[str] = []
+
+    def rate(name: str, value: float):
+        def measure(threads: int, *args, **kwargs):
+            calls.append(f"{name}{threads}")
+            slow = 0.5 if calls.count(f"bw{threads}") == 2 else 1.0  # the second round is disturbed
+            return value * threads * slow if name == "bw" else (
+                {"Q8_0": {"mv": value * threads * slow}} if name == "k" else {"decode": {"a": value / slow, "b": 0.0}})
+        return measure
+
+    monkeypatch.setattr(calibrate, "physical_cores", lambda: 2)
+    monkeypatch.setattr(calibrate, "fingerprint", lambda: "test")
+    monkeypatch.setattr(calibrate, "others_busy", lambda *a: 0.0)
+    monkeypatch.setattr(calibrate, "read_bandwidth_gbs", rate("bw", 30.0))
+    monkeypatch.setattr(calibrate, "kernel_rates", rate("k", 5e9))
+    monkeypatch.setattr(calibrate, "attention_rates", rate("a", 1e-8))
+    monkeypatch.setattr(calibrate, "disk_read_gbs", lambda d: {"gbs": 1.0})
+    cal = calibrate.measure(tmp_path)
+    assert calibrate.ROUNDS == 3 and calls == ["bw1", "k1", "a1", "bw2", "k2", "a2"] * 3
+    assert cal["bandwidth_gbs"] == {"1": 30.0, "2": 60.0} and cal["bandwidth_rounds"]["1"] == [30.0, 15.0, 30.0]
+    assert cal["kernels"]["2"]["Q8_0"]["mv"] == 10e9 and cal["attention"]["1"]["decode"]["a"] == 1e-8
+    assert cal["spread"]["bandwidth"] == {"1": 0.5, "2": 0.5}
