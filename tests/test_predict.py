@@ -296,6 +296,8 @@ def test_real_kernel_probe_sees_repacking(llama_build):
 def test_disk_probe_is_cold_and_cleans_up(tmp_path):
     got = calibrate.disk_read_gbs(tmp_path, mib=8)
     assert got["gbs"] > 0 and got["mib"] == 8
+    assert set(got["random_gbs"]) == {"16", "256", "4096"} and all(v > 0 for v in got["random_gbs"].values())
+    assert calibrate.disk_read_gbs(tmp_path, mib=8, blocks_kib=(8192,))["random_gbs"] == {}  # one block: no probe
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
 
 
