@@ -278,6 +278,12 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
         assert got["prefill_a"] == pytest.approx(pa, rel=1e-3) and got["prefill_b"] == pytest.approx(pb, rel=1e-3)
         assert got["prefill_c"] == pytest.approx(pc, rel=1e-3)
     assert fit["runtime_a"] == pytest.approx(50e6, rel=1e-6) and fit["runtime_b"] == pytest.approx(40, rel=1e-6)
+    # llama-bench's medians are kept for refitting a changed cost model: the 12-layer model at 2 threads
+    w = P.workload(tmp_path / "calibration-llama-w256-l12-q8_0.gguf")
+    pred = P.predict(w, P.Config(threads=2, n_prompt=64, n_gen=32), {**cal, "overhead": {}})
+    kept = fit["measured"]["2"]["calibration-llama-w256-l12-q8_0.gguf"]
+    assert kept["decode_s"] == pytest.approx(1 / pred.decode_tps + 4e-3 + 1e-4 * w.block_tensors, rel=1e-6)
+    assert set(fit["measured"]["1"]) >= {"calibration-llama-w256-l12-q8_0.gguf@2048"}
 
 
 def test_real_kernel_probe_sees_repacking(llama_build):

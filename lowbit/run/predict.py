@@ -513,8 +513,12 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     models = [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
               for d, n in CAL_MODELS]
     bare = {**cal, "overhead": {}}
-    fits = {}
+    fits: dict = {}
+    # llama-bench's own medians on the calibration models, kept so a changed cost model can be refitted against
+    # a stored calibration without measuring again: {threads: {model file: {"decode_s", "prefill_s"}}}
+    raw: dict = {}
     for t in range(1, int(cal["cores"]) + 1):
+        raw[str(t)] = {}
         xs, dec, pre = [], [], []
         for path in models:
             w = workload(path)
@@ -522,6 +526,8 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
             rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
             p = predict(w, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"]), bare)
             xs.append((w.block_tensors, w.activations))
+            raw[str(t)][path.name] = {"decode_s": 1 / _median_ts(rows, False),
+                                      "prefill_s": CAL_TEST["n_prompt"] / _median_ts(rows, True)}
             dec.append(1 / _median_ts(rows, False) - 1 / p.decode_tps)
             pre.append(CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps)
         da, db, dc = _fit_nonnegative(xs, dec, 1)
@@ -534,6 +540,10 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         w = workload(path)
         deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
         flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
+        raw[str(t)][f"{path.name}@{CAL_DEPTH}"] = {
+            "decode_s": 1 / _median_ts(deep, False), "prefill_s": CAL_TEST["n_prompt"] / _median_ts(deep, True),
+            "flat_decode_s": 1 / _median_ts(flat, False),
+            "flat_prefill_s": CAL_TEST["n_prompt"] / _median_ts(flat, True)}
         cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
         cal_t = {**cal, "overhead": {"threads": {str(t): fits[str(t)]}}}
         p0, p1 = predict(w, cfg, cal_t), predict(w, Config(**{**asdict(cfg), "depth": CAL_DEPTH}), cal_t)
@@ -552,7 +562,7 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         rss_points.append((w.header_bytes, _measure_rss(path) - sum(parts.values())))
     (v1, r1), (v2, r2) = rss_points
     rb = max(0.0, (r2 - r1) / (v2 - v1))
-    return {"threads": fits, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
+    return {"threads": fits, "measured": raw, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
             "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
 
 
