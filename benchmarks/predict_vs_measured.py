@@ -1,6 +1,7 @@
 """Predicted vs measured tokens/s and peak RSS over >= 30 configurations (the cost model's validation).
 
     python benchmarks/predict_vs_measured.py [--quick] [--reps 3] [--json] [--allow-busy] [--calibrations N]
+    python benchmarks/predict_vs_measured.py --replay runs/<time>-predict-vs-measured/results.json
 
 For each model on disk (the real SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M, the replicas, the BitNet 2B4T
 shape in TQ2_0/Q4_0 when `invoke bench-bitnet --reduced` made it), at 1..physical-cores threads and context
@@ -14,6 +15,10 @@ Calibrations on a shared VM differ from run to run, so one calibration's errors 
 `--calibrations N` recalibrates N times first (each kept in the calibration history), and the errors are
 reported — and with `--store-band` the band stored — over the predictions of every kept calibration of this
 machine and build, not only the latest.
+
+`--replay RESULTS` measures nothing: it predicts a stored run's quiet rows again with the current cost model
+and that run's own calibration (its overhead fit redone from the llama-bench medians the calibration kept), so
+a change to the cost model is judged on real measurements without re-measuring.
 
 A busy machine makes 2-thread runs several times slower than they are: every llama-bench run records how many
 CPUs other processes used meanwhile; rows above 0.3 CPUs are marked busy, and the summary says so (the run
@@ -80,6 +85,8 @@ def main() -> int:
     ap.add_argument("--allow-busy", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="only this thread count")
+    ap.add_argument("--replay", type=Path, default=None,
+                    help="predict the quiet rows of a stored results.json again with the current cost model")
     ap.add_argument("--calibrations", type=int, default=0,
                     help="recalibrate this many times before the sweep (each kept in the history the band uses)")
     ap.add_argument("--store-band", action="store_true",
@@ -92,6 +99,8 @@ def main() -> int:
     from lowbit.run.plan import physical_cores
     from lowbit.ui import print_table, warn
 
+    if args.replay:
+        return replay(args.replay)
     busy = calibrate.others_busy(2.0)
     if busy > BUSY_START and not args.allow_busy:
         print(f"error: other processes use {busy:.1f} CPUs: measurements would be meaningless; wait for a quiet "
@@ -229,6 +238,51 @@ def store_band(rows: list[dict], across: dict) -> int:
                                        "per_calibration": across["per_calibration"],
                                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
     print(f"stored the error band {band} (worst over {across['n']} calibrations) in {P.BAND_FILE.name}")
+    return 0
+
+
+def replay(results: Path) -> int:
+    """Predict a stored run's quiet rows again (current cost model, that run's calibration refitted) and print
+    the errors then and now."""
+    from lowbit.run import predict as P
+    from lowbit.ui import print_table
+
+    try:
+        stored = json.loads(results.read_text())
+        rows, cal = [r for r in stored["rows"] if not r["busy"]], stored["calibration"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {results} is not a results.json of this benchmark: {exc}", file=sys.stderr)
+        return 2
+    refitted = P.refit_overhead(cal)
+    if refitted is cal:
+        print("error: this run's calibration kept no llama-bench medians of the calibration models (it predates "
+              "them): its overhead fit and attention scale belong to the cost model it was measured with, and "
+              "mixing them with the current one would mislead; replay a run made with this version",
+              file=sys.stderr)
+        return 2
+    found = models()
+    missing = sorted({r["model"] for r in rows} - set(found))
+    if missing:
+        print(f"error: not on this machine: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    workloads = {name: P.workload(found[name]) for name in {r["model"] for r in rows}}
+    now = []
+    for r in rows:
+        pred = P.predict(workloads[r["model"]], P.Config(threads=r["threads"], n_prompt=64, n_gen=32,
+                                                         depth=r["depth"]), refitted)
+        value = pred.decode_tps if r["test"].startswith("tg") else pred.prefill_tps
+        now.append({**r, "predicted": value, "error": round(value / r["measured"] - 1, 4), "was": r["error"]})
+    print_table(f"replayed {results} ({len(now)} quiet rows)",
+                ["model", "t", "depth", "test", "measured", "predicted then", "then", "predicted now", "now"],
+                [(r["model"], r["threads"], r["depth"], r["test"], r["measured"],
+                  round(r["measured"] * (1 + r["was"]), 2), f"{r['was']:+.1%}", r["predicted"], f"{r['error']:+.1%}")
+                 for r in now])
+    for what, prefix in (("decode", "tg"), ("prefill", "pp")):
+        sel = [r for r in now if r["test"].startswith(prefix)]
+        if sel:
+            then, now_ = [abs(r["was"]) for r in sel], [abs(r["error"]) for r in sel]
+            print(f"{what}: then median {statistics.median(then):.1%} worst {max(then):.1%}; "
+                  f"now median {statistics.median(now_):.1%} worst {max(now_):.1%}")
     return 0
 
 

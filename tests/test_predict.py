@@ -284,6 +284,12 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
     kept = fit["measured"]["2"]["calibration-llama-w256-l12-q8_0.gguf"]
     assert kept["decode_s"] == pytest.approx(1 / pred.decode_tps + 4e-3 + 1e-4 * w.block_tensors, rel=1e-6)
     assert set(fit["measured"]["1"]) >= {"calibration-llama-w256-l12-q8_0.gguf@2048"}
+    # refitting a stored calibration from those medians under the same cost model gives the same line back
+    stored = {**cal, "overhead": fit}
+    again = P.refit_overhead(stored, tmp_path)
+    assert again is not stored and again["overhead"]["threads"]["2"]["decode_b"] == pytest.approx(1e-4, rel=1e-3)
+    old = {**cal, "overhead": {"threads": {"1": {}}}}  # a calibration from before the medians were kept
+    assert P.refit_overhead(old, tmp_path) is old
 
 
 def test_real_kernel_probe_sees_repacking(llama_build):

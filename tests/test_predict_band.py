@@ -51,3 +51,40 @@ def test_band_is_the_worst_error_over_every_kept_calibration(tmp_path, monkeypat
     assert bench.store_band(rows[:10], across) == 2
     busy = bench.across_calibrations(rows, [fast, slow | {"busy_cpus": 1.5}], {"m": path})
     assert busy["per_calibration"][1]["busy"] and bench.store_band(rows, busy) == 2  # measured the load
+
+
+def test_replay_refits_the_stored_calibration_and_reports_then_and_now(tmp_path, monkeypatch, capsys):
+    """A stored run whose calibration kept llama-bench's medians: replay refits the overhead under the current
+    cost model and predicts the stored rows again; the medians here are the cost model's own time plus 2 ms per
+    token, so the refitted prediction matches rows measured as the same model plus 2 ms."""
+    import math
+
+    bench = _bench()
+    cal = {**_cal(), "cores": 1}
+    _folder, cal_models = P._calibration_models(tmp_path)
+    bare = {**cal, "overhead": {}}
+    measured = {}
+    for path in cal_models:
+        p = P.predict(path, P.Config(threads=1, n_prompt=64, n_gen=32), bare)
+        measured[path.name] = {"decode_s": 1 / p.decode_tps + 2e-3, "prefill_s": 64 / p.prefill_tps + 2e-3}
+    deep = P.predict(cal_models[1], P.Config(threads=1, n_prompt=64, n_gen=32, depth=P.CAL_DEPTH), bare)
+    flat = measured[cal_models[1].name]
+    measured[f"{cal_models[1].name}@{P.CAL_DEPTH}"] = {
+        "decode_s": 1 / deep.decode_tps + 2e-3, "prefill_s": 64 / deep.prefill_tps + 2e-3,
+        "flat_decode_s": flat["decode_s"], "flat_prefill_s": flat["prefill_s"]}
+    stored = {**cal, "overhead": {"threads": {"1": {"decode_a": 9.0, "decode_b": 0, "prefill_a": 9.0, "prefill_b": 0}},
+                                  "measured": {"1": measured}}}
+    model = P.calibration_model(tmp_path / "m.gguf", 4)
+    truth = P.predict(model, P.Config(threads=1, n_prompt=64, n_gen=32), bare)
+    rows = [{"model": "m", "threads": 1, "depth": 0, "test": "tg32", "measured": 1 / (1 / truth.decode_tps + 2e-3),
+             "error": 0.5, "busy": False}]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": rows, "calibration": stored}))
+    monkeypatch.setattr(bench, "models", lambda: {"m": model})
+    monkeypatch.setattr(P, "_calibration_models", lambda folder=None: (tmp_path, cal_models))
+    assert bench.replay(results) == 0
+    out = capsys.readouterr().out
+    now = float(out.split("now median ")[1].split("%")[0])
+    assert math.isclose(now, 0.0, abs_tol=0.2) and "then median 50.0%" in out
+    results.write_text(json.dumps({"rows": rows, "calibration": cal}))  # no medians kept: refused
+    assert bench.replay(results) == 2

@@ -502,58 +502,39 @@ def _median_ts(rows: list[dict], prefill: bool) -> float:
     return statistics.median(row.get("samples_ts") or [row["avg_ts"]])
 
 
+def _calibration_models(folder: Path | None) -> tuple[Path, list[Path]]:
+    folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
+                    for d, n in CAL_MODELS]
+
+
 def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     """Fit `overhead = a + b x block tensors + c x tokens x activations` per thread count (decode per token,
     prefill per micro-batch) from llama-bench on three synthetic calibration models (two depths, two widths),
-    and the runtime's RSS footprint from two vocabularies."""
+    and the runtime's RSS footprint from two vocabularies. llama-bench's medians are kept (`measured`) so a
+    changed cost model can be refitted on a stored calibration (`refit_overhead`) without measuring again."""
     from lowbit.ui import step
 
-    folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
-    folder.mkdir(parents=True, exist_ok=True)
-    models = [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
-              for d, n in CAL_MODELS]
-    bare = {**cal, "overhead": {}}
-    fits: dict = {}
-    # llama-bench's own medians on the calibration models, kept so a changed cost model can be refitted against
-    # a stored calibration without measuring again: {threads: {model file: {"decode_s", "prefill_s"}}}
-    raw: dict = {}
+    folder, models = _calibration_models(folder)
+    raw: dict = {}  # {threads: {model file (@depth): seconds}}
     for t in range(1, int(cal["cores"]) + 1):
         raw[str(t)] = {}
-        xs, dec, pre = [], [], []
         for path in models:
-            w = workload(path)
-            step(f"fitting the per-token overhead: {w.meta.name}, {t} thread(s)")
+            step(f"fitting the per-token overhead: {path.name}, {t} thread(s)")
             rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-            p = predict(w, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"]), bare)
-            xs.append((w.block_tensors, w.activations))
             raw[str(t)][path.name] = {"decode_s": 1 / _median_ts(rows, False),
                                       "prefill_s": CAL_TEST["n_prompt"] / _median_ts(rows, True)}
-            dec.append(1 / _median_ts(rows, False) - 1 / p.decode_tps)
-            pre.append(CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps)
-        da, db, dc = _fit_nonnegative(xs, dec, 1)
-        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
-        fits[str(t)] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb,
-                        "prefill_c": pc}
         # attention in llama.cpp (cache views, mask) against the kernel probe: the same model at depth
         path = models[1]
         step(f"fitting attention at depth {CAL_DEPTH}: {path.name}, {t} thread(s)")
-        w = workload(path)
         deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
         flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
         raw[str(t)][f"{path.name}@{CAL_DEPTH}"] = {
             "decode_s": 1 / _median_ts(deep, False), "prefill_s": CAL_TEST["n_prompt"] / _median_ts(deep, True),
             "flat_decode_s": 1 / _median_ts(flat, False),
             "flat_prefill_s": CAL_TEST["n_prompt"] / _median_ts(flat, True)}
-        cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
-        cal_t = {**cal, "overhead": {"threads": {str(t): fits[str(t)]}}}
-        p0, p1 = predict(w, cfg, cal_t), predict(w, Config(**{**asdict(cfg), "depth": CAL_DEPTH}), cal_t)
-        for kind, prefill in (("decode", False), ("prefill", True)):
-            n = CAL_TEST["n_prompt"] if prefill else 1
-            measured = n / _median_ts(deep, prefill) - n / _median_ts(flat, prefill)
-            ms = "prefill_ms" if prefill else "decode_ms"
-            modelled = (getattr(p1, ms)["attention"] - getattr(p0, ms)["attention"]) / 1e3
-            if measured > 0 and modelled > 0:
-                cal["attention"][str(t)][kind]["scale"] = measured / modelled
+    bare = {**cal, "overhead": {}}
     rss_points = []
     for vocab_file in CAL_VOCABS:
         path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
@@ -562,8 +543,54 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         rss_points.append((w.header_bytes, _measure_rss(path) - sum(parts.values())))
     (v1, r1), (v2, r2) = rss_points
     rb = max(0.0, (r2 - r1) / (v2 - v1))
-    return {"threads": fits, "measured": raw, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
-            "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+    return {"threads": _fit_measured(cal, raw, models), "measured": raw, "runtime_a": max(0.0, r1 - rb * v1),
+            "runtime_b": rb, "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+
+
+def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
+    """The per-thread overhead fits from llama-bench's medians `raw` under the current cost model; sets the
+    attention scale of `cal` from the depth run (cal["attention"][t][kind]["scale"])."""
+    bare = {**cal, "overhead": {}}
+    cfg = Config(threads=1, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
+    fits = {}
+    for t, got in raw.items():
+        for kind in ("decode", "prefill"):
+            cal["attention"][t][kind].pop("scale", None)
+        xs, dec, pre = [], [], []
+        for path in models:
+            w = workload(path)
+            p = predict(w, Config(**{**asdict(cfg), "threads": int(t)}), bare)
+            xs.append((w.block_tensors, w.activations))
+            dec.append(got[path.name]["decode_s"] - 1 / p.decode_tps)
+            pre.append(got[path.name]["prefill_s"] - CAL_TEST["n_prompt"] / p.prefill_tps)
+        da, db, dc = _fit_nonnegative(xs, dec, 1)
+        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
+        fits[t] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb, "prefill_c": pc}
+        path = models[1]
+        deep = got[f"{path.name}@{CAL_DEPTH}"]
+        w = workload(path)
+        cal_t = {**cal, "overhead": {"threads": {t: fits[t]}}}
+        flat_cfg = Config(**{**asdict(cfg), "threads": int(t)})
+        p0, p1 = predict(w, flat_cfg, cal_t), predict(w, Config(**{**asdict(flat_cfg), "depth": CAL_DEPTH}), cal_t)
+        for kind in ("decode", "prefill"):
+            measured = deep[f"{kind}_s"] - deep[f"flat_{kind}_s"]
+            modelled = (getattr(p1, f"{kind}_ms")["attention"] - getattr(p0, f"{kind}_ms")["attention"]) / 1e3
+            if measured > 0 and modelled > 0:
+                cal["attention"][t][kind]["scale"] = measured / modelled
+    return fits
+
+
+def refit_overhead(cal: dict, folder: Path | None = None) -> dict:
+    """A copy of a stored calibration with its overhead fits and attention scales refitted under the current
+    cost model from the llama-bench medians it kept; a calibration without them is returned unchanged."""
+    import copy
+
+    raw = cal.get("overhead", {}).get("measured")
+    if not raw:
+        return cal
+    out = copy.deepcopy(cal)
+    out["overhead"]["threads"] = _fit_measured(out, raw, _calibration_models(folder)[1])
+    return out
 
 
 def _fit_nonnegative(xs: list[tuple[int, int]], ys: list[float], tokens: int) -> tuple[float, float, float]:
