@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -100,3 +101,32 @@ def test_out_of_core_model_hand_computed():
     # one token's dense weights + experts do not fit: an LRU cache cycling through them hits nothing
     thrash = O.predict_out_of_core(w, buffers + dense + experts // 8, 1, cal)
     assert thrash.disk_bytes_per_token == pytest.approx(dense + experts * 2 / 8, abs=2)
+
+
+def test_disk_rate_interpolates_random_reads_by_block_size():
+    cal = {"disk": {"gbs": 1.0, "random_gbs": {"16": 0.1, "256": 0.2, "4096": 0.8}}}
+    assert O.calibrate.disk_rate(cal) == 1e9  # no block size: the sequential rate
+    assert O.calibrate.disk_rate(cal, 4 * 1024) == 0.1e9  # below the smallest probe: its rate
+    assert O.calibrate.disk_rate(cal, 64 * 1024) == pytest.approx(0.15e9)  # halfway in log(size) from 16 to 256
+    assert O.calibrate.disk_rate(cal, 2**30) == 0.8e9
+    assert O.calibrate.disk_rate({"disk": {"gbs": 0.5}}, 64 * 1024) == 0.5e9  # an old calibration: sequential
+
+
+def test_out_of_core_experts_come_at_the_random_read_rate():
+    """Expert misses are scattered: they are read at the random rate for one expert's slice (512 rows x 272
+    bytes = 136 KiB, between the 16 and 256 KiB probes), dense weights at the sequential rate."""
+    w = _moe_workload()
+    cal = _cal() | {"disk": {"gbs": 0.5, "random_gbs": {"16": 0.1, "256": 0.2}}}
+    cal["overhead"] |= {"runtime_a": 0, "runtime_b": 0}
+    experts = 2 * 8 * 512 * 272
+    dense = 1000 * 272 + 2 * (256 * 272 + 1024) + 272
+    mem = O.P.predict(w, O.P.Config(threads=1, n_gen=16, repack=False, n_ctx=32), cal)
+    buffers = mem.rss_parts["kv"] + mem.rss_parts["compute"]
+    rate = 0.1e9 + math.log(136 / 16) / math.log(16) * 0.1e9
+    half = O.predict_out_of_core(w, buffers + dense + experts // 2, 1, cal)
+    miss = experts * 2 / 8 * 0.5
+    assert 1 / half.predicted_tps == pytest.approx(1 / mem.decode_tps + miss / rate, rel=1e-3)
+    thrash = O.predict_out_of_core(w, buffers + dense + experts // 8, 1, cal)
+    e = experts * 2 / 8
+    assert 1 / thrash.predicted_tps == pytest.approx(1 / mem.decode_tps + dense / 0.5e9 + e / rate, rel=1e-3)
+    assert thrash.disk_gbs == pytest.approx((dense + e) / (dense / 0.5e9 + e / rate) / 1e9, rel=1e-2)

@@ -85,10 +85,37 @@ def test_prefill_hand_computed_batch_reads_weights_once():
     rate = 5e9 + math.log(per_expert) / math.log(64) * (20e9 - 5e9)
     experts = max(8 * 512 * Q8_ROW * touched / bw, b * 2 / 8 * 8 * 512 * Q8_ROW / rate)
     output = max(1000 * Q8_ROW / bw, 1000 * Q8_ROW / 5e9)  # logits of the last token only
-    attention = max(32 * 1024 / bw, b * 4 * 32 * (1e-8 + 1e-10 * 128))  # mean context b/2 = 32
+    # ggml's tiled flash attention: 4 full tiles (one per head) of 64 rows, each over the 64 positions its last
+    # query sees; the cache is read once at the mean context b/2 = 32
+    attention = max(32 * 1024 / bw, b * 4 * 64 * (1e-8 + 1e-10 * 128))
     expected = 2 * (attn_q + experts + attention) + output
     assert pred.prefill_tps == pytest.approx(b / expected, rel=1e-3)
     assert pred.decode_tps is None
+
+
+@pytest.mark.parametrize(("n_tokens", "n_head", "threads", "expected"), [
+    (64, 2, 1, (2, 2.0)),  # one chunk on one thread: a full 64-row tile per head
+    (64, 2, 2, (8, 4.0)),  # 8 chunks of 16 rows, a padded tile each: 4 per thread, twice the 1-thread work
+    (64, 9, 2, (16, 8.0)),  # 8 chunks of 72 rows, each cut at a head boundary into 2 tiles
+    (64, 8, 2, (8, 4.0)),  # the probe's shape: 8 chunks of 64 rows, no waste
+    (128, 1, 1, (2, 2.0)),  # 128 queries of one head: two tiles
+    (32, 8, 2, None),  # below one tile: the untiled kernel
+])
+def test_flash_attention_tiles_mirror_ggml_chunking(n_tokens, n_head, threads, expected):
+    assert P.flash_attn_tiles(n_tokens, n_head, threads) == expected
+
+
+def test_prefill_attention_of_two_heads_is_slower_on_two_threads():
+    """64 tokens x 2 heads: 1 thread runs 2 full tiles, 2 threads 8 part-filled ones (4 each) at twice the
+    per-thread rate (the calibration's wall cost per row halves at 2 threads): attention takes twice as long."""
+    w = _moe_workload()
+    w.meta.n_head, w.meta.n_head_kv = 2, 2
+    cal = _cal()
+    one = P._attention_seconds(w, P.Config(threads=1), [2048.0], 64, 1e15, cal["attention"]["1"], batch=True)
+    two = P._attention_seconds(w, P.Config(threads=2), [2048.0], 64, 1e15, cal["attention"]["2"], batch=True)
+    per = 1e-8 + 1e-10 * 128
+    assert one == pytest.approx(2 * 64 * (2048 + 32) * per)  # 2 tiles x 64 rows x positions of the last query
+    assert two == pytest.approx(2 * one)
 
 
 def test_threads_pick_their_own_rates_and_beyond_calibrated_use_the_last():
@@ -249,6 +276,18 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
         assert got["prefill_a"] == pytest.approx(pa, rel=1e-3) and got["prefill_b"] == pytest.approx(pb, rel=1e-3)
         assert got["prefill_c"] == pytest.approx(pc, rel=1e-3)
     assert fit["runtime_a"] == pytest.approx(50e6, rel=1e-6) and fit["runtime_b"] == pytest.approx(40, rel=1e-6)
+    # llama-bench's medians are kept for refitting a changed cost model: the 12-layer model at 2 threads
+    w = P.workload(tmp_path / "calibration-llama-w256-l12-q8_0.gguf")
+    pred = P.predict(w, P.Config(threads=2, n_prompt=64, n_gen=32), {**cal, "overhead": {}})
+    kept = fit["measured"]["2"]["calibration-llama-w256-l12-q8_0.gguf"]
+    assert kept["decode_s"] == pytest.approx(1 / pred.decode_tps + 4e-3 + 1e-4 * w.block_tensors, rel=1e-6)
+    assert set(fit["measured"]["1"]) >= {"calibration-llama-w256-l12-q8_0.gguf@2048"}
+    # refitting a stored calibration from those medians under the same cost model gives the same line back
+    stored = {**cal, "overhead": fit}
+    again = P.refit_overhead(stored, tmp_path)
+    assert again is not stored and again["overhead"]["threads"]["2"]["decode_b"] == pytest.approx(1e-4, rel=1e-3)
+    old = {**cal, "overhead": {"threads": {"1": {}}}}  # a calibration from before the medians were kept
+    assert P.refit_overhead(old, tmp_path) is old
 
 
 def test_real_kernel_probe_sees_repacking(llama_build):
@@ -267,6 +306,8 @@ def test_real_kernel_probe_sees_repacking(llama_build):
 def test_disk_probe_is_cold_and_cleans_up(tmp_path):
     got = calibrate.disk_read_gbs(tmp_path, mib=8)
     assert got["gbs"] > 0 and got["mib"] == 8
+    assert set(got["random_gbs"]) == {"16", "256", "4096"} and all(v > 0 for v in got["random_gbs"].values())
+    assert calibrate.disk_read_gbs(tmp_path, mib=8, blocks_kib=(8192,))["random_gbs"] == {}  # one block: no probe
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
 
 
@@ -286,3 +327,61 @@ def test_model_larger_than_the_cache_decodes_at_the_streaming_rate():
     cal["attention"]["1"]["decode"]["scale"] = 3.0
     deeper = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
     assert deeper.decode_ms["attention"] == pytest.approx(3 * deep.decode_ms["attention"], rel=1e-3)
+
+
+def test_rounds_combine_to_medians_with_their_spread():
+    """Three interleaved rounds: each rate is the median, the spread (max - min) / median per rate."""
+    def rnd(bw: float, mv: float, a: float) -> dict:
+        return {"1": {"bandwidth": bw, "kernels": {"Q8_0": {"mv": mv}, "XX": {"error": "no such type"}},
+                      "attention": {"decode": {"a": a, "b": 0.0}}}}
+
+    got = calibrate.combine_rounds([rnd(30.0, 4e9, 1e-8), rnd(60.0, 5e9, 2e-8), rnd(40.0, 6e9, 3e-8)])
+    assert got["bandwidth_gbs"] == {"1": 40.0} and got["bandwidth_rounds"] == {"1": [30.0, 60.0, 40.0]}
+    assert got["kernels"]["1"]["Q8_0"]["mv"] == 5e9 and got["kernels"]["1"]["XX"] == {"error": "no such type"}
+    assert got["attention"]["1"]["decode"]["a"] == 2e-8
+    assert got["spread"]["bandwidth"]["1"] == pytest.approx(30 / 40, abs=1e-3)
+    assert got["spread"]["kernels"]["1"] == {"median": 0.4, "worst": 0.4}  # (6 - 4) / 5
+    assert got["spread"]["attention"]["1"]["worst"] == pytest.approx(1.0)  # (3 - 1) / 2; b is 0 everywhere
+    assert got["spread"]["rounds"] == 3
+
+
+def test_history_keeps_every_calibration_with_its_fit(cache):
+    _calls, key, _folder = cache
+    for i in range(calibrate.HISTORY_KEEP + 2):
+        calibrate.save({"fingerprint": key["value"], "measured_at": f"t{i}", "overhead": {"threads": {}}})
+    calibrate.save({"fingerprint": key["value"], "measured_at": f"t{calibrate.HISTORY_KEEP + 1}",
+                    "overhead": {"threads": {"1": {}}}})  # the same calibration re-saved with its fit replaces itself
+    calibrate.save({"fingerprint": key["value"], "measured_at": "unfitted"})  # no overhead fit yet: not listed
+    calibrate.save({"fingerprint": key["value"], "measured_at": "busy", "busy_cpus": 1.2, "overhead": {"x": 1}})
+    assert calibrate.history(quiet_only=False)[-1]["measured_at"] == "busy"  # kept, but measured the load:
+    kept = calibrate.history()  # not among the calibrations the band uses
+    assert [c["measured_at"] for c in kept] == [f"t{i}" for i in range(4, calibrate.HISTORY_KEEP + 2)]
+    assert kept[-1]["overhead"] == {"threads": {"1": {}}}
+    assert calibrate.history("another|fingerprint") == []
+
+
+def test_measure_interleaves_rounds_and_keeps_medians(monkeypatch, tmp_path):
+    """Each round measures bandwidth, kernels and attention at every thread count in turn; a burst of load in
+    one round (the second: half of every rate) moves no median."""
+    calls: list[str] = []
+
+    def rate(name: str, value: float):
+        def measure(threads: int, *args, **kwargs):
+            calls.append(f"{name}{threads}")
+            slow = 0.5 if calls.count(f"bw{threads}") == 2 else 1.0  # the second round is disturbed
+            return value * threads * slow if name == "bw" else (
+                {"Q8_0": {"mv": value * threads * slow}} if name == "k" else {"decode": {"a": value / slow, "b": 0.0}})
+        return measure
+
+    monkeypatch.setattr(calibrate, "physical_cores", lambda: 2)
+    monkeypatch.setattr(calibrate, "fingerprint", lambda: "test")
+    monkeypatch.setattr(calibrate, "others_busy", lambda *a: 0.0)
+    monkeypatch.setattr(calibrate, "read_bandwidth_gbs", rate("bw", 30.0))
+    monkeypatch.setattr(calibrate, "kernel_rates", rate("k", 5e9))
+    monkeypatch.setattr(calibrate, "attention_rates", rate("a", 1e-8))
+    monkeypatch.setattr(calibrate, "disk_read_gbs", lambda d: {"gbs": 1.0})
+    cal = calibrate.measure(tmp_path)
+    assert calibrate.ROUNDS == 3 and calls == ["bw1", "k1", "a1", "bw2", "k2", "a2"] * 3
+    assert cal["bandwidth_gbs"] == {"1": 30.0, "2": 60.0} and cal["bandwidth_rounds"]["1"] == [30.0, 15.0, 30.0]
+    assert cal["kernels"]["2"]["Q8_0"]["mv"] == 10e9 and cal["attention"]["1"]["decode"]["a"] == 1e-8
+    assert cal["spread"]["bandwidth"] == {"1": 0.5, "2": 0.5}

@@ -2,7 +2,9 @@
 
 llama.cpp maps the GGUF; the page cache keeps what fits and every token faults in what it needs from disk.
 The prediction: the calibrated in-memory time (`--no-repack`: repacked copies are anonymous memory that
-mmap cannot evict) plus the bytes per token the cache cannot hold, read at the measured cold disk rate.
+mmap cannot evict) plus the bytes per token the cache cannot hold, read at the measured cold disk rates:
+dense weights at the sequential rate, experts at the rate of random reads the size of one expert's slice of a
+tensor (`calibrate.disk_rate`: a token's experts lie scattered over the file).
 With `C` bytes of cache for weights, `D` dense bytes (read every token), `E` routed-expert bytes of which a
 token reads `e = E x used / n_expert`:
 
@@ -34,6 +36,7 @@ from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
 from lowbit.models.entries import load_catalog
 from lowbit.paths import models_dir
+from lowbit.run import calibrate
 from lowbit.run import predict as P
 from lowbit.toolchain.build import active_build, sdist_tree
 from lowbit.ui import step
@@ -60,7 +63,7 @@ class OutOfCore:
     expert_bytes: int  # all routed experts
     expert_bytes_per_token: int
     disk_bytes_per_token: int
-    disk_gbs: float
+    disk_gbs: float  # the effective rate over this token's mix of sequential (dense) and random (expert) reads
     in_memory_tps: float
     predicted_tps: float
     note: str = ""
@@ -85,21 +88,28 @@ def predict_out_of_core(model: str | os.PathLike | P.Workload, limit_bytes: int,
     cache = max(0, limit_bytes - parts["kv"] - parts["compute"] - parts["runtime"])
     e = experts * used
     if dense + e >= cache:
-        disk = dense + e
+        disk_dense, disk_experts = dense, e
         note = ("what one token touches (dense weights + its experts) exceeds the cache: an LRU page cache "
                 "cycling through more than it holds hits nothing, every token reads it all from disk")
     else:
         hit = min(1.0, (cache - dense) / experts) if experts else 1.0
-        disk = e * (1 - hit)
+        disk_dense, disk_experts = 0.0, e * (1 - hit)
         note = f"dense weights stay cached; {hit:.0%} of expert reads hit the cache"
-    bw = (disk_gbs or cal["disk"]["gbs"]) * 1e9
-    t = 1 / mem.decode_tps + disk / bw
+    slices = [t.n_bytes / t.experts for t in w.tensors if t.group == "routed_experts" and t.experts > 1]
+    if disk_gbs:
+        seconds = (disk_dense + disk_experts) / (disk_gbs * 1e9)
+    else:
+        block = sorted(slices)[len(slices) // 2] if slices else None
+        seconds = disk_dense / calibrate.disk_rate(cal) + disk_experts / calibrate.disk_rate(cal, block)
+    disk = disk_dense + disk_experts
+    t = 1 / mem.decode_tps + seconds
     return OutOfCore(meta.name, int(limit_bytes), int(cache), int(dense), int(experts), int(e), int(disk),
-                     bw / 1e9, mem.decode_tps, round(1 / t, 3), note)
+                     round(disk / seconds / 1e9, 3) if seconds else 0.0, mem.decode_tps, round(1 / t, 3), note)
 
 
 R1_DENSE_PARAMS = 17e9  # of R1's 671B, outside the routed experts (attention, 3 dense layers, shared experts,
 # embeddings, output): 58 MoE layers x 256 experts x 3 x 7168 x 2048 = 654B are routed experts
+R1_EXPERT_PARAMS = 654e9
 R1_DENSE_BITS = 4.5  # dynamic quants keep those at Q4_K-Q6_K while the experts go to 1.5-2 bits
 
 
@@ -112,20 +122,28 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     if file_gb is None:
         quants = {q["name"]: q for q in load_catalog()["deepseek-r1-0528"]["quants"]}
         file_gb = float(quants["UD-IQ1_S"]["size_gb"])
-    disk = (disk_gbs or cal["disk"]["gbs"]) * 1e9
     bw = (bandwidth_gbs or max(cal["bandwidth_gbs"].values())) * 1e9
     dense = R1_DENSE_PARAMS * R1_DENSE_BITS / 8
     experts = file_gb * 1e9 - dense
     e = experts * 8 / 256
     cache = ram_gb * 1e9 * 0.9 - 4e9  # minus the OS, KV cache (MLA, 8k, q4_0) and compute buffers
     if dense + e >= cache:
-        hit, disk_b = 0.0, dense + e
+        hit, disk_dense, disk_experts = 0.0, dense, e
     else:
         hit = min(1.0, (cache - dense) / experts)
-        disk_b = e * (1 - hit)
+        disk_dense, disk_experts = 0.0, e * (1 - hit)
+    # one expert's slice of one tensor (7168 x 2048 weights at the experts' bits) is what a token reads at a
+    # random offset; dense weights are read in order
+    if disk_gbs:
+        seconds = (disk_dense + disk_experts) / (disk_gbs * 1e9)
+    else:
+        block = 7168 * 2048 * experts / R1_EXPERT_PARAMS
+        seconds = disk_dense / calibrate.disk_rate(cal) + disk_experts / calibrate.disk_rate(cal, block)
+    disk_b = disk_dense + disk_experts
     t_mem = (dense + e) / bw
-    t = t_mem + disk_b / disk
-    return {"prediction": True, "ram_gb": ram_gb, "file_gb": file_gb, "disk_gbs": round(disk / 1e9, 3),
+    t = t_mem + seconds
+    rate = disk_b / seconds if seconds else (disk_gbs or cal["disk"]["gbs"]) * 1e9
+    return {"prediction": True, "ram_gb": ram_gb, "file_gb": file_gb, "disk_gbs": round(rate / 1e9, 3),
             "bandwidth_gbs": round(bw / 1e9, 1), "expert_cache_hit": round(hit, 3),
             "disk_gb_per_token": round(disk_b / 1e9, 2), "tokens_per_s": round(1 / t, 3),
             "seconds_per_token": round(t, 1), "in_ram_tokens_per_s_bound": round(1 / t_mem, 2),
@@ -334,5 +352,6 @@ def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = Non
           f"({r1['bandwidth_gbs']:.0f} GB/s): {r1['tokens_per_s']} tok/s ({r1['seconds_per_token']} s/token; "
           f"{r1['disk_gb_per_token']} GB/token from disk, expert cache hit {r1['expert_cache_hit']:.0%}); "
           f"with everything in RAM the memory bound would be {r1['in_ram_tokens_per_s_bound']} tok/s; "
-          f"the seed's ~1 tok/s needs a disk reading {r1['disk_gbs_for_1_tok_s']} GB/s")
+          + (f"the seed's ~1 tok/s needs a disk reading {r1['disk_gbs_for_1_tok_s']} GB/s"
+             if r1["disk_gbs_for_1_tok_s"] else "the seed's ~1 tok/s is out of reach: memory alone is slower"))
     return 0 if res["measured_tps"] else 1

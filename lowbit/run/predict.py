@@ -20,6 +20,7 @@ reference machine; docs/plan.md holds its table.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -247,19 +248,64 @@ def kv_bytes_per_token(meta: ModelMeta, cache_type_k: str, cache_type_v: str) ->
     return k + v
 
 
+FA_TILE = 64  # ggml-cpu's flash-attention query and KV tile (GGML_FA_TILE_Q / GGML_FA_TILE_KV in common.h)
+
+
+def flash_attn_tiles(n_tokens: int, n_head: int, threads: int) -> tuple[int, float] | None:
+    """(query tiles, tile rounds per thread) of ggml's CPU flash attention for a batch of `n_tokens` queries of
+    `n_head` heads on `threads` threads; None when the batch is below one tile (the untiled row-by-row path).
+
+    Mirrors `ggml_compute_forward_flash_attn_ext_f16` at the pinned commit: the `n_tokens x n_head` query rows
+    are cut into `4 x threads` chunks (one chunk on one thread), each chunk into tiles of at most 64 rows that
+    never cross a head, and every tile multiplies a full, zero-padded 64-row tile against the whole KV cache.
+    A tile's cost is fixed, so rows cut into part-filled tiles waste work: 64 tokens x 2 heads at 2 threads
+    make 8 tiles of 16 rows where 1 thread does 2 tiles of 64 — the second thread makes attention slower.
+    Rounds: the tiles one thread processes (chunks are handed out dynamically), at least the largest chunk.
+    """
+    if n_tokens < FA_TILE:
+        return None
+    nr = n_tokens * n_head
+    chunk = -(-nr // (threads * 4))
+    nchunk = -(-nr // chunk)
+    if threads == 1 or nchunk < threads:
+        nchunk = threads
+    dr = -(-nr // nchunk)
+    tiles, largest = 0, 0
+    for c in range(nchunk):
+        ir, end, n = dr * c, min(dr * (c + 1), nr), 0
+        while ir < end:
+            ir += min(FA_TILE, end - ir, n_tokens - ir % n_tokens)
+            n += 1
+        tiles, largest = tiles + n, max(largest, n)
+    return tiles, max(tiles / threads, float(largest))
+
+
 def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
                        attn: dict, batch: bool) -> float:
     """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers:
-    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost)."""
+    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost).
+
+    A batch of at least one tile (64 tokens) runs ggml's tiled kernel: its cost is the tile rounds of one thread
+    (`flash_attn_tiles`) x 64 padded rows x the positions the batch's last query sees, at the per-row cost the
+    probe measured (normalised by the probe's own tile rounds)."""
     meta = w.meta
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
     fit = attn["prefill" if batch else "decode"]
     per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
     per *= fit.get("scale", 1.0)  # llama.cpp's cache layout and mask vs the kernel probe (fit_overhead)
+    rows = tokens * meta.n_head  # query rows x positions the kernel computes, in units of `per`
+    extra = 0.0  # positions beyond the mean a query sees: a tile runs to its last query's position
+    tiled = flash_attn_tiles(tokens, meta.n_head, cfg.threads) if batch else None
+    if tiled:
+        probe = flash_attn_tiles(calibrate.MM_BATCH, calibrate.FA_PROBE["n_head"], cfg.threads)
+        probe_rows = calibrate.MM_BATCH * calibrate.FA_PROBE["n_head"]
+        # one thread's padded rows, against the probe's (the probe's `per` is wall time per row)
+        rows = tiled[1] * FA_TILE * probe_rows / (probe[1] * FA_TILE) if probe else rows
+        extra = tokens / 2
     total = 0.0
     for ctx in ctx_per_layer:
         read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
-        total += max(read / bw, tokens * meta.n_head * ctx * per)
+        total += max(read / bw, rows * (ctx + extra) * per)
     return total
 
 
@@ -458,47 +504,38 @@ def _median_ts(rows: list[dict], prefill: bool) -> float:
     return statistics.median(row.get("samples_ts") or [row["avg_ts"]])
 
 
+def _calibration_models(folder: Path | None) -> tuple[Path, list[Path]]:
+    folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
+                    for d, n in CAL_MODELS]
+
+
 def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     """Fit `overhead = a + b x block tensors + c x tokens x activations` per thread count (decode per token,
     prefill per micro-batch) from llama-bench on three synthetic calibration models (two depths, two widths),
-    and the runtime's RSS footprint from two vocabularies."""
+    and the runtime's RSS footprint from two vocabularies. llama-bench's medians are kept (`measured`) so a
+    changed cost model can be refitted on a stored calibration (`refit_overhead`) without measuring again."""
 
-    folder = folder or Path(tempfile.gettempdir()) / "lowbit-calibration-models"
-    folder.mkdir(parents=True, exist_ok=True)
-    models = [calibration_model(folder / f"calibration-llama-w{d}-l{n}-q8_0.gguf", n, n_embd=d)
-              for d, n in CAL_MODELS]
-    bare = {**cal, "overhead": {}}
-    fits = {}
+    folder, models = _calibration_models(folder)
+    raw: dict = {}  # {threads: {model file (@depth): seconds}}
     for t in range(1, int(cal["cores"]) + 1):
-        xs, dec, pre = [], [], []
+        raw[str(t)] = {}
         for path in models:
-            w = workload(path)
-            step(f"fitting the per-token overhead: {w.meta.name}, {t} thread(s)")
+            step(f"fitting the per-token overhead: {path.name}, {t} thread(s)")
             rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-            p = predict(w, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"]), bare)
-            xs.append((w.block_tensors, w.activations))
-            dec.append(1 / _median_ts(rows, False) - 1 / p.decode_tps)
-            pre.append(CAL_TEST["n_prompt"] / _median_ts(rows, True) - CAL_TEST["n_prompt"] / p.prefill_tps)
-        da, db, dc = _fit_nonnegative(xs, dec, 1)
-        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
-        fits[str(t)] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb,
-                        "prefill_c": pc}
+            raw[str(t)][path.name] = {"decode_s": 1 / _median_ts(rows, False),
+                                      "prefill_s": CAL_TEST["n_prompt"] / _median_ts(rows, True)}
         # attention in llama.cpp (cache views, mask) against the kernel probe: the same model at depth
         path = models[1]
         step(f"fitting attention at depth {CAL_DEPTH}: {path.name}, {t} thread(s)")
-        w = workload(path)
         deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
         flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-        cfg = Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
-        cal_t = {**cal, "overhead": {"threads": {str(t): fits[str(t)]}}}
-        p0, p1 = predict(w, cfg, cal_t), predict(w, Config(**{**asdict(cfg), "depth": CAL_DEPTH}), cal_t)
-        for kind, prefill in (("decode", False), ("prefill", True)):
-            n = CAL_TEST["n_prompt"] if prefill else 1
-            measured = n / _median_ts(deep, prefill) - n / _median_ts(flat, prefill)
-            ms = "prefill_ms" if prefill else "decode_ms"
-            modelled = (getattr(p1, ms)["attention"] - getattr(p0, ms)["attention"]) / 1e3
-            if measured > 0 and modelled > 0:
-                cal["attention"][str(t)][kind]["scale"] = measured / modelled
+        raw[str(t)][f"{path.name}@{CAL_DEPTH}"] = {
+            "decode_s": 1 / _median_ts(deep, False), "prefill_s": CAL_TEST["n_prompt"] / _median_ts(deep, True),
+            "flat_decode_s": 1 / _median_ts(flat, False),
+            "flat_prefill_s": CAL_TEST["n_prompt"] / _median_ts(flat, True)}
+    bare = {**cal, "overhead": {}}
     rss_points = []
     for vocab_file in CAL_VOCABS:
         path = calibration_model(folder / f"calibration-llama-w256-l2-{Path(vocab_file).stem}-q8_0.gguf", 2, vocab_file)
@@ -507,8 +544,52 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
         rss_points.append((w.header_bytes, _measure_rss(path) - sum(parts.values())))
     (v1, r1), (v2, r2) = rss_points
     rb = max(0.0, (r2 - r1) / (v2 - v1))
-    return {"threads": fits, "runtime_a": max(0.0, r1 - rb * v1), "runtime_b": rb,
-            "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+    return {"threads": _fit_measured(cal, raw, models), "measured": raw, "runtime_a": max(0.0, r1 - rb * v1),
+            "runtime_b": rb, "model": f"synthetic llama Q8_0 (width, layers) {CAL_MODELS}"}
+
+
+def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
+    """The per-thread overhead fits from llama-bench's medians `raw` under the current cost model; sets the
+    attention scale of `cal` from the depth run (cal["attention"][t][kind]["scale"])."""
+    bare = {**cal, "overhead": {}}
+    cfg = Config(threads=1, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
+    fits = {}
+    for t, got in raw.items():
+        for kind in ("decode", "prefill"):
+            cal["attention"][t][kind].pop("scale", None)
+        xs, dec, pre = [], [], []
+        for path in models:
+            w = workload(path)
+            p = predict(w, Config(**{**asdict(cfg), "threads": int(t)}), bare)
+            xs.append((w.block_tensors, w.activations))
+            dec.append(got[path.name]["decode_s"] - 1 / p.decode_tps)
+            pre.append(got[path.name]["prefill_s"] - CAL_TEST["n_prompt"] / p.prefill_tps)
+        da, db, dc = _fit_nonnegative(xs, dec, 1)
+        pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
+        fits[t] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb, "prefill_c": pc}
+        path = models[1]
+        deep = got[f"{path.name}@{CAL_DEPTH}"]
+        w = workload(path)
+        cal_t = {**cal, "overhead": {"threads": {t: fits[t]}}}
+        flat_cfg = Config(**{**asdict(cfg), "threads": int(t)})
+        p0, p1 = predict(w, flat_cfg, cal_t), predict(w, Config(**{**asdict(flat_cfg), "depth": CAL_DEPTH}), cal_t)
+        for kind in ("decode", "prefill"):
+            measured = deep[f"{kind}_s"] - deep[f"flat_{kind}_s"]
+            modelled = (getattr(p1, f"{kind}_ms")["attention"] - getattr(p0, f"{kind}_ms")["attention"]) / 1e3
+            if measured > 0 and modelled > 0:
+                cal["attention"][t][kind]["scale"] = measured / modelled
+    return fits
+
+
+def refit_overhead(cal: dict, folder: Path | None = None) -> dict:
+    """A copy of a stored calibration with its overhead fits and attention scales refitted under the current
+    cost model from the llama-bench medians it kept; a calibration without them is returned unchanged."""
+    raw = cal.get("overhead", {}).get("measured")
+    if not raw:
+        return cal
+    out = copy.deepcopy(cal)
+    out["overhead"]["threads"] = _fit_measured(out, raw, _calibration_models(folder)[1])
+    return out
 
 
 def _fit_nonnegative(xs: list[tuple[int, int]], ys: list[float], tokens: int) -> tuple[float, float, float]:
@@ -691,7 +772,16 @@ def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
                          f"{r['mv_norepack'] / 1e9:.1f} / {r['mm_norepack'] / 1e9:.1f}" if "mv_norepack" in r else ""))
     print_table(f"ggml mul_mat at {threads[-1]} threads, weight GB/s (mat-mat: x batch {calibrate.MM_BATCH})",
                 ["type", "mat-vec", "mat-mat", "no repack mv / mm"], rows)
-    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s")
+    spread = cal.get("spread", {})
+    if spread:
+        print(f"spread over {spread.get('rounds')} interleaved rounds, (max - min) / median: read bandwidth "
+              + ", ".join(f"{t} thread(s) {v:.0%}" for t, v in spread.get("bandwidth", {}).items())
+              + "; kernel rates " + ", ".join(f"{t} thread(s) median {v['median']:.0%} worst {v['worst']:.0%}"
+                                              for t, v in spread.get("kernels", {}).items()))
+    rnd = cal["disk"].get("random_gbs", {})
+    print(f"disk (cold mmap read): {cal['disk']['gbs']:.2f} GB/s in order"
+          + (", at random offsets " + ", ".join(f"{k} KiB blocks {v:.2f}" for k, v in rnd.items()) + " GB/s"
+             if rnd else ""))
     return 0
 
 

@@ -37,6 +37,7 @@ TARGETS = (
     "llama-cli", "llama-completion", "llama-server", "llama-gguf-split", "llama-quantize",
     "llama-imatrix", "llama-perplexity", "llama-bench", "ggml-rpc-server",
     "llama-tokenize",  # vocabulary-only tokenization (no model load) for the template lessons
+    "llama-fit-params",  # llama.cpp's own memory projection and -ngl/-ot fit, beside the planner's
 )
 STAMP = "lowbit-build.json"
 MIN_FREE_DISK = {"cpu": 3e9, "metal": 3e9, "vulkan": 4e9, "cuda": 8e9}
