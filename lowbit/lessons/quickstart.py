@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import LowbitError
+from lowbit.files.shard_set import ShardSet
 
 
 def machine_summary() -> dict[str, Any]:
@@ -74,11 +75,8 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         return value if not isinstance(value, str) or len(value) < 60 else f"<{len(value)} characters>"
 
     arch = field("general.architecture")
-    shards = (
-        sorted(path.parent.glob(path.name.replace("00001-of-", "*-of-")))
-        if "-00001-of-" in path.name
-        else [path]
-    )
+    shard_set = ShardSet.of(path)
+    shards = shard_set.on_disk() if shard_set else [path]
     facts = [
         ("catalog name", resolved.name),
         ("kind", entry.get("kind", "path or repo")),

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.files.shard_set import model_stem
 
 BANDWIDTH_FILE = "bandwidth.json"
 SWEEP_KEYS = {
@@ -368,7 +369,7 @@ def write_results(result: BenchResult, name: str) -> Path:
     """results.json, table.md and plots (tokens/s vs the swept parameter) under runs/<time>-bench-<name>/."""
     from lowbit.paths import runs_dir
 
-    stem = re.sub(r"-\d{5}-of-\d{5}$", "", Path(name).stem)
+    stem = model_stem(Path(name).name)
     out = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-bench-{stem}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=1))

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from gguf import Keys
+
 from lowbit import LowbitError, flag_number, procs
 from lowbit.run.rpc import RPC_WORKER_GONE, check_reachable, rpc_flags, worker_failure
 
@@ -144,7 +146,7 @@ def chat_prompt(model: Path, prompt: str, arch: str, raw: bool = False) -> str:
     from lowbit.files.gguf_header import read_header
     from lowbit.prompts.chat import build_prompt
 
-    if not read_header(model).value("tokenizer.chat_template"):
+    if not read_header(model).value(Keys.Tokenizer.CHAT_TEMPLATE):
         return prompt  # a base model (e.g. gemma3-270m): plain text to continue
     return build_prompt(model, [{"role": "user", "content": prompt}]).text
 

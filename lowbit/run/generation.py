@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from lowbit import LowbitError
+from lowbit.files.shard_set import is_first_shard
 
 
 @dataclass
@@ -54,7 +57,8 @@ def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int 
 
     path = Path(path)
     if path.is_dir():
-        shards = sorted(path.glob("*-00001-of-*.gguf")) or sorted(path.glob("*.gguf"))
+        ggufs = sorted(path.glob("*.gguf"))
+        shards = [p for p in ggufs if is_first_shard(p.name)] or ggufs
         if not shards:
             raise LowbitError(f"no GGUF file in {path}")
         path = shards[0]
@@ -80,7 +84,7 @@ def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int 
 
 def chat_template(llm) -> str:
     """The model's own chat template from its GGUF metadata."""
-    template = llm.metadata.get("tokenizer.chat_template")
+    template = llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE)
     if not template:
         raise LowbitError("this GGUF carries no tokenizer.chat_template; pass a raw prompt instead of a chat")
     return template
@@ -104,7 +108,7 @@ def prompt_tokens(llm, prompt: str) -> list[int]:
     bos = llm.token_bos()
     if (
         bos >= 0
-        and llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        and llm.metadata.get(Keys.Tokenizer.ADD_BOS, "true") != "false"
         and tokens[:1] != [bos]
     ):
         tokens = [bos, *tokens]
@@ -166,5 +170,5 @@ def generate(
 
 
 def _eot(llm) -> int | None:
-    value = llm.metadata.get("tokenizer.ggml.eot_token_id")
+    value = llm.metadata.get(Keys.Tokenizer.EOT_ID)
     return int(value) if value is not None else None

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
+from lowbit.files.synthetic import Hparams, vocab_size, write_gguf
 from lowbit.run import calibrate
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
@@ -384,7 +385,7 @@ def _overhead(cal: dict, threads: int) -> dict:
 def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0], n_embd: int = 256) -> Path:
     """A small random-weight llama GGUF (Q8_0 matrices, phi-3 vocabulary) for fitting the overhead."""
     import numpy as np
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+    from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
     from lowbit.toolchain.build import sdist_tree
@@ -392,47 +393,28 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
     if dest.exists():
         return dest
     rng = np.random.default_rng(n_layers)
-    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file)
-    n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
+    vocab = sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file
+    n_vocab = vocab_size(vocab)
     d, ff, h = n_embd, 3 * n_embd, n_embd // 64
-    tmp = dest.with_name(dest.name + ".tmp")
-    wr = GGUFWriter(tmp, "llama")
-    wr.add_context_length(4096)
-    wr.add_embedding_length(d)
-    wr.add_block_count(n_layers)
-    wr.add_feed_forward_length(ff)
-    wr.add_head_count(h)
-    wr.add_head_count_kv(h)
-    wr.add_rope_dimension_count(d // h)
-    wr.add_layer_norm_rms_eps(1e-5)
-    wr.add_vocab_size(n_vocab)
-    wr.add_file_type(7)
-    for f in vocab.fields.values():
-        if f.name.startswith("tokenizer."):
-            if f.types[0].name == "ARRAY":
-                wr.add_key_value(f.name, f.contents(), f.types[0], sub_type=f.types[-1])
-            else:
-                wr.add_key_value(f.name, f.contents(), f.types[0])
+    q8_0 = GGMLQuantizationType.Q8_0
 
     def q8(rows: int, cols: int):
         x = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
-        return quantize(x, GGMLQuantizationType.Q8_0)
+        return quantize(x, q8_0)
 
-    wr.add_tensor("token_embd.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
-    wr.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    wr.add_tensor("output.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
-    for i in range(n_layers):
-        wr.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32))
-        wr.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32))
-        for name, rows, cols in (("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_output", d, d),
-                                 ("ffn_gate", ff, d), ("ffn_up", ff, d), ("ffn_down", d, ff)):
-            wr.add_tensor(f"blk.{i}.{name}.weight", q8(rows, cols), raw_dtype=GGMLQuantizationType.Q8_0)
-    wr.write_header_to_file()
-    wr.write_kv_data_to_file()
-    wr.write_tensors_to_file()
-    wr.close()
-    os.replace(tmp, dest)
-    return dest
+    def tensors():
+        yield "token_embd.weight", q8(n_vocab, d), q8_0
+        yield "output_norm.weight", np.ones(d, dtype=np.float32), None
+        yield "output.weight", q8(n_vocab, d), q8_0
+        for i in range(n_layers):
+            yield f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32), None
+            yield f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32), None
+            for name, rows, cols in (("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_output", d, d),
+                                     ("ffn_gate", ff, d), ("ffn_up", ff, d), ("ffn_down", d, ff)):
+                yield f"blk.{i}.{name}.weight", q8(rows, cols), q8_0
+
+    hparams = Hparams(n_embd=d, n_layer=n_layers, n_ff=ff, n_head=h, n_vocab=n_vocab, file_type=7)
+    return write_gguf(dest, "llama", tensors(), hparams, vocab_from=vocab)
 
 
 def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
