@@ -247,6 +247,38 @@ def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Pat
     return proc.stdout + proc.stderr
 
 
+def peak_rss(cmd: Sequence[str], timeout: float | None = 600) -> tuple[int, str]:
+    """Run `cmd` to completion: (its peak resident memory, VmHWM, in bytes; its stderr). The child's own
+    peak, polled from /proc (Linux): rusage's ru_maxrss would include this large Python process, which the
+    child inherits from fork before exec. Past `timeout` seconds it is killed and a LowbitError raised."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        status = Path(f"/proc/{proc.pid}/status")
+        peak, start = 0, time.monotonic()
+        try:
+            while proc.poll() is None:
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise LowbitError(f"{Path(cmd[0]).name} ran past {timeout:g} s")
+                try:
+                    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+                    peak = max(peak, int(m.group(1)) * 1024) if m else peak
+                except OSError:
+                    pass
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        log = err.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
+    return peak, log
+
+
 def drop_flags(flags: list[str], with_value: set[str], switches: set[str] = frozenset()) -> list[str]:
     """A command line's flags without `with_value` flags (and the value after each) and `switches`."""
     out, skip = [], False

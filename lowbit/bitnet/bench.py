@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 from lowbit.files.gguf_header import read_header
 from lowbit.files.synthetic import Hparams, write_gguf
 
@@ -237,23 +235,7 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
         "-ub",
         "64",
     ]
-    # VmHWM of the child itself: rusage's ru_maxrss would include this (large) Python process, which the
-    # child's peak inherits from fork before exec.
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-    )
-    status = Path(f"/proc/{proc.pid}/status")
-    peak = 0
-    while proc.poll() is None:
-        try:
-            m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-            peak = max(peak, int(m.group(1)) * 1024) if m else peak
-        except OSError:
-            pass
-        time.sleep(0.02)
-    if proc.returncode != 0:
-        raise LowbitError(f"llama-completion failed on {model} (exit {proc.returncode})")
-    return peak
+    return procs.peak_rss(cmd, timeout=None)[0]
 
 
 def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:

@@ -29,12 +29,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lowbit import LowbitError
 from lowbit.models.fetch import free_disk
 from lowbit.paths import cache_dir
 from lowbit.procs import run_checked
-from lowbit.toolchain.build import builds_root, cached_cmake_build, cpu_fingerprint, run_logged
+from lowbit.toolchain.build import BuiltTools, builds_root, cached_cmake_build, cpu_fingerprint, run_logged
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
 # The pinned commit: microsoft/BitNet 01eb415 (2026-03-10), whose 3rdparty/llama.cpp submodule is
@@ -290,7 +291,7 @@ def apply_const_fix(tree: Path) -> str:
 
 
 @dataclass
-class Engine:
+class Engine(BuiltTools):
     """A finished bitnet.cpp build."""
 
     key: str
@@ -304,16 +305,8 @@ class Engine:
     seconds: float = 0.0
     fresh: bool = False
 
-    @property
-    def bin_dir(self) -> Path:
-        return Path(self.directory) / "bin"
-
-    def tool(self, name: str) -> Path:
-        path = self.bin_dir / name
-        if not path.exists():
-            raise LowbitError(f"{name} is missing from the bitnet.cpp build at {self.bin_dir}; "
-                              "run `invoke bitnet-cpp-build --force`")
-        return path
+    REBUILD: ClassVar[str] = "invoke bitnet-cpp-build --force"
+    WHAT: ClassVar[str] = "the bitnet.cpp build"
 
 
 def cmake_flags(clang: Clang, arch: str) -> list[str]:

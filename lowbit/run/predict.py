@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
 from lowbit.files.synthetic import Hparams, vocab_size, write_gguf
 from lowbit.run import calibrate
@@ -525,37 +525,7 @@ def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int =
 
 
 def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
-    return measure_peak_rss(completion_cmd(model, threads, n_ctx))[0]
-
-
-def measure_peak_rss(cmd: list[str], timeout: float = 600) -> tuple[int, str]:
-    """(VmHWM of the child in bytes, its stderr) for `cmd`; the child's own peak, not this process's."""
-    import re
-    import time
-
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-        status = Path(f"/proc/{proc.pid}/status")
-        peak, start = 0, time.monotonic()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - start > timeout:
-                    raise LowbitError(f"{Path(cmd[0]).name} ran past {timeout:g} s")
-                try:
-                    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-                    peak = max(peak, int(m.group(1)) * 1024) if m else peak
-                except OSError:
-                    pass
-                time.sleep(0.01)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err.seek(0)
-        log = err.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
-    return peak, log
+    return procs.peak_rss(completion_cmd(model, threads, n_ctx))[0]
 
 
 BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a busy one

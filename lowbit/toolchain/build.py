@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 try:
     import fcntl
@@ -48,8 +49,26 @@ STAMP = "lowbit-build.json"
 MIN_FREE_DISK = {"cpu": 3e9, "metal": 3e9, "vulkan": 4e9, "cuda": 8e9}
 
 
+class BuiltTools:
+    """Where a cached build's tools are: `directory/bin`; a missing tool names the command that rebuilds it."""
+
+    directory: str
+    REBUILD: ClassVar[str] = "invoke build-llama --force"
+    WHAT: ClassVar[str] = "the build"
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(self.directory) / "bin"
+
+    def tool(self, name: str) -> Path:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise LowbitError(f"{name} is missing from {self.WHAT} at {self.bin_dir}; run `{self.REBUILD}`")
+        return path
+
+
 @dataclass
-class Build:
+class Build(BuiltTools):
     """A finished build: where its binaries and shared libraries are."""
 
     key: str
@@ -62,16 +81,6 @@ class Build:
     seconds: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
     fresh: bool = False  # True only on the object returned right after compiling
-
-    @property
-    def bin_dir(self) -> Path:
-        return Path(self.directory) / "bin"
-
-    def tool(self, name: str) -> Path:
-        path = self.bin_dir / name
-        if not path.exists():
-            raise LowbitError(f"{name} is missing from the build at {self.bin_dir}; run `invoke build-llama --force`")
-        return path
 
     def libraries(self) -> list[Path]:
         suffix = ".dylib" if sys.platform == "darwin" else ".so"
