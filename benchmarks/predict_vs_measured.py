@@ -93,6 +93,7 @@ def main() -> int:
                     help="store the worst errors of the quiet rows as the prediction's error band (>= 30 quiet rows)")
     args = ap.parse_args()
 
+    from lowbit import procs
     from lowbit.lessons.runner import new_run_dir
     from lowbit.machine import physical_cores
     from lowbit.run import calibrate
@@ -134,7 +135,7 @@ def main() -> int:
             w = P.workload(path)
             cfg = P.Config(threads=cores, n_prompt=8, n_gen=16, n_ctx=P.RSS_CTX)
             pred = P.predict(w, cfg, cal)
-            peak, log = P.measure_peak_rss(P.completion_cmd(path, cores))
+            peak, log = procs.peak_rss(P.completion_cmd(path, cores))
             reported = reported_buffers(log)
             reported |= fit_params(path, P.RSS_CTX)
             rss_rows.append({"model": name, "predicted": pred.rss_bytes, "measured": peak,

@@ -174,11 +174,14 @@ def lan_address() -> str | None:
 
 
 def wait_until(predicate, timeout: float, proc: subprocess.Popen, what: str, log_path: Path,
-               interval: float = 0.2) -> None:
-    """Poll `predicate()` until true; fail early with the log tail if `proc` exits, or after `timeout`."""
+               interval: float = 0.2, explain=None) -> None:
+    """Poll `predicate()` until true; fail early with the log tail if `proc` exits (or with
+    `explain(status, log_path)`, when given), or after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
+            if explain is not None:
+                raise LowbitError(explain(proc.returncode, log_path))
             raise LowbitError(f"{what} exited with status {proc.returncode} before it was ready. "
                               f"Last lines of {log_path}:\n{log_tail(log_path)}")
         if predicate():
@@ -187,6 +190,46 @@ def wait_until(predicate, timeout: float, proc: subprocess.Popen, what: str, log
             raise LowbitError(f"{what} was not ready after {timeout:.0f} s (see {log_path}). Last lines:\n"
                               f"{log_tail(log_path)}")
         time.sleep(interval)
+
+
+class Service:
+    """Something the kit started that must be stopped: `with` stops it on the way out, whatever happened."""
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Child(Service):
+    """A child process with the kit's one lifecycle: `launch` spawns it (own process group, log file,
+    dies with us), waits until `ready()`, and stops it if it never gets there; `stop` sends SIGTERM, then
+    SIGKILL after `grace` seconds, to its whole process group. Subclasses set `proc` and `log_path`."""
+
+    proc: subprocess.Popen | None
+    log_path: Path
+
+    def launch(self, cmd: Sequence[str], log_path: Path, ready, timeout: float, what: str,
+               env: dict[str, str] | None = None, interval: float = 0.2, explain=None) -> None:
+        """Start `cmd` logging to `log_path`, then poll `ready()` (see `wait_until`); on any failure or
+        interrupt while waiting, the child is stopped before the error propagates."""
+        self.log_path = log_path
+        self.proc = spawn(cmd, log_path, env=env)
+        try:
+            wait_until(ready, timeout, self.proc, what, log_path, interval=interval, explain=explain)
+        except BaseException:
+            self.stop()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        return stop(self.proc, grace)
 
 
 def env_without(prefixes: Sequence[str]) -> dict[str, str]:
@@ -202,6 +245,38 @@ def run_checked(cmd: Sequence[str], what: str, env: dict | None = None, cwd: Pat
     if proc.returncode != 0:
         raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2500:]}")
     return proc.stdout + proc.stderr
+
+
+def peak_rss(cmd: Sequence[str], timeout: float | None = 600) -> tuple[int, str]:
+    """Run `cmd` to completion: (its peak resident memory, VmHWM, in bytes; its stderr). The child's own
+    peak, polled from /proc (Linux): rusage's ru_maxrss would include this large Python process, which the
+    child inherits from fork before exec. Past `timeout` seconds it is killed and a LowbitError raised."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        status = Path(f"/proc/{proc.pid}/status")
+        peak, start = 0, time.monotonic()
+        try:
+            while proc.poll() is None:
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise LowbitError(f"{Path(cmd[0]).name} ran past {timeout:g} s")
+                try:
+                    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+                    peak = max(peak, int(m.group(1)) * 1024) if m else peak
+                except OSError:
+                    pass
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        log = err.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
+    return peak, log
 
 
 def drop_flags(flags: list[str], with_value: set[str], switches: set[str] = frozenset()) -> list[str]:

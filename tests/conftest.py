@@ -41,6 +41,14 @@ def llama_build():
         pytest.fail(str(exc))
 
 
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory, llama_build):
+    """The toy reasoner GGUF (tests/toy_reasoner.py), built once for every test file that serves it."""
+    from toy_reasoner import build_toy_reasoner
+
+    return build_toy_reasoner(tmp_path_factory.mktemp("toy-reasoner"))
+
+
 def gpu_available() -> bool:
     from lowbit.toolchain.build import gpu_names
 

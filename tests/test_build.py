@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,50 @@ def test_cached_build_missing_a_target_is_topped_up_in_place(llama_build):
     again = build.build_llama(backend=llama_build.backend)
     assert again.key == llama_build.key and again.fresh
     assert tool.exists() and build.active_build().key == llama_build.key
+
+
+def test_build_key_derivation_is_unchanged(llama_build, tmp_path, monkeypatch):
+    """The shared cache is keyed by `build_key`: a change in its derivation recompiles llama.cpp everywhere.
+    The literal keys were computed with the derivation every existing cache was built with."""
+    assert build.build_key(llama_build.commit, llama_build.backend, llama_build.flags, build.patch_files()) \
+        == llama_build.key
+    monkeypatch.setattr(build, "cpu_fingerprint", lambda: "Test CPU @ 1.00GHz")
+    patch = tmp_path / "0001-x.patch"
+    patch.write_bytes(b"--- a\n+++ b\n")
+    commit = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON"]
+    assert build.build_key(commit, "cpu", flags, [patch]) == "0c1e57098bba-cpu-b04682043407"
+    assert build.build_key(commit, "metal", ["-DX=1"], []) == "0c1e57098bba-metal-42d4202c5b80"
+
+
+def test_two_builds_of_one_key_take_turns(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    final, order = tmp_path / "builds" / "k", []
+
+    def second():
+        with build.build_lock(final):
+            order.append("second")
+
+    with build.build_lock(final):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(0.5)
+        order.append("first")
+    waiter.join(10)
+    assert order == ["first", "second"]
+
+
+def test_a_build_finished_while_waiting_is_reused_not_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
+    final = tmp_path / "builds" / "k"
+    (final / "bin").mkdir(parents=True)
+    (final / "bin" / "tool").write_text("")
+    (final / "stamp.json").write_text(json.dumps({"key": "k"}))
+    args = dict(what="x", title="x", header="", log_path=tmp_path / "log", stamp="stamp.json",
+                describe=lambda d, s: pytest.fail("rebuilt a complete build"))
+    data, fresh = build.cached_cmake_build(tmp_path / "no-source", final, [], ["tool"], **args)
+    assert data == {"key": "k"} and not fresh
+    (final / "bin" / "tool").unlink()  # incomplete: built (and here the source is missing, so it fails)
+    with pytest.raises(LowbitError, match="the x build failed"):
+        build.cached_cmake_build(tmp_path / "no-source", final, [], ["tool"], **args)
+    assert not (tmp_path / "builds" / "k.new").exists() and (final / "stamp.json").exists()

@@ -134,7 +134,7 @@ def mirror(models):
 
     yield start
     for s in servers:
-        s.close()
+        s.stop()
 
 
 def gets(log, name=""):
@@ -538,7 +538,7 @@ def test_lfs_pointer_served_as_a_model_is_named_at_fetch_time(tmp_path):
         with pytest.raises(LowbitError, match="git-LFS pointer") as err:
             hub.fetch(REPO, quant=QUANT, dest=str(tmp_path / "dl"), endpoint=server.url, show_progress=False)
     finally:
-        server.close()
+        server.stop()
     assert "git lfs pull" in str(err.value) and not (tmp_path / "dl" / "R1-UD-IQ1_S.gguf").exists()
 
 

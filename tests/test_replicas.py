@@ -24,6 +24,7 @@ from lowbit.models.replicas import (
     replica_path,
     tensor_types,
 )
+from lowbit.toolchain import llama_tools
 
 
 def _gguf_vocab(path):
@@ -158,7 +159,7 @@ def test_a_fallback_quantization_fails_and_leaves_no_file(r1, tmp_path, llama_bu
     recipe.write_text("attn_k_b=Q4_K\n")  # attn_k_b rows are 128 wide: no 256-blocks
     dst = tmp_path / "bad.gguf"
     with pytest.raises(LowbitError, match="required fallback quantization"):
-        replicas.quantize(r1["Q8_0"], dst, "Q8_0", tensor_type_file=recipe, allow_requantize=True)
+        llama_tools.quantize(r1["Q8_0"], dst, "Q8_0", tensor_type_file=recipe, allow_requantize=True)
     assert not dst.exists() and not list(tmp_path.glob("*.part"))
 
 

@@ -16,7 +16,7 @@ import time
 
 import psutil
 import pytest
-from toy_reasoner import ANSWER, REASONING, build_toy_reasoner
+from toy_reasoner import ANSWER, REASONING
 
 from lowbit import LowbitError
 from lowbit.paths import kit_root
@@ -45,11 +45,6 @@ def no_process_left_behind():
     for p in left:
         p.kill()
     assert not left, f"processes left running: {[p.cmdline() for p in left]}"
-
-
-@pytest.fixture(scope="session")
-def toy_model(tmp_path_factory, llama_build):
-    return build_toy_reasoner(tmp_path_factory.mktemp("toy-reasoner"))
 
 
 @pytest.fixture(scope="module")

@@ -101,13 +101,6 @@ def test_sigint_without_a_terminal_stops_cleanly(mirror_dir, tmp_path):
     assert "ValueError" not in err and "Traceback" not in err, err
 
 
-@pytest.fixture(scope="module")
-def toy_model(tmp_path_factory, llama_build):
-    from toy_reasoner import build_toy_reasoner
-
-    return build_toy_reasoner(tmp_path_factory.mktemp("toy-reasoner"))
-
-
 def test_serve_stops_llama_server_on_sigterm(toy_model, tmp_path):
     port = free_port()
     proc, tree = _start(["serve", "--model", str(toy_model), "--port", str(port), "--parallel", "1",

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
+from lowbit.files.gguf_header import read_header
+from lowbit.files.synthetic import Hparams, write_gguf
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
 from lowbit.paths import models_dir, runs_dir
 from lowbit.procs import run_checked
@@ -50,30 +50,11 @@ REDUCED = Shape(hidden=1024, layers=6, ffn=2816, heads=8, kv_heads=2)
 
 def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
     """A 2B4T-shape bitnet GGUF: random ternary BitLinear weights (TQ2_0), f16 embeddings, Llama 3 vocab."""
+    import numpy as np
+
 
     rng = np.random.default_rng(seed)
-    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf")
-    tmp = dest.with_name(dest.name + ".tmp")
-    w = GGUFWriter(tmp, "bitnet")
-    w.add_context_length(4096)
-    w.add_embedding_length(shape.hidden)
-    w.add_block_count(shape.layers)
-    w.add_feed_forward_length(shape.ffn)
-    w.add_head_count(shape.heads)
-    w.add_head_count_kv(shape.kv_heads)
-    w.add_rope_dimension_count(shape.hidden // shape.heads)
-    w.add_rope_freq_base(500000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(shape.vocab)
-    w.add_string("bitnet.hidden_activation", "relu2")  # what the patched converter writes
-    w.add_file_type(1)
-    for field in vocab.fields.values():
-        if field.name.startswith("tokenizer."):
-            value = field.contents()
-            if field.types[0].name == "ARRAY":
-                w.add_key_value(field.name, value, field.types[0], sub_type=field.types[-1])
-            else:
-                w.add_key_value(field.name, value, field.types[0])
+    vocab = sdist_tree() / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf"
     # 81 byte values = all 4-tuples of 2-bit codes in {0,1,2} (-1/0/+1): random valid TQ2_0 blocks.
     codes = np.array(
         [
@@ -95,30 +76,32 @@ def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
         )
 
     hd = shape.hidden // shape.heads
-    emb = (rng.standard_normal((shape.vocab, shape.hidden), dtype=np.float32) * 0.02).astype(np.float16)
-    w.add_tensor("token_embd.weight", emb)
-    w.add_tensor("output_norm.weight", np.ones(shape.hidden, dtype=np.float32))
-    for i in range(shape.layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.attn_sub_norm.weight", np.ones(shape.hidden, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.hidden, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_sub_norm.weight", np.ones(shape.ffn, dtype=np.float32))
-        for name, rows, cols in (
-            ("attn_q", shape.hidden, shape.hidden),
-            ("attn_k", shape.kv_heads * hd, shape.hidden),
-            ("attn_v", shape.kv_heads * hd, shape.hidden),
-            ("attn_output", shape.hidden, shape.hidden),
-            ("ffn_gate", shape.ffn, shape.hidden),
-            ("ffn_up", shape.ffn, shape.hidden),
-            ("ffn_down", shape.hidden, shape.ffn),
-        ):
-            w.add_tensor(f"blk.{i}.{name}.weight", ternary(rows, cols), raw_dtype=GGMLQuantizationType.TQ2_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, dest)
-    return dest
+    ones = {n: np.ones(n, dtype=np.float32) for n in (shape.hidden, shape.ffn)}
+
+    def tensors():
+        emb = (rng.standard_normal((shape.vocab, shape.hidden), dtype=np.float32) * 0.02).astype(np.float16)
+        yield "token_embd.weight", emb, None
+        yield "output_norm.weight", ones[shape.hidden], None
+        for i in range(shape.layers):
+            yield f"blk.{i}.attn_norm.weight", ones[shape.hidden], None
+            yield f"blk.{i}.attn_sub_norm.weight", ones[shape.hidden], None
+            yield f"blk.{i}.ffn_norm.weight", ones[shape.hidden], None
+            yield f"blk.{i}.ffn_sub_norm.weight", ones[shape.ffn], None
+            for name, rows, cols in (
+                ("attn_q", shape.hidden, shape.hidden),
+                ("attn_k", shape.kv_heads * hd, shape.hidden),
+                ("attn_v", shape.kv_heads * hd, shape.hidden),
+                ("attn_output", shape.hidden, shape.hidden),
+                ("ffn_gate", shape.ffn, shape.hidden),
+                ("ffn_up", shape.ffn, shape.hidden),
+                ("ffn_down", shape.hidden, shape.ffn),
+            ):
+                yield f"blk.{i}.{name}.weight", ternary(rows, cols), GGMLQuantizationType.TQ2_0
+
+    hparams = Hparams(n_embd=shape.hidden, n_layer=shape.layers, n_ff=shape.ffn, n_head=shape.heads,
+                      n_head_kv=shape.kv_heads, rope_base=500000.0, n_vocab=shape.vocab, file_type=1)
+    relu2 = lambda w: w.add_string("bitnet.hidden_activation", "relu2")  # noqa: E731 (the patched converter's key)
+    return write_gguf(dest, "bitnet", tensors(), hparams, vocab_from=vocab, metadata=relu2)
 
 
 def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
@@ -235,23 +218,7 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
         "-ub",
         "64",
     ]
-    # VmHWM of the child itself: rusage's ru_maxrss would include this (large) Python process, which the
-    # child's peak inherits from fork before exec.
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-    )
-    status = Path(f"/proc/{proc.pid}/status")
-    peak = 0
-    while proc.poll() is None:
-        try:
-            m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-            peak = max(peak, int(m.group(1)) * 1024) if m else peak
-        except OSError:
-            pass
-        time.sleep(0.02)
-    if proc.returncode != 0:
-        raise LowbitError(f"llama-completion failed on {model} (exit {proc.returncode})")
-    return peak
+    return procs.peak_rss(cmd, timeout=None)[0]
 
 
 def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
@@ -277,7 +244,7 @@ def tensor_bytes(model: Path) -> tuple[int, int]:
     """(non-embedding weight bytes, embedding bytes) of a GGUF."""
 
     emb = other = 0
-    for t in GGUFReader(model).tensors:
+    for t in read_header(model).tensors:
         if t.name == "token_embd.weight":
             emb += int(t.n_bytes)
         else:

@@ -13,22 +13,23 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from lowbit import LowbitError, flag_number
 from lowbit.bitnet import engine as bitnet_cpp
 from lowbit.bitnet.checkpoint import check_checkpoint
 from lowbit.bitnet.engine import generate, perplexity_tool
+from lowbit.files.gguf_header import read_header
 from lowbit.models.catalog import ANY_KIND, HF_KIND, locate, resolve_model
 from lowbit.models.replicas import ONLINE_QUANT
 from lowbit.procs import run_checked
+from lowbit.toolchain import llama_tools
 from lowbit.toolchain.build import active_build, llama_source, patched_source
 from lowbit.ui import human_bytes, print_table, step
 
@@ -71,11 +72,13 @@ def require_patched_build(build=None):
 
 def verify_ternary(gguf_path: Path) -> dict[str, str]:
     """Check every BitLinear weight is TQ1_0/TQ2_0 with one scale per tensor; return name -> type."""
+    import numpy as np
+    from gguf.quants import dequantize
 
-    reader = GGUFReader(gguf_path)
+    header = read_header(gguf_path)
     types: dict[str, str] = {}
     bad = []
-    for t in reader.tensors:
+    for t in header.tensors:
         kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
         if kind not in TERNARY_KINDS:
             continue
@@ -83,7 +86,7 @@ def verify_ternary(gguf_path: Path) -> dict[str, str]:
         if t.tensor_type not in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
             bad.append(f"{t.name} is {t.tensor_type.name}")
             continue
-        rows = np.asarray(t.data).reshape(int(np.prod(t.shape[1:])), -1)
+        rows = header.data(t)
         sample = rows[:: max(1, rows.shape[0] // 64)]  # a spread of rows keeps this fast on 2 B weights
         values = dequantize(sample, t.tensor_type)
         scales = np.unique(np.abs(values[values != 0]))
@@ -117,6 +120,7 @@ def quant_type(quant: str) -> str:
 
 def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: int | None = None) -> Path:
     """Convert a 2B4T-layout HF checkpoint to TQ2_0/TQ1_0: written to a temporary name, verified, renamed."""
+    from lowbit.toolchain.build import active_build
 
     qtype = quant_type(quant)
     src = Path(src)
@@ -135,43 +139,12 @@ def convert(src: Path, quant: str = "tq2_0", out: Path | None = None, threads: i
         step(f"converting {src.name} (ternarizing BitLinear weights) with the patched convert_hf_to_gguf.py")
         # the converter must use the patched tree's gguf-py (it knows the 2B4T tensor names)
         env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-        run_checked(
-            [
-                sys.executable,
-                str(converter_script()),
-                str(src),
-                "--outtype",
-                "bf16",
-                "--outfile",
-                str(master),
-            ],
-            "convert_hf_to_gguf.py",
-            env=env,
-        )
+        llama_tools.convert_hf_to_gguf(src, master, "bf16", script=converter_script(), env=env)
         step(f"quantizing to {qtype} with llama-quantize")
         tmp = work / out.name
-        log = run_checked(
-            [
-                str(build.tool("llama-quantize")),
-                str(master),
-                str(tmp),
-                qtype,
-                str(threads or os.cpu_count() or 2),
-            ],
-            "llama-quantize",
-        )
-        if "fallback" in log and re.search(r"(\d+) of \d+ tensor\(s\) required fallback", log):
-            raise LowbitError(
-                f"llama-quantize fell back from {qtype} for some tensors:\n"
-                + "\n".join(line for line in log.splitlines() if "fallback" in line)
-            )
+        llama_tools.quantize(master, tmp, qtype, threads=threads or os.cpu_count() or 2, build=build)
         verify_ternary(tmp)
-        reader = GGUFReader(tmp)
-        act = (
-            bytes(reader.fields["bitnet.hidden_activation"].parts[-1]).decode()
-            if "bitnet.hidden_activation" in reader.fields
-            else None
-        )
+        act = read_header(tmp).value("bitnet.hidden_activation")
         if act != "relu2":
             raise LowbitError(
                 f"the converted GGUF records hidden_activation={act!r}, not 'relu2': the converter "
@@ -461,8 +434,10 @@ def gguf_for(model: str, quant: str = "tq2_0") -> Path:
 
 def ternary_view(gguf_path: Path, tensor: str = "blk.0.ffn_up.weight", rows: int = 4, cols: int = 12):
     """(codes in {-1,0,+1}, scale) of the top-left corner of one BitLinear weight."""
+    import numpy as np
 
-    t = next(t for t in GGUFReader(gguf_path).tensors if t.name == tensor)
-    values = dequantize(np.asarray(t.data)[:rows], t.tensor_type)[:, :cols]
+    header = read_header(gguf_path)
+    t = header.tensor(tensor)
+    values = dequantize(np.asarray(header.data(t)[:rows]), t.tensor_type)[:, :cols]
     scale = float(np.abs(values[values != 0]).max())
     return np.rint(values / scale).astype(int), scale

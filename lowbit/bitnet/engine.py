@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lowbit import LowbitError
 from lowbit.bitnet.checkpoint import check_checkpoint
@@ -36,7 +37,7 @@ from lowbit.machine import cpu_fingerprint, free_disk
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.paths import cache_dir
 from lowbit.procs import run_checked
-from lowbit.toolchain.build import builds_root, run_logged
+from lowbit.toolchain.build import BuiltTools, builds_root, cached_cmake_build, run_logged
 from lowbit.ui import human_bytes, step
 
 BITNET_CPP_GIT = "https://github.com/microsoft/BitNet"
@@ -293,7 +294,7 @@ def apply_const_fix(tree: Path) -> str:
 
 
 @dataclass
-class Engine:
+class Engine(BuiltTools):
     """A finished bitnet.cpp build."""
 
     key: str
@@ -307,16 +308,8 @@ class Engine:
     seconds: float = 0.0
     fresh: bool = False
 
-    @property
-    def bin_dir(self) -> Path:
-        return Path(self.directory) / "bin"
-
-    def tool(self, name: str) -> Path:
-        path = self.bin_dir / name
-        if not path.exists():
-            raise LowbitError(f"{name} is missing from the bitnet.cpp build at {self.bin_dir}; "
-                              "run `invoke bitnet-cpp-build --force`")
-        return path
+    REBUILD: ClassVar[str] = "invoke bitnet-cpp-build --force"
+    WHAT: ClassVar[str] = "the bitnet.cpp build"
 
 
 def cmake_flags(clang: Clang, arch: str) -> list[str]:
@@ -371,49 +364,28 @@ def build_engine(force: bool = False, jobs: int | None = None) -> Engine:
     flags = cmake_flags(clang, arch)
     key = build_key(flags, clang)
     final = builds_root() / f"bitnet.cpp-{BITNET_CPP_COMMIT[:12]}-{key}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+
+    def describe(directory: Path, seconds: float) -> dict:
+        """Check the moved tools still run (static linking: nothing points into the scratch folder)."""
+        proc = subprocess.run([str(directory / "bin" / "llama-cli"), "--version"], capture_output=True, text=True,
+                              errors="replace", stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise LowbitError(f"the built llama-cli does not run after moving it into the cache (exit "
+                              f"{proc.returncode}):\n{(proc.stdout + proc.stderr)[-1500:]}\nbuild log: {log_path}")
+        version = next(iter((proc.stdout + proc.stderr).strip().splitlines()), "")
+        return asdict(Engine(key=key, commit=BITNET_CPP_COMMIT, llama_fork=LLAMA_FORK_COMMIT, compiler=clang.banner,
+                             flags=flags, cpu=cpu_fingerprint(), directory=str(directory), version=version,
+                             seconds=seconds))
+
     log_path = _log_path(f"build-{key}")
-    env = {**os.environ, "CC": clang.cc, "CXX": clang.cxx}
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = ["cmake", "-S", str(src), "-B", str(tmp), *generator, *flags]
-    compile_ = ["cmake", "--build", str(tmp), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
-                "--target", *TARGETS]
-    started = time.monotonic()
-    try:
-        with open(log_path, "w") as log:
-            log.write(f"# bitnet.cpp {BITNET_CPP_COMMIT} (llama.cpp fork {LLAMA_FORK_COMMIT}) with {clang.banner}\n")
-            run_logged(configure, log, f"configuring bitnet.cpp (clang {clang.version})", env=env)
-            run_logged(compile_, log, f"compiling bitnet.cpp ({', '.join(TARGETS)})", env=env)
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LowbitError(f"the bitnet.cpp build failed ({exc.cmd[0]} {exc.cmd[1]} ..., exit {exc.returncode}). "
-                          f"Last lines of the log:\n{_tail(log_path)}\nFull log: {log_path}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    missing = [t for t in TARGETS if not (tmp / "bin" / t).exists()]
-    if missing:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LowbitError(f"the bitnet.cpp build finished but {', '.join(missing)} are missing from bin/; "
-                          f"full log: {log_path}")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (final / "CMakeCache.txt").unlink(missing_ok=True)  # it names the temporary folder
-    proc = subprocess.run([str(final / "bin" / "llama-cli"), "--version"], capture_output=True, text=True,
-                          errors="replace", stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        shutil.rmtree(final, ignore_errors=True)
-        raise LowbitError(f"the built llama-cli does not run after moving it into the cache (exit {proc.returncode}):"
-                          f"\n{(proc.stdout + proc.stderr)[-1500:]}\nbuild log: {log_path}")
-    version = next(iter((proc.stdout + proc.stderr).strip().splitlines()), "")
-    engine = Engine(key=key, commit=BITNET_CPP_COMMIT, llama_fork=LLAMA_FORK_COMMIT, compiler=clang.banner,
-                    flags=flags, cpu=cpu_fingerprint(), directory=str(final), version=version,
-                    seconds=round(time.monotonic() - started, 1))
-    shutil.copy(log_path, final / "build.log")
-    (final / STAMP).write_text(json.dumps(asdict(engine), indent=1))  # written last: marks the build complete
-    engine.fresh = True
+    data, fresh = cached_cmake_build(
+        src, final, flags, TARGETS, what="bitnet.cpp", title=f"bitnet.cpp (clang {clang.version})",
+        header=f"# bitnet.cpp {BITNET_CPP_COMMIT} (llama.cpp fork {LLAMA_FORK_COMMIT}) with {clang.banner}\n",
+        log_path=log_path, stamp=STAMP, describe=describe, env={**os.environ, "CC": clang.cc, "CXX": clang.cxx},
+        jobs=jobs, force=force, scratch_suffix=".tmp")
+    engine = Engine(**data)
+    engine.fresh = fresh
     return engine
 
 

@@ -19,11 +19,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from lowbit import LowbitError
+from lowbit.files.shard_set import SPLIT_COUNT, ShardSet, is_first_shard, shard_number
 
-SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 BLOCK_RE = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<rest>.+)$")
 
 # Per-layer groups, in the order tables show them.
@@ -142,6 +142,32 @@ class GGUFHeader:
         with open(self.path, "rb") as f:
             f.seek(start)
             return f.read(end - start)
+
+    def item_type(self, key: str) -> int | None:
+        """The GGUF type of the items of array `key` (None when `key` is not an array)."""
+        offset, vtype = self.value_at[key]
+        if vtype != _ARRAY:
+            return None
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return _U32.unpack(f.read(_U32.size))[0]
+
+    def tensor(self, name: str) -> HeaderTensor:
+        """The tensor info named `name` (LowbitError if the file has none)."""
+        found = next((t for t in self.tensors if t.name == name), None)
+        if found is None:
+            raise LowbitError(f"{self.path} has no tensor {name}")
+        return found
+
+    def data(self, tensor: HeaderTensor):
+        """A tensor's bytes as a read-only uint8 memory map shaped (rows, bytes per row): what
+        `gguf.quants.dequantize` takes. `read_header` checked that they lie inside the file."""
+        import numpy as np  # numpy is only needed by the callers that read tensor data
+
+        rows = 1
+        for d in tensor.shape[1:]:
+            rows *= int(d)
+        return np.memmap(self.path, np.uint8, "r", tensor.data_offset, (rows, tensor.n_bytes // max(rows, 1)))
 
 
 # GGUF value types (gguf-py's GGUFValueType) of fixed size: struct format, also a numpy dtype.
@@ -300,10 +326,10 @@ def _parse_header(path: Path, keep: frozenset[str] | str) -> GGUFHeader:
                 read = keep in (ALL_ARRAYS, NUMERIC_ARRAYS) or key in keep
                 value = read_value(vtype, read, keep == NUMERIC_ARRAYS, 0, key)
                 kv[key] = (start, cur.pos, value)
-            alignment = kv["general.alignment"][2] if "general.alignment" in kv else 32
+            alignment = kv[Keys.General.ALIGNMENT][2] if Keys.General.ALIGNMENT in kv else 32
             if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or (
                     alignment & (alignment - 1)):  # fmt: skip
-                raise GGUFFormatError(value_at["general.alignment"][0],
+                raise GGUFFormatError(value_at[Keys.General.ALIGNMENT][0],
                                       f"general.alignment = {alignment!r} is not a power of two")  # fmt: skip
             if n_tensors > (size - cur.pos) // 24:  # name length 8 + n_dims 4 + type 4 + offset 8
                 raise GGUFFormatError(8, f"the header declares {n_tensors} tensors, more than the file can hold")
@@ -357,8 +383,8 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
-        firsts = [p for p in ggufs if (m := SPLIT_RE.match(p.name)) and int(m["no"]) == 1]
-        singles = [p for p in ggufs if not SPLIT_RE.match(p.name)]
+        firsts = [p for p in ggufs if is_first_shard(p.name)]
+        singles = [p for p in ggufs if shard_number(p.name) is None]
         candidates = firsts + singles
         if len(candidates) != 1:
             raise LowbitError(
@@ -368,18 +394,16 @@ def shard_paths(path: str | os.PathLike) -> list[Path]:
         path = candidates[0]
     if not path.exists():
         raise LowbitError(f"{path} does not exist; fetch the model first or pass the path of its first shard")
-    m = SPLIT_RE.match(path.name)
-    if not m:
+    shard_set = ShardSet.of(path)
+    if shard_set is None:
         return [path]
-    count = int(m["count"])
-    shards = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-    missing = [p.name for p in shards if not p.exists()]
+    missing = [p.name for p in shard_set.missing]
     if missing:
         raise LowbitError(
-            f"split set {m['stem']} is incomplete: missing {', '.join(missing)} in {path.parent}; "
+            f"split set {shard_set.prefix} is incomplete: missing {', '.join(missing)} in {path.parent}; "
             "fetch the missing shards (all parts are needed)"
         )
-    return shards
+    return shard_set.parts
 
 
 def classify(rest: str) -> str:
@@ -414,17 +438,18 @@ def read_model(path: str | os.PathLike) -> ModelMeta:
 def _read(shards: tuple[str, ...]) -> ModelMeta:
     headers = [read_header(p, arrays=NUMERIC_ARRAYS) for p in shards]
     first = headers[0]
-    arch = first.value("general.architecture")
+    arch = first.value(Keys.General.ARCHITECTURE)
     arch = arch if isinstance(arch, str) and arch else "unknown"
-    split_count = first.value("split.count")
+    split_count = first.value(SPLIT_COUNT)
     if split_count is not None and split_count != len(shards):
         raise LowbitError(
             f"{shards[0]} says the split set has {split_count} shards, the file names say "
             f"{len(shards)}; fetch the set again"
         )
 
-    def hp(key: str, default=0) -> int:
-        v = first.value(f"{arch}.{key}")
+    def hp(key: str, default=0) -> int:  # key: a gguf.Keys template such as "{arch}.block_count"
+        key = key.format(arch=arch)
+        v = first.value(key)
         if v is None:
             return default
         if hasattr(v, "__len__"):  # per-layer arrays (e.g. head_count_kv): the planner uses the max
@@ -432,25 +457,25 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
         try:
             return int(v)
         except (TypeError, ValueError):
-            raise LowbitError(f"{shards[0]}: metadata {arch}.{key} = {v!r} is not a number") from None
+            raise LowbitError(f"{shards[0]}: metadata {key} = {v!r} is not a number") from None
 
-    block_count = int(hp("block_count"))
-    nextn = int(hp("nextn_predict_layers", 0))
+    block_count = int(hp(Keys.LLM.BLOCK_COUNT))
+    nextn = int(hp(Keys.LLM.NEXTN_PREDICT_LAYERS, 0))
     n_layers = block_count - nextn
     n_tensors = sum(len(h.tensors) for h in headers)
     if not 0 < n_layers <= n_tensors:  # every block has tensors: a larger count is a corrupt header
         raise LowbitError(
-            f"{shards[0]}: `{arch}.block_count` = {block_count} (minus {nextn} MTP blocks) does not fit the "
-            f"{n_tensors} tensors in the file; is this a model GGUF?"
+            f"{shards[0]}: `{Keys.LLM.BLOCK_COUNT.format(arch=arch)}` = {block_count} (minus {nextn} MTP blocks) "
+            f"does not fit the {n_tensors} tensors in the file; is this a model GGUF?"
         )
-    n_embd = int(hp("embedding_length"))
-    n_head = int(hp("attention.head_count"))
-    n_head_kv = int(hp("attention.head_count_kv", n_head) or n_head)
+    n_embd = int(hp(Keys.LLM.EMBEDDING_LENGTH))
+    n_head = int(hp(Keys.Attention.HEAD_COUNT))
+    n_head_kv = int(hp(Keys.Attention.HEAD_COUNT_KV, n_head) or n_head)
     head_dim = n_embd // n_head if n_head else 0
-    key_length = int(hp("attention.key_length", head_dim))
-    value_length = int(hp("attention.value_length", head_dim))
-    is_mla = arch.startswith("deepseek") and first.value(f"{arch}.attention.key_length_mla") is not None
-    n_vocab = int(hp("vocab_size", 0)) or first.lengths.get("tokenizer.ggml.tokens", 0)
+    key_length = int(hp(Keys.Attention.KEY_LENGTH, head_dim))
+    value_length = int(hp(Keys.Attention.VALUE_LENGTH, head_dim))
+    is_mla = arch.startswith("deepseek") and first.value(Keys.Attention.KEY_LENGTH_MLA.format(arch=arch)) is not None
+    n_vocab = int(hp(Keys.LLM.VOCAB_SIZE, 0)) or first.lengths.get(Keys.Tokenizer.LIST, 0)
 
     layers = {i: LayerBytes(i) for i in range(n_layers)}
     embeddings = output = unused = 0
@@ -479,15 +504,15 @@ def _read(shards: tuple[str, ...]) -> ModelMeta:
         shards=list(shards),
         arch=arch,
         n_layers=n_layers,
-        n_ctx_train=int(hp("context_length", 0)),
+        n_ctx_train=int(hp(Keys.LLM.CONTEXT_LENGTH, 0)),
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
         key_length=key_length,
         value_length=value_length,
         is_mla=is_mla,
-        n_expert=int(hp("expert_count", 0)),
-        n_expert_used=int(hp("expert_used_count", 0)),
+        n_expert=int(hp(Keys.LLM.EXPERT_COUNT, 0)),
+        n_expert_used=int(hp(Keys.LLM.EXPERT_USED_COUNT, 0)),
         n_vocab=n_vocab,
         file_bytes=sum(os.path.getsize(p) for p in shards),
         embeddings=embeddings,

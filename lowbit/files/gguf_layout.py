@@ -15,6 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from lowbit.files.synthetic import copy_tokenizer, vocab_size
 from lowbit.toolchain.build import sdist_tree
 
 
@@ -43,14 +44,9 @@ def write_deepseek2(
     it."""
 
     rng = np.random.default_rng(0)
-    vocab_fields = []
-    if vocab_gguf is not None:
-        vr = gguf.GGUFReader(vocab_gguf)
-        for f in vr.fields.values():
-            if f.name.startswith("tokenizer."):
-                sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
-                vocab_fields.append((f.name, f.contents(), f.types[0], sub))
-        n_vocab = len(vr.get_field("tokenizer.ggml.tokens").data)
+    runnable = vocab_gguf is not None
+    if runnable:
+        n_vocab = vocab_size(vocab_gguf)
 
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(path, "deepseek2", split_max_tensors=split_max_tensors)
@@ -79,11 +75,11 @@ def write_deepseek2(
     w.add_expert_shared_count(1)
     w.add_rope_dimension_count(rope)
     w.add_layer_norm_rms_eps(1e-6)
-    for key, val, vtype, sub in vocab_fields:
-        w.add_key_value(key, val, vtype, sub)
+    if runnable:
+        copy_tokenizer(w, vocab_gguf)
 
     def t(name: str, shape: tuple[int, ...], qtype=T.Q4_K) -> None:
-        if vocab_fields:  # runnable: real values, F32 vectors and F16 matrices
+        if runnable:  # real values, F32 vectors and F16 matrices
             if len(shape) == 1:
                 arr = np.ones(shape, np.float32) if "norm" in name else np.zeros(shape, np.float32)
             else:
@@ -128,7 +124,7 @@ def write_deepseek2(
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
     names = w.format_shard_names(Path(path))
-    if vocab_fields:
+    if runnable:
         w.write_tensors_to_file()  # writes the tensor infos too
         w.close()
         return names

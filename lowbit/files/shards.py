@@ -25,11 +25,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from lowbit import LowbitError
 from lowbit.files.gguf_header import GGUFHeader, read_header
 from lowbit.files.hashes import RECORD_FILE, hash_file, load_records
+from lowbit.files.shard_set import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, ShardSet, glob_for, shards_named
 from lowbit.machine import disk_margin, free_disk
 from lowbit.toolchain.build import active_build
 from lowbit.ui import err_console, human_bytes, print_table, step, warn
 
-SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # Compare chunk: small enough that both sides stay in the CPU cache for the memcmp that follows the copy
 # (16 MiB chunks made verification cost twice the CPU time of 1 MiB ones; larger reads gain nothing, the
 # kernel reads ahead on sequential access anyway).
@@ -39,51 +39,15 @@ _BUF = 1024 * 1024
 # --- recognising and checking sets ---------------------------------------------------------------
 
 
-@dataclass
-class ShardSet:
-    """A split set as named on disk: `directory/prefix-0000k-of-0000N.gguf` for k = 1..N."""
-
-    directory: Path
-    prefix: str
-    count: int
-
-    def part(self, k: int) -> Path:
-        return self.directory / f"{self.prefix}-{k:05d}-of-{self.count:05d}.gguf"
-
-    @property
-    def parts(self) -> list[Path]:
-        return [self.part(k) for k in range(1, self.count + 1)]
-
-    @property
-    def first(self) -> Path:
-        return self.part(1)
-
-    @property
-    def missing(self) -> list[Path]:
-        return [p for p in self.parts if not p.is_file()]
-
-    @property
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.parts if p.is_file())
-
-    @property
-    def merged_name(self) -> str:
-        return f"{self.prefix}.gguf"
-
-
 def shard_set(path: Path | str) -> ShardSet | None:
     """The set a shard file name belongs to (any of its parts may be given), or None for a single file."""
-    p = Path(path)
-    m = SHARD_RE.match(p.name)
-    if not m:
-        return None
-    return ShardSet(p.parent, m["prefix"], int(m["count"]))
+    return ShardSet.of(path)
 
 
 def find_shard_sets(directory: Path | str) -> list[ShardSet]:
     """Every shard set under `directory` (recursively), one entry per set."""
     sets: dict[tuple[Path, str, int], ShardSet] = {}
-    for p in sorted(Path(directory).rglob("*-of-*.gguf")):
+    for p in sorted(Path(directory).rglob(glob_for("*"))):
         s = shard_set(p)
         if s is not None:
             sets.setdefault((s.directory, s.prefix, s.count), s)
@@ -223,7 +187,7 @@ def check_set(s: ShardSet, cache: dict | None = None) -> SetCheck:
         except LowbitError as exc:  # the bounded reader names what is wrong and where
             check.problems.append(f"{p.name}: {exc}")
             continue
-        count, no, total = _field(r, "split.count"), _field(r, "split.no"), _field(r, "split.tensors.count")
+        count, no, total = _field(r, SPLIT_COUNT), _field(r, SPLIT_NO), _field(r, SPLIT_TENSORS)
         if count is None:
             check.problems.append(
                 f"{p.name}: has no split.count key, it is not part of a llama-gguf-split set"
@@ -738,7 +702,7 @@ def split(
         max_tensors = int(text)
     prefix = Path(out) if out else src.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    existing = sorted(prefix.parent.glob(f"{prefix.name}-*-of-*.gguf"))
+    existing = shards_named(prefix.parent, prefix.name)
     if existing:
         raise LowbitError(
             f"{existing[0]} already exists; lowbit never overwrites shards. Remove them or pass --out."

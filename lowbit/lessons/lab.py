@@ -12,12 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lowbit import LowbitError, procs
+from lowbit import procs
 from lowbit.paths import kit_root
 from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
 
 
-class LabServer:
+class LabServer(procs.Child):
     """A JupyterLab process; `start()` waits until it serves and knows its URL and token."""
 
     def __init__(self, port: int = 0, browser: bool = False, root: Path | None = None, expose_app: bool = False):
@@ -55,27 +55,20 @@ class LabServer:
             "JUPYTER_RUNTIME_DIR": self._runtime.name,
         }  # its server file tells us URL + token
         self.log = Path(self._runtime.name) / "lab.log"  # never a pipe nobody reads: Jupyter logs a lot
-        # own session (the terminal's Ctrl-C reaches only us, and `stop` shuts Jupyter down in order) and a
-        # parent-death signal: the same lifecycle as every other child of the kit (lowbit.procs)
-        self.proc = procs.spawn(cmd, self.log, env=env)
-        info_file = Path(self._runtime.name) / f"jpserver-{self.proc.pid}.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LowbitError(
-                    f"JupyterLab exited with status {self.proc.returncode}: {self.log.read_text()[-800:]}"
-                )
-            if info_file.exists():
-                try:
-                    self.info = json.loads(info_file.read_text())
-                except ValueError:
-                    self.info = {}  # being written
-                # the server file can appear before the socket answers (seen on a loaded machine)
-                if self.info.get("port") and procs.can_connect("127.0.0.1", int(self.info["port"]), 1.0):
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise LowbitError(f"JupyterLab did not start within {timeout:.0f} s")
+
+        def ready() -> bool:
+            info_file = Path(self._runtime.name) / f"jpserver-{self.proc.pid}.json"
+            try:
+                self.info = json.loads(info_file.read_text())
+            except (OSError, ValueError):
+                self.info = {}  # not written yet, or being written
+            # the server file can appear before the socket answers (seen on a loaded machine)
+            return bool(self.info.get("port")) and procs.can_connect("127.0.0.1", int(self.info["port"]), 1.0)
+
+        # the kit's one child lifecycle (lowbit.procs): own session (the terminal's Ctrl-C reaches only us, and
+        # `stop` shuts Jupyter down in order), a parent-death signal, stopped if it never gets ready
+        self.launch(cmd, self.log, ready, timeout, "JupyterLab", env=env)
+        return self
 
     def status(self) -> dict:
         """`GET /api/status` with the token (raises on HTTP errors)."""
@@ -102,9 +95,6 @@ class LabServer:
 
     def __enter__(self) -> LabServer:
         return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def lab(port: int = 0, browser: bool = False) -> int:

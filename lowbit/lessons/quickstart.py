@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.files.gguf_header import read_header
+from lowbit.files.shard_set import ShardSet
 from lowbit.models.catalog import locate, resolve_model
 from lowbit.models.entries import R1_SAMPLING
 from lowbit.run.generation import generate, load_model
@@ -39,11 +40,8 @@ def model_facts(resolved, path: Path) -> list[tuple[str, Any]]:
         return value if not isinstance(value, str) or len(value) < 60 else f"<{len(value)} characters>"
 
     arch = field("general.architecture")
-    shards = (
-        sorted(path.parent.glob(path.name.replace("00001-of-", "*-of-")))
-        if "-00001-of-" in path.name
-        else [path]
-    )
+    shard_set = ShardSet.of(path)
+    shards = shard_set.on_disk() if shard_set else [path]
     facts = [
         ("catalog name", resolved.name),
         ("kind", entry.get("kind", "path or repo")),

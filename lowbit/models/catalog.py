@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit import LowbitError, ui
+from lowbit.files.shard_set import is_first_shard, shard_number
 from lowbit.models import replicas
 from lowbit.models.entries import aliases, find_quant, load_catalog, real_file
 from lowbit.models.real import ensure_real
@@ -125,7 +126,7 @@ def fetched_path(entry: dict, quant: str | None = None) -> Path | None:
     ggufs = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.gguf") if ".cache" not in p.parts)
     for q in ordered:
         hits = [f for f in ggufs if any(fnmatch.fnmatch(f, pat) for pat in q.get("files", ["*"]))]
-        firsts = [f for f in hits if "-00001-of-" in f] or [f for f in hits if "-of-" not in f]
+        firsts = [f for f in hits if is_first_shard(f)] or [f for f in hits if shard_number(f) is None]
         if firsts:
             return folder / firsts[0]
     if (entry.get("format") == "hf" or not quants) and (folder / "config.json").exists():

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 from lowbit.files import shards
 from lowbit.files.hashes import CHUNK, hash_file, load_records, save_records
 from lowbit.models.replicas import replica_path
@@ -402,8 +402,8 @@ def make_server(
     return server
 
 
-class MirrorServer:
-    """A mirror running in a background thread: `with MirrorServer(dir) as m: m.url`."""
+class MirrorServer(procs.Service):
+    """A mirror running in a background thread: `with MirrorServer(dir) as m: m.url`; stop() ends it."""
 
     def __init__(
         self,
@@ -422,16 +422,12 @@ class MirrorServer:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> MirrorServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    close = stop  # the name lesson 03 uses
 
 
 def serve_replica_shards(model: str, directory: Path | str) -> tuple[MirrorServer, str, str]:
@@ -450,7 +446,7 @@ def serve_replica_shards(model: str, directory: Path | str) -> tuple[MirrorServe
             os.link(part, repo_dir / part.name)
         except OSError:
             shutil.copyfile(part, repo_dir / part.name)
-    return MirrorServer(directory), repo_id, f"{local_set.prefix}-*-of-*.gguf"
+    return MirrorServer(directory), repo_id, local_set.glob
 
 
 def mirror_command(dir: str, host: str = "127.0.0.1", port: int = 8088, verbose: bool = False) -> int:  # noqa: A002

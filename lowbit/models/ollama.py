@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gguf import Keys
+
 from lowbit import LowbitError
 from lowbit.files.gguf_header import read_header
+from lowbit.files.shard_set import SPLIT_COUNT
 from lowbit.models.entries import R1_SAMPLING
 from lowbit.ui import step
 
@@ -32,14 +35,14 @@ TEMPLATE = """{{- if .System }}{{ .System }}{{ end }}
 def special_tokens(gguf_path: Path) -> dict[str, str]:
     """BOS/EOS/User/Assistant token texts from the GGUF's vocabulary (LowbitError if not R1-family)."""
 
-    r = read_header(gguf_path, arrays=("tokenizer.ggml.tokens",))
-    split = r.value("split.count")
+    r = read_header(gguf_path, arrays=(Keys.Tokenizer.LIST,))
+    split = r.value(SPLIT_COUNT)
     if isinstance(split, int) and split > 1:
         raise LowbitError(
             f"{gguf_path.name} is one shard of {split}: Ollama refuses sharded GGUF. "
             f"Merge first: `invoke merge {gguf_path}`, then run this on the merged file."
         )
-    tokens = r.value("tokenizer.ggml.tokens")
+    tokens = r.value(Keys.Tokenizer.LIST)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise LowbitError(f"{gguf_path.name} has no tokenizer.ggml.tokens string array: not a model GGUF")
     vocab = set(tokens)

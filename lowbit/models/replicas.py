@@ -21,8 +21,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,10 +29,15 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from gguf import Keys
+
 from lowbit import LowbitError, ui
 from lowbit.files.gguf_header import read_header
+from lowbit.files.shard_set import SPLIT_COUNT, SPLIT_NO, ShardSet, is_first_shard, shards_named
 from lowbit.models.entries import R1_SAMPLING
 from lowbit.paths import cache_dir, models_dir
+from lowbit.procs import run_checked
+from lowbit.toolchain import llama_tools
 from lowbit.toolchain.build import LLAMA_CPP_COMMIT, active_build, sdist_tree
 from lowbit.ui import human_bytes
 
@@ -335,8 +338,8 @@ def _build(name: str) -> None:
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    if re.search(r"-00001-of-\d{5}\.gguf$", path.name):
-        return sum(p.stat().st_size for p in path.parent.glob(path.name.replace("-00001-of-", "-*-of-")))
+    if is_first_shard(path.name):
+        return ShardSet.of(path).size
     return path.stat().st_size
 
 
@@ -366,23 +369,23 @@ def _build_gguf_replica(spec: Spec, work: Path, stage: _Stages) -> dict[str, Pat
     files: dict[str, Path] = {"hf": hf}
     bf16 = scratch / f"{spec.stem}-BF16.gguf"
     meta = scratch / "metadata.json"  # convert_hf_to_gguf.py --metadata: what the GGUF says it is
-    meta.write_text(json.dumps({"general.name": spec.stem, "general.description": HONESTY,
-                                "general.quantized_by": "lowbit replicas"}))
+    meta.write_text(json.dumps({Keys.General.NAME: spec.stem, Keys.General.DESCRIPTION: HONESTY,
+                                Keys.General.QUANTIZED_BY: "lowbit replicas"}))
     with stage("convert_hf_to_gguf.py -> BF16"):
-        convert_hf_to_gguf(hf, bf16, "bf16", metadata=meta)
+        llama_tools.convert_hf_to_gguf(hf, bf16, "bf16", metadata=meta)
     imatrix = None
     tensor_names: set[str] = set()
     for q in spec.quants:
         if q.imatrix and imatrix is None:
             imatrix = work / f"{spec.stem}.imatrix.gguf"
             with stage(f"llama-imatrix on {CALIBRATION_TEXT.name}"):
-                run_imatrix(bf16, CALIBRATION_TEXT, imatrix)
+                llama_tools.imatrix(bf16, CALIBRATION_TEXT, imatrix)
             files["imatrix"] = imatrix
         recipe = RECIPES_DIR / q.recipe if q.recipe else None
         single = scratch / f"{spec.stem}-{q.label}.gguf"
         with stage(f"llama-quantize -> {q.label}" + (f" (recipe {q.recipe})" if q.recipe else "")):
-            quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None,
-                     tensor_type_file=recipe)
+            llama_tools.quantize(bf16, single, q.base_type, imatrix=imatrix if q.imatrix else None,
+                                 tensor_type_file=recipe)
         if q.shards > 1:
             folder = work / q.label
             folder.mkdir()
@@ -602,80 +605,13 @@ def _package_dir(module: str, dist: str, version: str) -> Path:
 # llama.cpp steps
 
 
-def _llama_cpp() -> Path:
-    return sdist_tree() / "vendor" / "llama.cpp"
-
-
-def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, errors="replace", env=env)
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = "\n".join(out.splitlines()[-25:])
-        raise LowbitError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return out
-
-
-def _threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def convert_hf_to_gguf(hf: Path, out: Path, outtype: str = "bf16", metadata: Path | None = None) -> Path:
-    """The pinned llama.cpp's convert_hf_to_gguf.py, run with this interpreter."""
-    script = _llama_cpp() / "convert_hf_to_gguf.py"
-    extra = ["--metadata", metadata] if metadata else []
-    _run([sys.executable, script, hf, "--outfile", out, "--outtype", outtype, *extra], "convert_hf_to_gguf")
-    return out
-
-
-def run_imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | None = None,
-                threads: int | None = None) -> Path:
-    """llama-imatrix over `text` (all of it, or the first `chunks` contexts of `ctx` tokens)."""
-
-    extra = ["--chunks", str(chunks)] if chunks else []
-    _run([active_build().tool("llama-imatrix"), "-m", model, "-f", text, "-o", out, "-c", str(ctx), *extra,
-          "-t", str(threads or _threads()), "--no-ppl"], "llama-imatrix")
-    if not out.exists():
-        raise LowbitError(f"llama-imatrix wrote no {out.name}")
-    return out
-
-
-def quantize(src: Path, dst: Path, base_type: str, imatrix: Path | None = None,
-             tensor_type_file: Path | None = None, allow_requantize: bool = False,
-             allow_fallback: bool = False) -> Path:
-    """llama-quantize with optional imatrix and per-tensor types. Any fallback quantization is an error,
-    unless `allow_fallback` (rows too short for the type are then stored in llama.cpp's fallback type, with
-    a warning): what a type means on a model whose widths are not multiples of 256."""
-
-    tmp = dst.with_name(dst.name + ".part")
-    cmd: list = [active_build().tool("llama-quantize")] + (["--allow-requantize"] if allow_requantize else [])
-    if imatrix is not None:
-        cmd += ["--imatrix", imatrix]
-    if tensor_type_file is not None:
-        cmd += ["--tensor-type-file", tensor_type_file]
-    cmd += [src, tmp, base_type, str(_threads())]
-    try:
-        out = _run(cmd, f"llama-quantize {base_type}")
-        fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", out)
-        if fallback and allow_fallback:
-            ui.warn(f"llama-quantize {base_type}: {fallback.group(0)} (rows not a multiple of the type's block)")
-        elif fallback:
-            lines = "\n".join(line for line in out.splitlines() if "falling back" in line)
-            raise LowbitError(f"llama-quantize {base_type}: {fallback.group(0)} — the recipe must name a "
-                              f"type that fits every tensor's rows:\n{lines}")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
-
-
 def split(src: Path, prefix: Path, shards: int, n_tensors: int) -> list[Path]:
     """llama-gguf-split into exactly `shards` files (by tensor count: a byte limit fails on big tensors)."""
-
     per_shard = math.ceil(n_tensors / shards)
-    _run([active_build().tool("llama-gguf-split"), "--split", "--split-max-tensors", str(per_shard),
-          src, prefix], "llama-gguf-split")
-    got = sorted(prefix.parent.glob(prefix.name + "-*-of-*.gguf"))
-    want = [prefix.parent / f"{prefix.name}-{i:05d}-of-{shards:05d}.gguf" for i in range(1, shards + 1)]
+    run_checked([str(active_build().tool("llama-gguf-split")), "--split", "--split-max-tensors", str(per_shard),
+                 str(src), str(prefix)], "llama-gguf-split")
+    got = shards_named(prefix.parent, prefix.name)
+    want = ShardSet(prefix.parent, prefix.name, shards).parts
     if got != want:
         raise LowbitError(f"llama-gguf-split made {[p.name for p in got]}, expected {[p.name for p in want]}")
     return want
@@ -735,7 +671,7 @@ def verify_types(files: list[Path], base_type: str, recipe: Path | None) -> dict
     wrong = []
     for i, path in enumerate(files):
         meta, tensors = gguf_header(path)
-        if len(files) > 1 and (meta.get("split.no"), meta.get("split.count")) != (i, len(files)):
+        if len(files) > 1 and (meta.get(SPLIT_NO), meta.get(SPLIT_COUNT)) != (i, len(files)):
             raise LowbitError(f"{path.name}: split.no={meta.get('split.no')} split.count="
                               f"{meta.get('split.count')}, expected {i}/{len(files)}")
         for name, dims, ttype in tensors:

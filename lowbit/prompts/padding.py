@@ -14,7 +14,6 @@ import errno
 import json
 import mmap
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -22,19 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import ALL_ARRAYS, read_header
+from lowbit.files.shard_set import ShardSet, shard_number
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.chat import build_prompt
 from lowbit.prompts.tokens import Vocab, dedicated_pad, load_vocab
 from lowbit.ui import print_table, step
 
 NEW_PAD = "<|lowbit_pad|>"
-PAD_KEY = "tokenizer.ggml.padding_token_id"
-_SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+PAD_KEY = Keys.Tokenizer.PAD_ID
 
 SAMPLE_CONVERSATIONS = [
     [
@@ -256,31 +255,26 @@ def fix_gguf(src: str | os.PathLike, out: str | os.PathLike | None = None, pad: 
             f"exactly {v.size} rows): fix the HF checkpoint with a new token, resize the "
             "embeddings, and convert again; or pass --pad with an existing unused token"
         )
-    m = _SPLIT_RE.search(src.name)
-    default = (src.name[: m.start()] + "-padfix" + src.name[m.start() :]) if m else src.stem + "-padfix.gguf"
+    src_set = ShardSet.of(src)
+    k = shard_number(src.name)[0] if src_set else 0
+    default = (ShardSet(src.parent, f"{src_set.prefix}-padfix", src_set.count).part(k).name if src_set
+               else src.stem + "-padfix.gguf")
     out = Path(out) if out else src.with_name(default)
     if out.is_dir() or out.suffix != ".gguf":  # a folder: keep the file name
         out = out / src.name
     if out.resolve() == src.resolve():
         raise LowbitError("the fixed GGUF must be a new file; the original is kept (choose another --out)")
     pairs = [(src, out)]
-    if m:
-        om = _SPLIT_RE.search(out.name)
-        if not om or om.group(2) != m.group(2):
+    if src_set:
+        out_set = ShardSet.of(out)
+        if out_set is None or out_set.count != src_set.count:
             raise LowbitError(
-                f"{src.name} is shard {m.group(1)} of {m.group(2)}: --out must be named "
-                f"*-00001-of-{m.group(2)}.gguf"
+                f"{src.name} is shard {k:05d} of {src_set.count:05d}: --out must be named "
+                f"{ShardSet(Path(), '*', src_set.count).first.name}"
             )
-        if m.group(1) != "00001":
+        if k != 1:
             raise LowbitError(f"{src.name}: the tokenizer lives in shard 00001; pass that shard")
-        n = int(m.group(2))
-        pairs += [
-            (
-                src.with_name(src.name[: m.start()] + f"-{k:05d}-of-{n:05d}.gguf"),
-                out.with_name(out.name[: om.start()] + f"-{k:05d}-of-{n:05d}.gguf"),
-            )
-            for k in range(2, n + 1)
-        ]
+        pairs += list(zip(src_set.parts[1:], out_set.parts[1:], strict=True))
     for _, dst in pairs:
         if dst.exists():
             raise LowbitError(f"{dst} already exists; choose another --out (nothing is overwritten)")
@@ -332,10 +326,12 @@ def _write_with_pad(src: Path, dst: Path, pid: int) -> None:
             f.write(struct.pack("<I", pid))
         return
 
+    # gguf-py's own rewrite (its gguf_new_metadata script) takes a GGUFReader; `read_header` above has
+    # already checked this file against its size, so the unbounded reader only sees a well-formed header.
     reader = GGUFReader(src)
-    arch = reader.get_field("general.architecture").contents()
+    arch = reader.get_field(Keys.General.ARCHITECTURE).contents()
     writer = GGUFWriter(dst, arch=arch, endianess=reader.endianess)
-    align = reader.get_field("general.alignment")
+    align = reader.get_field(Keys.General.ALIGNMENT)
     if align is not None:
         writer.data_alignment = int(align.contents())
     copy_with_new_metadata(reader, writer, {PAD_KEY: MetadataDetails(GGUFValueType.UINT32, pid)}, [])

@@ -18,9 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from gguf import Keys
 
 from lowbit import LowbitError
 from lowbit.files.gguf_header import ALL_ARRAYS, read_header
+from lowbit.files.shard_set import shard_number
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.template import render
 from lowbit.ui import print_table
@@ -29,7 +31,6 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 # GGUF token types (llama.cpp's llama_token_type): 2 unknown, 3 control, 4 user-defined, 6 byte.
 _GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNKNOWN = 3, 4, 2
-_SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 @dataclass
@@ -207,13 +208,13 @@ def gguf_metadata(path: str | os.PathLike) -> dict:
 
 def _load_gguf(path: Path) -> Vocab:
     meta = gguf_metadata(path)
-    tokens = meta.get("tokenizer.ggml.tokens")
+    tokens = meta.get(Keys.Tokenizer.LIST)
     if tokens is None:
-        m = _SPLIT_RE.search(path.name)
-        hint = "; the tokenizer lives in shard 00001 of a split set" if m and m.group(1) != "00001" else ""
+        part = shard_number(path.name)
+        hint = "; the tokenizer lives in shard 00001 of a split set" if part and part[0] != 1 else ""
         raise LowbitError(f"{path} has no tokenizer (no tokenizer.ggml.tokens key){hint}")
     added: set[int] = set()
-    types = meta.get("tokenizer.ggml.token_type")
+    types = meta.get(Keys.Tokenizer.TOKEN_TYPE)
     if types is not None:
         types = np.asarray(types)
         added = set(np.flatnonzero((types == _GGUF_CONTROL) | (types == _GGUF_USER_DEFINED)).tolist())
@@ -232,10 +233,10 @@ def _load_gguf(path: Path) -> Vocab:
         pad_id=_int(key("padding_token_id")),
         unk_id=_int(key("unknown_token_id")),
         add_bos=None if add_bos is None else bool(add_bos),
-        chat_template=meta.get("tokenizer.chat_template"),
-        name=str(meta.get("general.name") or path.stem),
+        chat_template=meta.get(Keys.Tokenizer.CHAT_TEMPLATE),
+        name=str(meta.get(Keys.General.NAME) or path.stem),
         metadata={
-            "architecture": meta.get("general.architecture"),
+            "architecture": meta.get(Keys.General.ARCHITECTURE),
             "tokenizer_model": key("model"),
             "pre": key("pre"),
             "tensor_count": meta["GGUF.tensor_count"],

@@ -26,6 +26,7 @@ import numpy as np
 
 from lowbit import LowbitError, machine
 from lowbit.files.gguf_header import read_model
+from lowbit.files.shard_set import model_stem
 from lowbit.machine import cached_bandwidth, physical_cores
 from lowbit.models.catalog import locate
 from lowbit.paths import runs_dir
@@ -341,7 +342,7 @@ def bench_model(
 def write_results(result: BenchResult, name: str) -> Path:
     """results.json, table.md and plots (tokens/s vs the swept parameter) under runs/<time>-bench-<name>/."""
 
-    stem = re.sub(r"-\d{5}-of-\d{5}$", "", Path(name).stem)
+    stem = model_stem(Path(name).name)
     out = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-bench-{stem}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=1))

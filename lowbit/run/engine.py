@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from gguf import Keys
+
 from lowbit import LowbitError, flag_number, procs
 from lowbit.files.gguf_header import read_header, read_model
 from lowbit.machine import vram_gib
@@ -149,7 +151,7 @@ def chat_prompt(model: Path, prompt: str, arch: str, raw: bool = False) -> str:
     if raw or arch.startswith("deepseek") or R1_USER in prompt:
         return format_prompt(prompt, arch, raw)
 
-    if not read_header(model).value("tokenizer.chat_template"):
+    if not read_header(model).value(Keys.Tokenizer.CHAT_TEMPLATE):
         return prompt  # a base model (e.g. gemma3-270m): plain text to continue
     return build_prompt(model, [{"role": "user", "content": prompt}]).text
 

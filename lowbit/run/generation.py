@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from lowbit import LowbitError
 from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
@@ -80,7 +82,7 @@ def load_model(path: str | Path, threads: int = 0, n_ctx: int = 2048, seed: int 
 
 def chat_template(llm) -> str:
     """The model's own chat template from its GGUF metadata."""
-    template = llm.metadata.get("tokenizer.chat_template")
+    template = llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE)
     if not template:
         raise LowbitError("this GGUF carries no tokenizer.chat_template; pass a raw prompt instead of a chat")
     return template
@@ -103,7 +105,7 @@ def prompt_tokens(llm, prompt: str) -> list[int]:
     bos = llm.token_bos()
     if (
         bos >= 0
-        and llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        and llm.metadata.get(Keys.Tokenizer.ADD_BOS, "true") != "false"
         and tokens[:1] != [bos]
     ):
         tokens = [bos, *tokens]
@@ -165,5 +167,5 @@ def generate(
 
 
 def _eot(llm) -> int | None:
-    value = llm.metadata.get("tokenizer.ggml.eot_token_id")
+    value = llm.metadata.get(Keys.Tokenizer.EOT_ID)
     return int(value) if value is not None else None

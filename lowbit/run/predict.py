@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import tempfile
@@ -33,11 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import quantize
 
-from lowbit import LowbitError
+from lowbit import LowbitError, procs
 from lowbit.files.gguf_header import BLOCK_RE, ModelMeta, classify, read_header, read_model
+from lowbit.files.synthetic import Hparams, vocab_size, write_gguf
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds, physical_cores
 from lowbit.models.catalog import locate
 from lowbit.run import calibrate
@@ -436,51 +436,35 @@ def _overhead(cal: dict, threads: int) -> dict:
 
 def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0], n_embd: int = 256) -> Path:
     """A small random-weight llama GGUF (Q8_0 matrices, phi-3 vocabulary) for fitting the overhead."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+
 
     if dest.exists():
         return dest
     rng = np.random.default_rng(n_layers)
-    vocab = GGUFReader(sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file)
-    n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
+    vocab = sdist_tree() / "vendor" / "llama.cpp" / "models" / vocab_file
+    n_vocab = vocab_size(vocab)
     d, ff, h = n_embd, 3 * n_embd, n_embd // 64
-    tmp = dest.with_name(dest.name + ".tmp")
-    wr = GGUFWriter(tmp, "llama")
-    wr.add_context_length(4096)
-    wr.add_embedding_length(d)
-    wr.add_block_count(n_layers)
-    wr.add_feed_forward_length(ff)
-    wr.add_head_count(h)
-    wr.add_head_count_kv(h)
-    wr.add_rope_dimension_count(d // h)
-    wr.add_layer_norm_rms_eps(1e-5)
-    wr.add_vocab_size(n_vocab)
-    wr.add_file_type(7)
-    for f in vocab.fields.values():
-        if f.name.startswith("tokenizer."):
-            if f.types[0].name == "ARRAY":
-                wr.add_key_value(f.name, f.contents(), f.types[0], sub_type=f.types[-1])
-            else:
-                wr.add_key_value(f.name, f.contents(), f.types[0])
+    q8_0 = GGMLQuantizationType.Q8_0
 
     def q8(rows: int, cols: int):
         x = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
-        return quantize(x, GGMLQuantizationType.Q8_0)
+        return quantize(x, q8_0)
 
-    wr.add_tensor("token_embd.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
-    wr.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    wr.add_tensor("output.weight", q8(n_vocab, d), raw_dtype=GGMLQuantizationType.Q8_0)
-    for i in range(n_layers):
-        wr.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32))
-        wr.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32))
-        for name, rows, cols in (("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_output", d, d),
-                                 ("ffn_gate", ff, d), ("ffn_up", ff, d), ("ffn_down", d, ff)):
-            wr.add_tensor(f"blk.{i}.{name}.weight", q8(rows, cols), raw_dtype=GGMLQuantizationType.Q8_0)
-    wr.write_header_to_file()
-    wr.write_kv_data_to_file()
-    wr.write_tensors_to_file()
-    wr.close()
-    os.replace(tmp, dest)
-    return dest
+    def tensors():
+        yield "token_embd.weight", q8(n_vocab, d), q8_0
+        yield "output_norm.weight", np.ones(d, dtype=np.float32), None
+        yield "output.weight", q8(n_vocab, d), q8_0
+        for i in range(n_layers):
+            yield f"blk.{i}.attn_norm.weight", np.ones(d, dtype=np.float32), None
+            yield f"blk.{i}.ffn_norm.weight", np.ones(d, dtype=np.float32), None
+            for name, rows, cols in (("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_output", d, d),
+                                     ("ffn_gate", ff, d), ("ffn_up", ff, d), ("ffn_down", d, ff)):
+                yield f"blk.{i}.{name}.weight", q8(rows, cols), q8_0
+
+    hparams = Hparams(n_embd=d, n_layer=n_layers, n_ff=ff, n_head=h, n_vocab=n_vocab, file_type=7)
+    return write_gguf(dest, "llama", tensors(), hparams, vocab_from=vocab)
 
 
 def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
@@ -622,35 +606,7 @@ def completion_cmd(model: Path, threads: int, n_ctx: int = RSS_CTX, n_gen: int =
 
 
 def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
-    return measure_peak_rss(completion_cmd(model, threads, n_ctx))[0]
-
-
-def measure_peak_rss(cmd: list[str], timeout: float = 600) -> tuple[int, str]:
-    """(VmHWM of the child in bytes, its stderr) for `cmd`; the child's own peak, not this process's."""
-
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-        status = Path(f"/proc/{proc.pid}/status")
-        peak, start = 0, time.monotonic()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - start > timeout:
-                    raise LowbitError(f"{Path(cmd[0]).name} ran past {timeout:g} s")
-                try:
-                    m = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-                    peak = max(peak, int(m.group(1)) * 1024) if m else peak
-                except OSError:
-                    pass
-                time.sleep(0.01)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err.seek(0)
-        log = err.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise LowbitError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {log.strip().splitlines()[-1:]}")
-    return peak, log
+    return procs.peak_rss(completion_cmd(model, threads, n_ctx))[0]
 
 
 BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a busy one

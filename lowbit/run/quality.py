@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from pydoc_data.topics import topics
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from lowbit import LowbitError, flag_number, ui
 from lowbit.files.gguf_header import read_header, shard_paths
@@ -37,8 +37,9 @@ from lowbit.models import replicas
 from lowbit.models.catalog import resolve_model
 from lowbit.models.entries import replica_for
 from lowbit.models.real import ensure_real
-from lowbit.models.replicas import RECIPES_DIR, quantizable, quantize, read_recipe, run_imatrix
+from lowbit.models.replicas import RECIPES_DIR, quantizable, read_recipe
 from lowbit.paths import cache_dir, runs_dir
+from lowbit.toolchain import llama_tools
 from lowbit.toolchain.build import active_build
 
 FORMAT = 1  # bump when the measurement procedure changes: cached results are then re-measured
@@ -398,13 +399,13 @@ def prepare_reference(model: str, allow_quantized_reference: bool = False) -> Re
                     "weights)")
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".part")
-            replicas.convert_hf_to_gguf(source, tmp, "bf16")
+            llama_tools.convert_hf_to_gguf(source, tmp, "bf16")
             os.replace(tmp, out)
-        arch = str(read_header(out).value("general.architecture"))
+        arch = str(read_header(out).value(Keys.General.ARCHITECTURE))
         return Reference(str(out), model, arch, mhash, f"BF16 conversion of the {name} replica's checkpoint "
                          f"({replicas.HONESTY}; KLD measures numerical error, not knowledge)", "BF16", 16.0, True)
     bpw, dominant, _tensors = weight_bpw(source)
-    arch = str(read_header(source).value("general.architecture"))
+    arch = str(read_header(source).value(Keys.General.ARCHITECTURE))
     mhash = file_hash(source)
     if dominant in FULL_PRECISION:
         return Reference(str(source), model, arch, mhash, f"{source.name} as is ({dominant})", dominant, bpw)
@@ -417,7 +418,7 @@ def prepare_reference(model: str, allow_quantized_reference: bool = False) -> Re
     if not out.exists():
         ui.step(f"reference: dequantizing {source.name} ({dominant}, {bpw:.2f} bpw) to F32 once")
         out.parent.mkdir(parents=True, exist_ok=True)
-        quantize(source, out, "F32", allow_requantize=True)
+        llama_tools.quantize(source, out, "F32", allow_requantize=True)
     label = "LOW-BIT reference, allowed by --allow-quantized-reference; " if bpw < MIN_REFERENCE_BPW else ""
     return Reference(str(out), model, arch, mhash,
                      f"{label}F32 dequantized from {source.name} ({dominant}, {bpw:.2f} bpw): the model exists "
@@ -694,7 +695,7 @@ def run_quality(model: str, recipes: Sequence[str] | None = None, tokens: int = 
                 if not imatrix.exists():
                     imatrix.parent.mkdir(parents=True, exist_ok=True)
                     part = imatrix.with_name(imatrix.name + ".part.gguf")
-                    run_imatrix(ref_path, work / "calibration.txt", part, ctx=ctx, chunks=calib_chunks,
+                    llama_tools.imatrix(ref_path, work / "calibration.txt", part, ctx=ctx, chunks=calib_chunks,
                                 threads=_threads(threads))
                     os.replace(part, imatrix)
             base = work / "base.kld"
@@ -746,7 +747,7 @@ def _measure(r: Recipe, ref: Path, imatrix: Path, base: Path, work: Path, ctx: i
         types_file = work / "recipe.tensor-types"
         types_file.write_text(r.tensor_types_text())
     with stages(f"llama-quantize {r.label}" + (" (per-tensor recipe)" if r.dynamic else "")):
-        quantize(ref, out, r.base, imatrix=imatrix, tensor_type_file=types_file, allow_fallback=True)
+        llama_tools.quantize(ref, out, r.base, imatrix=imatrix, tensor_type_file=types_file, allow_fallback=True)
     _check_overrides(out, r)
     bpw_all = _bpw_all(out)
     mix = type_mix(out)

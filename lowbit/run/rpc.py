@@ -108,30 +108,18 @@ def check_reachable(rpc: str | Iterable[str] | None, timeout: float = 3.0) -> li
 
 
 @dataclass
-class RpcWorker:
+class RpcWorker(procs.Child):
     """A running `ggml-rpc-server` started by lowbit; stop() (or `with`) ends it."""
 
     host: str
     port: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None
     log_path: Path
     command: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int | None:
-        return procs.stop(self.proc)
-
-    def __enter__(self) -> RpcWorker:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def worker_command(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int | None = None,
@@ -156,14 +144,9 @@ def start_worker(host: str = "127.0.0.1", port: int | None = None, threads: int 
     log_path = _log_dir(log_dir) / f"rpc-worker-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     # The worker prints with stdio buffering: nothing reaches a piped log until it exits, so readiness is
     # a TCP connect (the worker drops a connection that sends no command and keeps serving).
-    proc = procs.spawn(cmd, log_path, env=procs.env_without(["GGML_RPC_DEBUG"]))
-    worker = RpcWorker(host, port, proc, log_path, cmd)
-    try:
-        procs.wait_until(lambda: procs.can_connect(host, port, 0.5), timeout, proc,
-                         f"ggml-rpc-server on {host}:{port}", log_path)
-    except BaseException:
-        worker.stop()
-        raise
+    worker = RpcWorker(host, port, None, log_path, cmd)
+    worker.launch(cmd, log_path, lambda: procs.can_connect(host, port, 0.5), timeout,
+                  f"ggml-rpc-server on {host}:{port}", env=procs.env_without(["GGML_RPC_DEBUG"]))
     return worker
 
 

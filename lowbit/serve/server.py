@@ -27,8 +27,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import Keys
+
 from lowbit import LowbitError, procs
 from lowbit.files.gguf_header import read_header
+from lowbit.files.shard_set import model_stem
 from lowbit.models.catalog import resolve_model
 from lowbit.models.entries import sampling_flags
 from lowbit.paths import runs_dir
@@ -65,10 +68,10 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass
-class LlamaServer:
+class LlamaServer(procs.Child):
     """A running llama-server started by lowbit. Use as a context manager, or call stop()."""
 
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None
     host: str
     port: int
     log_path: Path
@@ -96,9 +99,6 @@ class LlamaServer:
         except (OSError, ValueError):
             return None
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def check(self) -> None:
         """Raise a LowbitError that says why, if the server has exited."""
         if self.proc.poll() is not None:
@@ -111,15 +111,6 @@ class LlamaServer:
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 120.0)
         return OpenAI(base_url=self.base_url, api_key=self.api_key or "no-key", **kwargs)
-
-    def stop(self) -> int | None:
-        return procs.stop(self.proc)
-
-    def __enter__(self) -> LlamaServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +162,7 @@ def uses_mla(model_path: Path) -> bool:
         header = read_header(model_path)
     except (OSError, LowbitError):
         return False  # unreadable: llama-server's own load error will say what is wrong
-    arch = header.value("general.architecture")
+    arch = header.value(Keys.General.ARCHITECTURE)
     return isinstance(arch, str) and f"{arch}.attention.kv_lora_rank" in header.kv
 
 
@@ -262,8 +253,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
         raise LowbitError(f"port {port} on {host} is already in use (another server?); stop it, or pick "
                           "another port with --port")
     check_reachable(rpc)
-    alias = resolved.entry["name"] if resolved.entry else path.name.split("-00001-of-")[0]
-    alias = alias.removesuffix(".gguf")
+    alias = resolved.entry["name"].removesuffix(".gguf") if resolved.entry else model_stem(path.name)
     cmd = server_command(path, host, port, alias, parallel, ctx, extra, rpc,
                          placement=plan_flags(plan, path, ctx * parallel, rpc), max_tokens=max_tokens)
     env = procs.env_without(["LLAMA_ARG_", "LLAMA_API_KEY"])
@@ -276,25 +266,15 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
 
     log_dir = Path(log_dir) if log_dir else runs_dir() / "serve"
     log_path = log_dir / f"llama-server-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    proc = procs.spawn(cmd, log_path, env=env)
-    server = LlamaServer(proc, host, port, log_path, alias, api_key, cmd)
-    try:
-        started = time.monotonic()
+    server = LlamaServer(None, host, port, log_path, alias, api_key, cmd)
+    started = time.monotonic()
 
-        def ready() -> bool:
-            if on_wait is not None:
-                on_wait(time.monotonic() - started)
-            return server.health() == 200
+    def ready() -> bool:
+        if on_wait is not None:
+            on_wait(time.monotonic() - started)
+        return server.health() == 200
 
-        try:
-            procs.wait_until(ready, timeout, proc, "llama-server", log_path, interval=0.25)
-        except LowbitError as exc:
-            if proc.poll() is not None:
-                raise LowbitError(explain_exit(proc.returncode, log_path)) from None
-            raise exc
-    except BaseException:
-        server.stop()
-        raise
+    server.launch(cmd, log_path, ready, timeout, "llama-server", env=env, interval=0.25, explain=explain_exit)
     return server
 
 

@@ -18,8 +18,16 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: builds are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from lowbit import LowbitError
 from lowbit.machine import cpu_fingerprint, gpu_names
@@ -43,8 +51,26 @@ STAMP = "lowbit-build.json"
 MIN_FREE_DISK = {"cpu": 3e9, "metal": 3e9, "vulkan": 4e9, "cuda": 8e9}
 
 
+class BuiltTools:
+    """Where a cached build's tools are: `directory/bin`; a missing tool names the command that rebuilds it."""
+
+    directory: str
+    REBUILD: ClassVar[str] = "invoke build-llama --force"
+    WHAT: ClassVar[str] = "the build"
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(self.directory) / "bin"
+
+    def tool(self, name: str) -> Path:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise LowbitError(f"{name} is missing from {self.WHAT} at {self.bin_dir}; run `{self.REBUILD}`")
+        return path
+
+
 @dataclass
-class Build:
+class Build(BuiltTools):
     """A finished build: where its binaries and shared libraries are."""
 
     key: str
@@ -57,16 +83,6 @@ class Build:
     seconds: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
     fresh: bool = False  # True only on the object returned right after compiling
-
-    @property
-    def bin_dir(self) -> Path:
-        return Path(self.directory) / "bin"
-
-    def tool(self, name: str) -> Path:
-        path = self.bin_dir / name
-        if not path.exists():
-            raise LowbitError(f"{name} is missing from the build at {self.bin_dir}; run `invoke build-llama --force`")
-        return path
 
     def libraries(self) -> list[Path]:
         suffix = ".dylib" if sys.platform == "darwin" else ".so"
@@ -472,56 +488,108 @@ def build_llama(backend: str = "auto", source: str = "sdist", cuda_arch: str | N
 
     # A first build of this key compiles in place, resuming an interrupted attempt (same key = same
     # flags, so ninja/make pick up where they stopped). A forced rebuild compiles beside the good build.
-    work = final if existing is None else root / f"{key}.new"
-    if existing is not None:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    logs = cache_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"build-{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    started = time.monotonic()
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = ["cmake", "-S", str(src), "-B", str(work), *generator, *flags]
-    compile_ = ["cmake", "--build", str(work), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
-                "--target", *TARGETS]
+    previous = ""
     try:
-        with open(log_path, "w") as log:
-            log.write(f"# llama.cpp {commit} backend={backend} source={source}\n")
-            run_logged(configure, log, f"configuring llama.cpp ({backend})")
-            run_logged(compile_, log, f"compiling llama.cpp ({backend}, {len(TARGETS)} tools)")
-    except (subprocess.CalledProcessError, KeyboardInterrupt) as exc:
+        previous = f" The previous build stays active: {active_build().directory}."
+    except LowbitError:
+        pass
+
+    def describe(directory: Path, seconds: float) -> dict:
+        return asdict(Build(key=key, backend=backend, commit=commit, source=source, flags=flags,
+                            patches=[p.name for p in patch_files()], directory=str(directory), seconds=seconds))
+
+    log_path = cache_dir() / "logs" / f"build-{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    data, fresh = cached_cmake_build(
+        src, final, flags, TARGETS, what="llama.cpp", title=f"llama.cpp ({backend})",
+        header=f"# llama.cpp {commit} backend={backend} source={source}\n", log_path=log_path, stamp=STAMP,
+        describe=describe, jobs=jobs, in_place=existing is None, force=force, failure_hint=previous)
+    build = Build(**data)
+    _activate(build)
+    build.fresh = fresh
+    return build
+
+
+@contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Hold the lock for building into `final`: a second build of the same key waits for the first."""
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{final.name}.lock", "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _progress_note(f"another process is building {final.name}; waiting for it")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _stamped(final: Path, stamp: str, targets: Sequence[str]) -> dict | None:
+    """The stamp of a complete build in `final` (every target present), else None."""
+    try:
+        data = json.loads((final / stamp).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if all((final / "bin" / t).exists() for t in targets) else None
+
+
+def cached_cmake_build(src: Path, final: Path, flags: list[str], targets: Sequence[str], *, what: str, title: str,
+                       header: str, log_path: Path, stamp: str, describe: Callable[[Path, float], dict],
+                       env: dict[str, str] | None = None, jobs: int | None = None, in_place: bool = False,
+                       force: bool = False, scratch_suffix: str = ".new", failure_hint: str = "") -> tuple[dict, bool]:
+    """CMake-configure `src` and build `targets` into the keyed cache folder `final`, under a lock.
+
+    `in_place` compiles in `final` itself (a first build resumes an interrupted one; an update tops up
+    missing targets); otherwise in `final` + `scratch_suffix`, renamed over `final` only when complete, so
+    a failure leaves the previous build intact. `describe(final, seconds)` gives the stamp's content (it may
+    check the result and raise); the stamp is written last and marks the build complete. Returns (stamp,
+    True), or (stamp, False) when a complete build of `final` already existed (e.g. made while this one
+    waited for the lock) and `force` is off."""
+    with build_lock(final):
+        if not force and (done := _stamped(final, stamp, targets)) is not None:
+            return done, False
+        work = final if in_place else final.with_name(final.name + scratch_suffix)
         if work != final:
             shutil.rmtree(work, ignore_errors=True)
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-        previous = ""
+        work.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = ["cmake", "-S", str(src), "-B", str(work), *generator, *flags]
+        compile_ = ["cmake", "--build", str(work), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
+                    "--target", *targets]
+        started = time.monotonic()
         try:
-            previous = f" The previous build stays active: {active_build().directory}."
-        except LowbitError:
-            pass
-        if isinstance(exc, KeyboardInterrupt):
+            with open(log_path, "w") as log:
+                log.write(header)
+                run_logged(configure, log, f"configuring {title}", env=env)
+                run_logged(compile_, log, f"compiling {title} ({', '.join(targets)})", env=env)
+            missing = [t for t in targets if not (work / "bin" / t).exists()]
+            if missing:
+                raise LowbitError(f"the {what} build finished but {', '.join(missing)} are missing from bin/; "
+                                  f"full log: {log_path}")
+        except BaseException as exc:
+            if work != final:
+                shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, subprocess.CalledProcessError):
+                tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+                raise LowbitError(f"the {what} build failed ({exc.cmd[0]} {exc.cmd[1]} ..., exit {exc.returncode})."
+                                  f"{failure_hint}\nLast lines of the log:\n{tail}\nFull log: {log_path}") from exc
             raise
-        raise LowbitError(f"the llama.cpp build failed ({exc.cmd[0]} {exc.cmd[1]} ...).{previous}\n"
-                          f"Last lines of the log:\n{tail}\nFull log: {log_path}") from exc
-
-    build = Build(key=key, backend=backend, commit=commit, source=source, flags=flags,
-                  patches=[p.name for p in patch_files()], directory=str(final),
-                  seconds=round(time.monotonic() - started, 1))
-    missing = [t for t in TARGETS if not (work / "bin" / t).exists()]
-    if missing:
-        raise LowbitError(f"the build finished but {', '.join(missing)} are missing; full log: {log_path}")
-    if work != final:
-        old = root / f"{key}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-        # CMake caches absolute paths; keep incremental rebuilds working after the move.
-        (final / "CMakeCache.txt").unlink(missing_ok=True)
-    (final / STAMP).write_text(json.dumps(asdict(build), indent=1))
-    shutil.copy(log_path, final / "build.log")
-    _activate(build)
-    build.fresh = True
-    return build
+        if work != final:
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+            # CMake caches absolute paths (the scratch folder); keep incremental rebuilds working after the move.
+            (final / "CMakeCache.txt").unlink(missing_ok=True)
+        data = describe(final, round(time.monotonic() - started, 1))
+        shutil.copy(log_path, final / "build.log")
+        tmp = final / f"{stamp}.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, final / stamp)  # written last: marks the build complete
+        return data, True
 
 
 def _progress_note(message: str) -> None:

@@ -14,6 +14,7 @@ import ctypes
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,6 @@ class Kernels:
                                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         self.cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_CpuTraits)
         self.cpu.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
-        self.cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
-        self.cpu.ggml_graph_compute_with_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self.cpu.ggml_cpu_init()  # fp16 tables, CPU feature detection
         for name, restype, argtypes in (
             ("ggml_init", ctypes.c_void_p, [_InitParams]),
@@ -189,28 +188,11 @@ class Kernels:
         if y.shape != (n, k) or wq.size != m * self.row_size(qtype, k):
             raise LowbitError(f"mul_mat: {m}x{k} {qtype} weights ({wq.size} bytes) and activations {y.shape} "
                               "do not fit together")
-        # tensors + graph + the work buffer ggml_graph_compute_with_ctx takes from the context (activations
-        # quantized to the dot type, about n*k bytes) with room to spare
-        size = 2 * (wq.size + y.nbytes + 4 * n * m) + 4 * n * k + (16 << 20)
-        ctx = self.base.ggml_init(_InitParams(size, None, False))
-        if not ctx:
-            raise LowbitError(f"ggml_init could not allocate {size} bytes")
-        try:
-            w_t = self.base.ggml_new_tensor_2d(ctx, self.type_id(qtype), k, m)
-            y_t = self.base.ggml_new_tensor_2d(ctx, TYPES["F32"], k, n)
-            ctypes.memmove(self.base.ggml_get_data(w_t), wq.ctypes.data, wq.size)
-            ctypes.memmove(self.base.ggml_get_data(y_t), y.ctypes.data, y.nbytes)
-            out = self.base.ggml_mul_mat(ctx, w_t, y_t)
-            graph = self.base.ggml_new_graph(ctx)
-            self.base.ggml_build_forward_expand(graph, out)
-            status = self.cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
-            if status != 0:
-                raise LowbitError(f"ggml_graph_compute failed (status {status})")
+        with self._matmul_graph(qtype, wq, m, k, y) as (graph, out):
+            self._time_graph(graph, threads, 0.0, 1, f"a {qtype} matmul")  # computed once
             res = np.empty((n, m), dtype=np.float32)
             ctypes.memmove(res.ctypes.data, self.base.ggml_get_data(out), res.nbytes)
-            return res
-        finally:
-            self.base.ggml_free(ctx)
+        return res
 
     def dot_rate(self, qtype: str, n: int = 256 * 1024, seconds: float = 0.3) -> float:
         """Weight bytes/s one thread's `vec_dot` consumes on a cache-resident row (its compute ceiling).
@@ -268,8 +250,30 @@ class Kernels:
         buffer as llama.cpp does by default (interleaved GEMM/GEMV kernels for Q4_0, Q4_K, IQ4_NL, ... where
         this CPU has them; other types are left as they are)."""
 
+        rng = np.random.default_rng(0)
+        if self.base.ggml_quantize_requires_imatrix(self.type_id(qtype)) or qtype in SLOW_QUANTIZERS:
+            # IQ1/IQ2 quantizers build their search tables first (seconds to tens of seconds); a kernel's
+            # time does not depend on the values, so use random blocks whose every byte pair is a
+            # normal f16 (bytes 0x20-0x3b: exponents 8-14), whatever the block layout puts where
+            row = rng.integers(0x20, 0x3C, self.row_size(qtype, cols), dtype=np.uint8)
+        else:
+            row = self.quantize(qtype, rng.standard_normal(cols).astype(np.float32))
+        act = rng.standard_normal((batch, cols)).astype(np.float32)
+        with self._matmul_graph(qtype, np.tile(row, rows), rows, cols, act, repack) as (graph, _out):
+            return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} matmul")
+
+    @contextmanager
+    def _matmul_graph(self, qtype: str, weights, rows: int, cols: int, act, repack: bool = False):
+        """The one-node ggml graph `ggml_mul_mat(weight, act)` every matmul here runs: a `rows x cols` weight of
+        `qtype` (its bytes, `weights`) in a CPU backend buffer (CPU_REPACK with `repack`, where llama.cpp would
+        repack it), times the f32 activations `act` (batch x cols). Yields (graph, output tensor); freed after."""
+        import numpy as np
+
         tid = self.type_id(qtype)
+        batch = act.shape[0]
         w_bytes = self.row_size(qtype, cols) * rows
+        weights = np.ascontiguousarray(weights)  # kept alive: `.ctypes.data` of a temporary would dangle
+        act = np.ascontiguousarray(act, dtype=np.float32)
         wctx = self.base.ggml_init(_InitParams(2 * self.base.ggml_tensor_overhead(), None, True))
         mem = (4 * cols * batch + 4 * rows * batch + 3 * self.base.ggml_tensor_overhead()
                + self.base.ggml_graph_overhead() + 4096)
@@ -285,23 +289,13 @@ class Kernels:
             buffer = self.base.ggml_backend_alloc_ctx_tensors_from_buft(wctx, buft)
             if not buffer:
                 raise LowbitError(f"could not allocate a {qtype} weight of {w_bytes} bytes")
-            x = self.base.ggml_new_tensor_2d(ctx, TYPES["F32"], cols, batch)
-            rng = np.random.default_rng(0)
-            if self.base.ggml_quantize_requires_imatrix(tid) or qtype in SLOW_QUANTIZERS:
-                # IQ1/IQ2 quantizers build their search tables first (seconds to tens of seconds); a kernel's
-                # time does not depend on the values, so use random blocks whose every byte pair is a
-                # normal f16 (bytes 0x20-0x3b: exponents 8-14), whatever the block layout puts where
-                row = rng.integers(0x20, 0x3C, self.row_size(qtype, cols), dtype=np.uint8)
-            else:
-                row = self.quantize(qtype, rng.standard_normal(cols).astype(np.float32))
-            weights = np.tile(row, rows)  # kept alive: `.ctypes.data` of a temporary would dangle
             self.base.ggml_backend_tensor_set(w, weights.ctypes.data, 0, w_bytes)  # repacks in CPU_REPACK
-            act = rng.standard_normal(cols * batch).astype(np.float32)
+            x = self.base.ggml_new_tensor_2d(ctx, TYPES["F32"], cols, batch)
             ctypes.memmove(self.base.ggml_get_data(x), act.ctypes.data, act.nbytes)
             y = self.base.ggml_mul_mat(ctx, w, x)
             graph = self.base.ggml_new_graph(ctx)
             self.base.ggml_build_forward_expand(graph, y)
-            return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} matmul")
+            yield graph, y
         finally:
             self.base.ggml_free(ctx)
             if buffer:
