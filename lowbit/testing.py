@@ -27,7 +27,7 @@ def nbval_args(root: Path) -> list[str]:
     return args
 
 
-def run_tests(k: str | None = None, notebooks: bool = True, lint: bool = True) -> int:
+def run_tests(k: str | None = None, no_notebooks: bool = False, lint: bool = True) -> int:
     root = kit_root()
     if lint:
         print("> ruff check", flush=True)
@@ -36,9 +36,9 @@ def run_tests(k: str | None = None, notebooks: bool = True, lint: bool = True) -
     args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
     if k:
         args += ["-k", k]
-    if notebooks and not k:
+    if not no_notebooks and not k:
         args += nbval_args(root)
-    elif not notebooks:
+    elif no_notebooks:
         args += ["-k", "not notebook"]  # the papermill pass in tests/test_notebooks.py too
     print("> " + " ".join(args[2:]), flush=True)
     code = subprocess.run(args, cwd=root).returncode

@@ -678,13 +678,13 @@ def calibration(refresh: bool = False) -> dict:
 # `invoke calibrate`, `invoke predict`
 
 
-def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
+def calibrate_command(refresh: bool = False, json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke calibrate`: measure (or show the cached) calibration of this machine and build."""
-    from lowbit.ui import print_table
+    from lowbit.ui import print_json, print_table
 
     cal = calibration(refresh=refresh)
-    if json_out:
-        print(json.dumps(cal, indent=1))
+    if json:
+        print_json(cal)
         return 0
     threads = sorted(cal["bandwidth_gbs"], key=int)
     print_table(f"calibration {cal['fingerprint']} ({cal.get('measured_at', '?')}, other load "
@@ -706,17 +706,17 @@ def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
 
 def predict_command(model: str, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128, depth: int = 0,
                     cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
-                    no_repack: bool = False, json_out: bool = False) -> int:
+                    no_repack: bool = False, json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
     from lowbit.run.plan import model_path
-    from lowbit.ui import print_table
+    from lowbit.ui import print_json, print_table
 
     cfg = Config(threads=int(threads or calibrate.physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
                  depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
                  n_ctx=int(ctx) if ctx else None, repack=not no_repack)
     p = predict(model_path(model), cfg)
-    if json_out:
-        print(json.dumps(p.to_dict(), indent=1))
+    if json:
+        print_json(p.to_dict())
         return 0
     band = p.band
 

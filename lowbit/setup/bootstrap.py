@@ -67,7 +67,9 @@ def install_package(python: Path) -> bool:
     return True
 
 
-def main(kwargs: dict) -> int:
+def setup(backend: str = "auto", source: str = "sdist", cuda_arch: str | None = None, force: bool = False,
+          no_replicas: bool = False, user_kernel: bool = False, no_real_models: bool = False) -> int:
+    """`invoke setup`: the environment, the packages and the llama.cpp build, then `finish` inside the env."""
     started = time.monotonic()
     python, where = choose_environment()
     if not python.exists():
@@ -76,7 +78,7 @@ def main(kwargs: dict) -> int:
         create_venv(venv_dir())
     print(f"> environment: {where}", flush=True)
     # The build needs only the standard library: compile llama.cpp while pip installs the packages.
-    build_args = {k: kwargs[k] for k in ("backend", "source", "cuda_arch", "force") if k in kwargs}
+    build_args = {"backend": backend, "source": source, "cuda_arch": cuda_arch, "force": force}
     build = subprocess.Popen([str(python), "-m", "lowbit", "lowbit.toolchain.build:build_llama_command",
                               json.dumps(build_args)], cwd=kit_root())
     try:
@@ -87,21 +89,10 @@ def main(kwargs: dict) -> int:
         raise
     if build.wait() != 0:
         return build.returncode
-    kwargs["force"] = False  # built just now
     state_dir().mkdir(parents=True, exist_ok=True)
     (state_dir() / "python").write_text(str(python) + "\n")
-    kwargs["started"] = time.time() - (time.monotonic() - started)
-    kwargs["environment"] = where
-    return subprocess.run([str(python), "-m", "lowbit", "lowbit.setup.finish:finish", json.dumps(kwargs)],
+    finish_args = {**build_args, "force": False,  # built just now
+                   "replicas": not no_replicas, "user_kernel": user_kernel, "real_models": not no_real_models,
+                   "started": time.time() - (time.monotonic() - started), "environment": where}
+    return subprocess.run([str(python), "-m", "lowbit", "lowbit.setup.finish:finish", json.dumps(finish_args)],
                           cwd=kit_root()).returncode
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}))
-    except LowbitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 import shutil
 import subprocess
@@ -148,9 +147,9 @@ def kernels() -> list[dict]:
         return []
 
 
-def doctor_command(json_output: bool = False) -> int:
+def doctor_command(json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     from lowbit.toolchain.build import active_build, builds_root, load_build
-    from lowbit.ui import print_table
+    from lowbit.ui import print_json, print_table
 
     summary = machine_summary()
     cpu = summary["cpu"]
@@ -161,10 +160,9 @@ def doctor_command(json_output: bool = False) -> int:
         active = None
     problems = setup_problems()
     found_kernels = kernels()
-    if json_output:
-        print(json.dumps({**summary, "builds": [b.key for b in builds], "active_build": active and active.key,
-                          "packages": package_versions(), "kernels": found_kernels, "problems": problems},
-                         indent=1))
+    if json:
+        print_json({**summary, "builds": [b.key for b in builds], "active_build": active and active.key,
+                    "packages": package_versions(), "kernels": found_kernels, "problems": problems})
         return 1 if problems else 0
     gpu_text = "; ".join(f"{g['name']} ({g['memory_gb']} GB, {g['api']})" for g in summary["gpus"]) or "none"
     print_table("machine", ["", ""], [
