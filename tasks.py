@@ -201,6 +201,15 @@ def setup():
 
 
 @kit_task(
+    "lowbit.setup.lock:lock_command",
+    upgrade=Flag(False, "move every package to the newest version pyproject.toml allows (default: keep the pins)"),
+    package=Flag(None, "move just this package to its newest allowed version; repeatable", repeatable=True),
+)
+def lock():
+    """Update requirements.lock (the exact versions and sha256 hashes setup installs) from pyproject.toml."""
+
+
+@kit_task(
     "lowbit.toolchain.build:build_llama_command",
     backend=Flag("auto", "auto|cpu|cuda|metal|vulkan"),
     source=Flag("sdist", "sdist (default), git, or a PATH to a llama.cpp checkout"),

@@ -1,4 +1,4 @@
-"""`invoke test`: ruff, the pytest suite, and every notebook under nbval (lax mode + sanitize file)."""
+"""`invoke test`: ruff, deptry, the pytest suite, and every notebook under nbval (lax mode + sanitize file)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def run_tests(k: str | None = None, no_notebooks: bool = False, lint: bool = Tru
     if lint:
         print("> ruff check", flush=True)
         if subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=root).returncode:
+            return 1
+        print("> deptry .", flush=True)  # imports vs declared dependencies ([tool.deptry] in pyproject.toml)
+        if subprocess.run([sys.executable, "-m", "deptry", "."], cwd=root).returncode:
             return 1
     args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
     if k:
