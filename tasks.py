@@ -100,11 +100,9 @@ def _run(c, cmd: list[str], env: dict[str, str] | None = None) -> None:
         raise Exit(code=result.exited)
 
 
-
 # --- how a task is declared -----------------------------------------------------------------------
 
 REQUIRED = inspect.Parameter.empty  # a Flag default that makes the flag a required (positional) argument
-INVOKER = "invoker"  # `kit_task(python=INVOKER)`: run the target in the Python that runs invoke (setup)
 
 
 @dataclass(frozen=True)
@@ -153,10 +151,13 @@ class KitTask(Task):
         return kwargs, secrets
 
 
-def kit_task(target: str, python: str | None = None, **flags: Flag) -> Callable[[Callable], KitTask]:
+def kit_task(target: str, in_invokers_python: bool = False, **flags: Flag) -> Callable[[Callable], KitTask]:
     """Make the decorated stub (its name is the task's, its docstring the task's help) a task whose flags are
     `flags`, in this order (invoke derives the short flags from it), run as `target(**flags)` in the kit's
-    interpreter (or, with `python=INVOKER`, in the one running invoke)."""
+    interpreter (or in the one running invoke: setup, before the kit has one)."""
+
+    if clash := {"c", "target", "python", "secrets"} & set(flags):
+        raise TypeError(f"task flag names {sorted(clash)} are taken by _kit's own arguments")
 
     def build(stub: Callable) -> KitTask:
         signature = inspect.Signature([
@@ -169,7 +170,7 @@ def kit_task(target: str, python: str | None = None, **flags: Flag) -> Callable[
             bound = signature.bind(c, *args, **kwargs)
             bound.apply_defaults()
             kwargs, secrets = made.target_kwargs(bound.arguments)
-            _kit(c, target, python=sys.executable if python == INVOKER else python, secrets=secrets, **kwargs)
+            _kit(c, target, python=sys.executable if in_invokers_python else None, secrets=secrets, **kwargs)
 
         body.__signature__ = signature  # what invoke reads to make the flags
         body.__name__ = body.__qualname__ = stub.__name__
@@ -186,7 +187,7 @@ def kit_task(target: str, python: str | None = None, **flags: Flag) -> Callable[
 
 
 @kit_task(
-    "lowbit.setup.bootstrap:setup", python=INVOKER,
+    "lowbit.setup.bootstrap:setup", in_invokers_python=True,
     backend=Flag("auto", "auto|cpu|cuda|metal|vulkan (auto: cuda if nvidia-smi lists a GPU, metal on Apple silicon)"),
     source=Flag("sdist", "sdist (default: llama.cpp vendored in the pinned llama-cpp-python), git, or a PATH"),
     cuda_arch=Flag(None, "CUDA architectures, e.g. 90 (needed when no GPU is present to detect it)"),
