@@ -76,7 +76,9 @@ def install_commands(python: Path) -> list[list[str]]:
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     tag, made_for = lock_tag(python), locked_for(kit_root() / LOCK_FILE)
     if tag == made_for:
-        return [[*pip, "--require-hashes", "--no-deps", "-r", LOCK_FILE], [*pip, "--no-deps", "-e", "."]]
+        # Then lowbit itself (hash checking cannot take an editable install), built by the locked setuptools.
+        return [[*pip, "--require-hashes", "--no-deps", "-r", LOCK_FILE],
+                [*pip, "--no-deps", "--no-build-isolation", "-e", "."]]
     print(f"> warning: {LOCK_FILE} was made for {made_for or 'nothing (missing or untagged)'}, this environment "
           f"is {tag}: installing from pyproject.toml's version ranges instead of exact, hash-checked versions. "
           f"`invoke lock` afterwards writes a lock for this machine.", flush=True)
