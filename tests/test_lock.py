@@ -94,3 +94,12 @@ def test_pip_compile_command_reads_pyproject_with_setups_extras_and_hashes(tmp_p
     assert "--generate-hashes" in cmd and "--no-emit-find-links" in cmd and "--no-emit-index-url" in cmd
     assert [a for a in cmd if a.startswith("--extra=")] == [f"--extra={e}" for e in bootstrap.EXTRAS.split(",")]
     assert "--upgrade" in cmd and cmd[cmd.index("--upgrade-package") + 1] == "numpy"
+
+
+def test_a_failed_locked_install_says_how_to_get_the_cpu_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(bootstrap, "state_dir", lambda: tmp_path / "state")
+    failing = [sys.executable, "-c", "raise SystemExit(1)", "-r", bootstrap.LOCK_FILE]
+    monkeypatch.setattr(bootstrap, "install_commands", lambda python: [failing])
+    with pytest.raises(LowbitError, match=f"PIP_EXTRA_INDEX_URL={bootstrap.TORCH_CPU_INDEX} invoke setup"):
+        bootstrap.install_package(tmp_path / "python")
+    assert not (tmp_path / "state" / "installed").exists()  # the next setup tries again

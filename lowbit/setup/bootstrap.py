@@ -21,6 +21,7 @@ from lowbit.paths import active_conda_env, kit_root, state_dir, venv_dir, venv_p
 EXTRAS = "replicas,notebooks,dev,checks"
 LOCK_FILE = "requirements.lock"  # exact versions + hashes of pyproject.toml with EXTRAS (`invoke lock`)
 LOCK_TAG_PREFIX = "# lowbit lock for: "  # the lock's first line: the interpreter and platform it was made for
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # where PyTorch publishes its +cpu wheels
 _TAG_CODE = ("import platform, sys; v = sys.version_info; "
              "print(f'{sys.implementation.name}-{v[0]}.{v[1]}-{sys.platform}-{platform.machine()}')")
 
@@ -96,7 +97,10 @@ def install_package(python: Path) -> bool:
     for cmd in install_commands(python):
         proc = subprocess.run(cmd, cwd=kit_root())
         if proc.returncode != 0:
-            raise LowbitError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); see the pip output above")
+            hint = (f"\nIf pip found no torch==...+cpu: {LOCK_FILE} pins PyTorch's CPU build, which PyPI does not "
+                    f"carry; add its index and run setup again: `PIP_EXTRA_INDEX_URL={TORCH_CPU_INDEX} invoke "
+                    f"setup`." if LOCK_FILE in cmd else "")
+            raise LowbitError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); see the pip output above{hint}")
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
     return True
