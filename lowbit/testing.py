@@ -37,12 +37,12 @@ def run_tests(k: str | None = None, no_notebooks: bool = False, lint: bool = Tru
         if subprocess.run([sys.executable, "-m", "deptry", "."], cwd=root).returncode:
             return 1
     args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
+    if no_notebooks:  # the papermill pass in tests/test_notebooks.py too; pytest keeps only the last -k
+        k = f"({k}) and not notebook" if k else "not notebook"
+    elif not k:
+        args += nbval_args(root)
     if k:
         args += ["-k", k]
-    if not no_notebooks and not k:
-        args += nbval_args(root)
-    elif no_notebooks:
-        args += ["-k", "not notebook"]  # the papermill pass in tests/test_notebooks.py too
     print("> " + " ".join(args[2:]), flush=True)
     code = subprocess.run(args, cwd=root).returncode
     if code == NO_TESTS:

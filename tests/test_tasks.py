@@ -72,3 +72,17 @@ def test_a_badly_typed_flag_is_one_error_line(argv, flag):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert proc.stderr.startswith(f"error: {flag} takes a ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("k, no_notebooks, expected", [("lock", True, "(lock) and not notebook"),
+                                                       (None, True, "not notebook"), ("lock", False, "lock")])
+def test_invoke_test_keeps_both_filters(monkeypatch, k, no_notebooks, expected):
+    from lowbit import testing
+
+    calls = []
+    done = subprocess.CompletedProcess([], 0)
+    monkeypatch.setattr(testing.subprocess, "run", lambda args, **kw: calls.append(args) or done)
+    assert testing.run_tests(k=k, no_notebooks=no_notebooks, lint=False) == 0
+    (args,) = calls
+    assert args.count("-k") == 1 and args[args.index("-k") + 1] == expected  # pytest keeps only the last -k
+    assert not any(a.endswith(".ipynb") for a in args)
