@@ -34,6 +34,7 @@ def load_tasks(root: Path | None = None) -> Collection:
     if spec is None or spec.loader is None:
         raise LowbitError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as importlib's recipe says: dataclasses look their module up there
     spec.loader.exec_module(module)
     return Collection.from_module(module)
 

@@ -1,5 +1,5 @@
-"""`invoke test`: ruff, import-linter's contracts, the pytest suite, and every notebook under nbval (lax mode +
-sanitize file)."""
+"""`invoke test`: ruff, deptry, import-linter's contracts, the pytest suite, and every notebook under nbval
+(lax mode + sanitize file)."""
 
 from __future__ import annotations
 
@@ -30,22 +30,25 @@ def nbval_args(root: Path) -> list[str]:
     return args
 
 
-def run_tests(k: str | None = None, notebooks: bool = True, lint: bool = True) -> int:
+def run_tests(k: str | None = None, no_notebooks: bool = False, lint: bool = True) -> int:
     root = kit_root()
     if lint:
         print("> ruff check", flush=True)
         if subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=root).returncode:
             return 1
+        print("> deptry .", flush=True)  # imports vs declared dependencies ([tool.deptry] in pyproject.toml)
+        if subprocess.run([sys.executable, "-m", "deptry", "."], cwd=root).returncode:
+            return 1
         print("> lint-imports", flush=True)
         if subprocess.run([sys.executable, "-c", LINT_IMPORTS, "--no-cache"], cwd=root).returncode:
             return 1
     args = [sys.executable, "-m", "pytest", "tests", "-ra", "--durations=25"]
+    if no_notebooks:  # the papermill pass in tests/test_notebooks.py too; pytest keeps only the last -k
+        k = f"({k}) and not notebook" if k else "not notebook"
+    elif not k:
+        args += nbval_args(root)
     if k:
         args += ["-k", k]
-    if notebooks and not k:
-        args += nbval_args(root)
-    elif not notebooks:
-        args += ["-k", "not notebook"]  # the papermill pass in tests/test_notebooks.py too
     print("> " + " ".join(args[2:]), flush=True)
     code = subprocess.run(args, cwd=root).returncode
     if code == NO_TESTS:

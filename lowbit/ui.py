@@ -9,6 +9,7 @@ sets DEBUG, `lowbit -q` WARNING: quiet output also hides progress bars).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -38,6 +39,11 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[obj
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     console.print(table(title, columns, rows))
+
+
+def print_json(data: object, indent: int = 1) -> None:
+    """`data` as JSON on stdout: what every `--json` flag prints."""
+    sys.stdout.write(json.dumps(data, indent=indent) + "\n")
 
 
 def step(message: str) -> None:

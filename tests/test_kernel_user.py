@@ -38,7 +38,7 @@ def test_user_kernel_is_found_by_jupyter_and_shown_by_doctor(tmp_path, monkeypat
     if kernel_registered():  # the environment's own spec (invoke setup) is listed after it, shadowed
         assert {"dir": str(kernel_dir()), "python": sys.executable, "used": False} in found
     doctor = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.setup.doctor:doctor_command",
-                             '{"json_output": true}'], capture_output=True, text=True, cwd=kit_root(),
+                             '{"json": true}'], capture_output=True, text=True, cwd=kit_root(),
                             env=os.environ.copy())
     assert json.loads(doctor.stdout)["kernels"][0]["dir"] == str(spec_dir), doctor.stderr
     table = subprocess.run([sys.executable, "-m", "lowbit", "lowbit.setup.doctor:doctor_command"], capture_output=True,

@@ -25,7 +25,7 @@ from lowbit.files.gguf_header import ALL_ARRAYS, read_header
 from lowbit.files.shard_set import shard_number
 from lowbit.models.catalog import ANY_KIND, locate
 from lowbit.prompts.template import render
-from lowbit.ui import print_table
+from lowbit.ui import print_json, print_table
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -459,7 +459,7 @@ def hf_tokenizer_from_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathL
 
 
 def tokens_command(
-    model: list[str] | None = None, base: list[str] | None = None, as_json: bool = False
+    model: list[str] | None = None, base: list[str] | None = None, json: bool = False  # noqa: A002 (--json)
 ) -> int:
     """`invoke tokens --model A --model B [--base A=PATH]`: special tokens and the remap table."""
 
@@ -474,8 +474,8 @@ def tokens_command(
         if not sep or name not in models:
             raise LowbitError(f"--base {spec!r}: write MODEL=PATH where MODEL is one of the --model values")
         bases[name] = load_vocab(locate(path, kind=ANY_KIND))
-    if as_json:
-        print(json.dumps({m: special_ids(v) for m, v in models.items()}, indent=2))
+    if json:
+        print_json({m: special_ids(v) for m, v in models.items()}, indent=2)
         return 0
     columns, rows = remap_table(models, bases)
     print_table("special tokens (computed from each tokenizer)", columns, rows)

@@ -39,7 +39,7 @@ from lowbit.paths import models_dir
 from lowbit.run import calibrate
 from lowbit.run import predict as P
 from lowbit.toolchain.build import active_build, sdist_tree
-from lowbit.ui import step
+from lowbit.ui import print_json, step
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 NO_ROOT_HINT = (
@@ -328,13 +328,13 @@ def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio
 
 def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = None, ratio: float = 3.0,
                             threads: int | None = None, n_gen: int = 16, ram_gb: float = 64.0,
-                            json_out: bool = False) -> int:
+                            json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke bigger-than-ram`: the limited run, then the seed's R1 question as a prediction."""
     res = bigger_than_ram(model, int(limit_mb) if limit_mb else None, float(ratio),
                           int(threads) if threads else None, int(n_gen))
     r1 = r1_at_ram(float(ram_gb))
-    if json_out:
-        print(json.dumps({"run": res, "r1_prediction": r1}, indent=1))
+    if json:
+        print_json({"run": res, "r1_prediction": r1})
         return 0 if res["measured_tps"] else 1
     p = res["predicted"]
     print(f"{res['model']}: {res['file_bytes'] / 1e6:.0f} MB under a {res['limit_bytes'] / 1e6:.0f} MB memory "

@@ -43,7 +43,7 @@ from lowbit.models.catalog import locate
 from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build, sdist_tree
 from lowbit.toolchain.ggml_kernels import Kernels
-from lowbit.ui import print_table, step, warn
+from lowbit.ui import print_json, print_table, step, warn
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
 # by `benchmarks/predict_vs_measured.py --store-band` in error_band.json; a prediction is shown as
@@ -707,12 +707,12 @@ def calibration(refresh: bool = False) -> dict:
 # `invoke calibrate`, `invoke predict`
 
 
-def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
+def calibrate_command(refresh: bool = False, json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke calibrate`: measure (or show the cached) calibration of this machine and build."""
 
     cal = calibration(refresh=refresh)
-    if json_out:
-        print(json.dumps(cal, indent=1))
+    if json:
+        print_json(cal)
         return 0
     threads = sorted(cal["bandwidth_gbs"], key=int)
     print_table(f"calibration {cal['fingerprint']} ({cal.get('measured_at', '?')}, other load "
@@ -743,15 +743,15 @@ def calibrate_command(refresh: bool = False, json_out: bool = False) -> int:
 
 def predict_command(model: str, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128, depth: int = 0,
                     cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, ctx: int | None = None,
-                    no_repack: bool = False, json_out: bool = False) -> int:
+                    no_repack: bool = False, json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke predict`: prefill/decode tok/s and peak RSS of a model (catalog name or GGUF) from its header."""
 
     cfg = Config(threads=int(threads or physical_cores()), n_prompt=int(n_prompt), n_gen=int(n_gen),
                  depth=int(depth), cache_type_k=cache_type_k, cache_type_v=cache_type_v, ubatch=int(ubatch),
                  n_ctx=int(ctx) if ctx else None, repack=not no_repack)
     p = predict(locate(model), cfg)
-    if json_out:
-        print(json.dumps(p.to_dict(), indent=1))
+    if json:
+        print_json(p.to_dict())
         return 0
     band = p.band
 

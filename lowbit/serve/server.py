@@ -343,16 +343,18 @@ def resolve_key(host: str, api_key: str | None = None, api_key_file: str | None 
 def serve_command(model: str, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
                   parallel: int = 4, ctx: int = 4096, plan: str | None = "auto", rpc: str | None = None,
                   insecure: bool = False, timeout: float = 1800.0, api_key_file: str | None = None,
-                  max_tokens: int = DEFAULT_MAX_TOKENS, key_on_command_line: bool = False) -> int:
+                  max_tokens: int = DEFAULT_MAX_TOKENS) -> int:
     """`invoke serve`: start llama-server, print how to reach it, run until Ctrl-C.
 
     The key comes from `api_key`, `api_key_file`, $LOWBIT_API_KEY or $LLAMA_API_KEY. A non-loopback bind
     without one (and
-    without `insecure`) gets a generated key, printed once. `key_on_command_line` says the key was typed
-    as `--api-key KEY`, which other local users can read in `ps` while invoke runs.
+    without `insecure`) gets a generated key, printed once. `api_key` is what was typed as
+    `--api-key KEY`, which other local users can read in `ps` while invoke runs (the variables and the file are
+    read here, not passed in).
     """
 
     port, parallel, ctx, max_tokens = int(port), int(parallel), int(ctx), int(max_tokens)
+    key_on_command_line = bool(api_key)
     api_key, generated = resolve_key(host, api_key, api_key_file, insecure)
     note = check_host(host, api_key, insecure)
     if key_on_command_line and not procs.is_loopback(host):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -16,7 +15,7 @@ from lowbit.paths import models_dir, state_dir
 from lowbit.toolchain import bindings
 from lowbit.toolchain.build import TARGETS, active_build, builds_root, load_build
 from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, kernel_locations, kernel_registered
-from lowbit.ui import print_table
+from lowbit.ui import print_json, print_table
 
 PACKAGES = ("lowbit", "llama_cpp_python", "gguf", "huggingface_hub", "hf_xet", "transformers", "torch",
             "papermill", "nbval", "ipywidgets", "invoke")
@@ -75,7 +74,7 @@ def kernels() -> list[dict]:
         return []
 
 
-def doctor_command(json_output: bool = False) -> int:
+def doctor_command(json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     summary = machine_summary()
     cpu = summary["cpu"]
     builds = [b for d in sorted(builds_root().glob("*")) if d.is_dir() and (b := load_build(d))]
@@ -85,10 +84,9 @@ def doctor_command(json_output: bool = False) -> int:
         active = None
     problems = setup_problems()
     found_kernels = kernels()
-    if json_output:
-        print(json.dumps({**summary, "builds": [b.key for b in builds], "active_build": active and active.key,
-                          "packages": package_versions(), "kernels": found_kernels, "problems": problems},
-                         indent=1))
+    if json:
+        print_json({**summary, "builds": [b.key for b in builds], "active_build": active and active.key,
+                    "packages": package_versions(), "kernels": found_kernels, "problems": problems})
         return 1 if problems else 0
     gpu_text = "; ".join(f"{g['name']} ({g['memory_gb']} GB, {g['api']})" for g in summary["gpus"]) or "none"
     print_table("machine", ["", ""], [
