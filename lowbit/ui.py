@@ -21,9 +21,12 @@ from rich.text import Text
 log = logging.getLogger("lowbit")
 LOG_LEVEL_ENV = "LOWBIT_LOG_LEVEL"
 
-# Piped output (CI logs, `| less`) gets a very wide console, so tables are never wrapped or cut.
-console = Console(width=None if sys.stdout.isatty() else 400, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
+# Piped output (CI logs, `| less`) gets a very wide console, so tables are never wrapped or cut. In a notebook
+# kernel (rich's own detection) tables and steps are plain text on the cell's stdout/stderr, not rich's HTML
+# plus an ANSI-coloured copy: stored lessons stay small, diffable and readable wherever they are shown.
+_PLAIN = {"force_jupyter": False, "color_system": None} if Console().is_jupyter else {}
+console = Console(width=None if sys.stdout.isatty() else 400, highlight=False, soft_wrap=True, **_PLAIN)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400, **_PLAIN)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
