@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from lowbit import LowbitError
 from lowbit.lessons.stored import clean_notebook, is_clean, machine_paths
 from lowbit.paths import kit_root, runs_dir
@@ -529,8 +531,6 @@ def clean_lessons(names: list[str] | None = None, check: bool = False) -> int:
     """Clean the stored lessons `names` (default: all) of run-to-run metadata in place; `check` only lists the
     unclean ones (exit 1 if any). `invoke run-notebook --store` stores lessons clean; this is for copies stored
     another way."""
-    import nbformat
-
     unclean = []
     for path in [lesson_path(n) for n in names] if names else lessons():
         nb = nbformat.read(path, as_version=4)
