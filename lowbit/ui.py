@@ -22,8 +22,12 @@ from rich.text import Text
 log = logging.getLogger("lowbit")
 LOG_LEVEL_ENV = "LOWBIT_LOG_LEVEL"
 
-# Piped output (CI logs, `| less`) gets a very wide console, so tables are never wrapped or cut.
-console = Console(width=None if sys.stdout.isatty() else 400, highlight=False, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets a very wide console, so tables are never wrapped or cut. In a notebook
+# kernel (rich's own detection) tables are plain text on the cell's stdout, not rich's HTML plus an ANSI-coloured
+# copy (Jupyter sets FORCE_COLOR): stored lessons stay small, diffable and readable wherever they are shown.
+# err_console keeps rich's notebook mode, so a long download or merge shows a live progress bar in JupyterLab.
+_PLAIN = {"force_jupyter": False, "force_terminal": False, "color_system": None} if Console().is_jupyter else {}
+console = Console(width=None if sys.stdout.isatty() else 400, highlight=False, soft_wrap=True, **_PLAIN)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 
 

@@ -276,7 +276,9 @@ def test_lesson_follows_conventions(name):
                 assert node.end_lineno - node.lineno < 8, (
                     f"function {node.name} is long: move it into lowbit/"
                 )
-        assert len(cell.source.splitlines()) <= 30, "cells stay small; logic lives in lowbit/"
+        assert len(cell.source.splitlines()) <= 15, (
+            f"a cell of {len(cell.source.splitlines())} lines: cells stay small (<= 15); logic lives in lowbit/"
+        )
     assert imports_lowbit, "a lesson calls lowbit"
     last = code[-1]
     assert any(isinstance(n, ast.Assert) for n in ast.walk(_python(last.source))), (

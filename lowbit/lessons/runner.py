@@ -14,14 +14,17 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import yaml
 
 from lowbit import LowbitError, ui
+from lowbit.lessons.stored import clean_notebook, is_clean, machine_paths
 from lowbit.machine import busy_cpu_seconds, own_cpu_seconds
 from lowbit.paths import KIT_ROOT, kit_root, runs_dir
 from lowbit.toolchain.jupyter_kernel import KERNEL_NAME, register_kernel
@@ -496,19 +499,40 @@ def store_executed(result: RunResult, allow_busy: bool = False) -> Path:
                 "timings describe the load, not the lesson; rerun on a quiet machine, or pass --allow-busy"
             )
     dest = lesson_path(result.notebook)
-    nb = nbformat.read(result.executed, as_version=4)
+    nb = clean_notebook(nbformat.read(result.executed, as_version=4))  # no timestamps, durations, versions
     pm = nb.metadata.get("papermill")
     if isinstance(pm, dict):
         pm["input_path"] = pm["output_path"] = dest.name
     text = nbformat.writes(nb)
-    for secret in {str(KIT_ROOT), str(Path.home()), str(Path(result.run_dir).resolve())}:
-        if secret and secret != "/" and secret in text:
-            raise LowbitError(f"not stored: the executed notebook shows the absolute path {secret!r}; print paths "
-                              "relative to the model or run folder in the lesson")
+    shown = [*machine_paths(nb), *(secret for secret in {str(KIT_ROOT), str(Path.home()), tempfile.gettempdir(),
+                                                         str(Path(result.run_dir).resolve())}
+                                   if secret and secret != "/" and secret in text)]
+    if shown:
+        raise LowbitError(f"not stored: the executed notebook shows the absolute path {shown[0]!r}; print paths "
+                          "relative to the model or run folder in the lesson")
     tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text if text.endswith("\n") else text + "\n")  # as nbformat.write ends a file
     os.replace(tmp, dest)
     return dest
+
+
+def clean_lessons(names: list[str] | None = None, check: bool = False) -> int:
+    """Clean the stored lessons `names` (default: all) of run-to-run metadata in place; `check` only lists the
+    unclean ones (exit 1 if any). `invoke run-notebook --store` stores lessons clean; this is for copies stored
+    another way."""
+    unclean = []
+    for path in [lesson_path(n) for n in names] if names else lessons():
+        nb = nbformat.read(path, as_version=4)
+        if is_clean(nb):
+            continue
+        unclean.append(path.name)
+        if not check:
+            tmp = path.with_name(f".{path.name}.tmp")
+            nbformat.write(clean_notebook(nb), tmp)
+            os.replace(tmp, path)
+    verb = "not clean" if check else "cleaned"
+    print(f"{verb}: {', '.join(unclean)}" if unclean else "every stored lesson is clean")
+    return 1 if check and unclean else 0
 
 
 def run_notebook(
