@@ -37,7 +37,7 @@ def _fake_measurements(monkeypatch, tmp_path: Path, calls: list) -> None:
     monkeypatch.setattr(bench, "_build_patches", lambda directory: ["0005"])
 
 
-def test_two_thread_comparison_with_baseline(monkeypatch, tmp_path):
+def test_two_thread_comparison_with_baseline(monkeypatch, tmp_path, capsys):
     calls: list = []
     _fake_measurements(monkeypatch, tmp_path, calls)
     base = tmp_path / "base"
@@ -52,6 +52,9 @@ def test_two_thread_comparison_with_baseline(monkeypatch, tmp_path):
     assert result["roofline"]["TQ2_0/t2"] == pytest.approx(30.0 * 900e6 / 30e9)
     assert result["baseline_roofline"]["TQ2_0/t2"] == pytest.approx(15.0 * 900e6 / 30e9)
     assert "TQ1_0/t2" not in result["roofline"]
+    bench.report(result)
+    table = capsys.readouterr().out
+    assert "TQ2_0" in table and "2.00x base" in table and "TQ1_0" not in table
 
 
 def test_one_thread_adds_cpu_time_rates(monkeypatch, tmp_path):

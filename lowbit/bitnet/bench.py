@@ -466,8 +466,9 @@ def report(result: dict) -> None:
 
     s = result["speed"]
     vs = result.get("vs_baseline") or {}
+    measured = [q for q in TYPES if any(k.startswith(f"{q}/") for k in s)]
     rows = []
-    for qtype in TYPES:
+    for qtype in measured:
         row = [qtype]
         for kind in ("pp", "tg"):
             for t in result["threads"]:
@@ -533,9 +534,9 @@ def report(result: dict) -> None:
          for k, v in result["roofline"].items()],
     )
     if result.get("kernels"):
+        one = f"; read bandwidth 1 thread {bw['1'] / 1e9:.1f} GB/s" if "1" in bw else ""
         print_table(
-            "CPU dot product, 1 thread, cache-resident weights (compute ceiling; read bandwidth 1 thread "
-            f"{bw.get('1', 0) / 1e9:.1f} GB/s)",
+            f"CPU dot product, 1 thread, cache-resident weights (compute ceiling{one})",
             ["type", "weights GB/s"],
             [[q, f"{r / 1e9:.1f}"] for q, r in result["kernels"].items()],
         )
