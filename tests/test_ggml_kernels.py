@@ -1,9 +1,11 @@
-"""The CPU kernels BitNet runs on (patch 0003's AVX-512 TQ2_0 dot product, patch 0005's TQ2_0 GEMM), against numpy.
+"""The CPU kernels BitNet runs on (patch 0003's AVX-512 TQ2_0 dot product, patch 0005's TQ2_0 GEMM, patch 0006's
+multi-row TQ2_0 mat-vec), against numpy.
 
 Each dot product is called exactly as the matmul calls it (ggml's CPU type traits: weights from ggml's quantizer,
 activations from the `from_float` of the kernel's `vec_dot_type`) and compared with float64 numpy over the
 dequantized values; whole matrix products go through `ggml_mul_mat` on the CPU backend, where several activation
-columns (a prompt) take the mat-mat path and one column (decode) the dot products. The integer part of these
+columns (a prompt) take the mat-mat path and one column (decode) the mat-vec kernel (the dot products where the
+CPU has none). The integer part of these
 kernels is exact, so only float rounding differs (bounded below): a wrong field order, lane, scale or ternary
 offset is off by far more than that tolerance.
 """
@@ -145,3 +147,45 @@ def test_control_matmul_matches_numpy(kernels):
     a = rng.standard_normal((6, 512))
     _check_matmul(kernels, "TQ1_0", _ternary(rng, 32, 512), a)
     _check_matmul(kernels, "Q4_0", rng.standard_normal((32, 512)), a)
+
+
+@pytest.mark.parametrize("m,k,n,threads", [
+    (1, 256, 1, 1),       # one row: only the single-row remainder
+    (3, 512, 1, 1),       # fewer rows than one pass of 4
+    (4, 256, 1, 1),       # exactly one pass
+    (7, 2560, 1, 2),      # a pass and a remainder of 3, rows split over 2 threads
+    (37, 6912, 1, 2),     # BitNet's FFN width, a remainder of 1
+    (3200, 2560, 1, 2),   # 2 MiB of rows: several >= 256 KiB chunks handed out at run time, none a multiple of 4
+    (1, 512, 2, 2),       # fewer rows than columns: one column per thread, the second at a column offset
+    (2, 256, 3, 3),       # one column per thread, three threads
+])
+def test_ternary_matvec_matches_numpy(kernels, m, k, n, threads):
+    """One activation column per chunk (decode): the mat-vec path, including where it writes in dst."""
+    rng = np.random.default_rng(m * 11 + k + n)
+    a = rng.standard_normal((n, k)) * rng.uniform(0.1, 10, (n, 1))
+    _check_matmul(kernels, "TQ2_0", _ternary(rng, m, k), a, threads)
+
+
+def test_ternary_matvec_extremes_and_positions(kernels):
+    """The mat-vec path with a different single +1 per row (lane, field and block boundaries, rows in every
+    slot of a pass) and with all +1 / -1 / 0 rows against activations at the int8 limits, one column each."""
+    k = 512
+    positions = (0, 1, 3, 4, 31, 32, 63, 64, 127, 128, 200, 255, 256, 300, 447, 511, 129)
+    w = np.zeros((len(positions), k))
+    w[np.arange(len(positions)), positions] = 1.0
+    _check_matmul(kernels, "TQ2_0", w, (np.arange(k) % 97 - 48).astype(np.float64)[None, :])
+    rng = np.random.default_rng(7)
+    w = np.concatenate([np.ones((5, k)), -np.ones((5, k)), np.zeros((3, k)),
+                        np.tile([1.0, 0.0, -1.0, 1.0], (5, k // 4))])
+    big = np.where(rng.random(k) < 0.5, 1.0, -1.0) * 100.0
+    for a in (np.full(k, 100.0), np.full(k, -100.0), big):
+        _check_matmul(kernels, "TQ2_0", w, a[None, :], 2)
+
+
+def test_control_matvec_matches_numpy(kernels):
+    """One column of Q6_K (BitNet's tied output matrix), TQ1_0 and Q4_0: the per-row mat-vec path every type
+    without its own mat-vec kernel takes, over several >= 256 KiB chunks on 2 threads."""
+    rng = np.random.default_rng(8)
+    _check_matmul(kernels, "Q6_K", rng.standard_normal((1100, 2560)), rng.standard_normal((1, 2560)), 2)
+    _check_matmul(kernels, "TQ1_0", _ternary(rng, 37, 512), rng.standard_normal((1, 512)), 2)
+    _check_matmul(kernels, "Q4_0", rng.standard_normal((33, 512)), rng.standard_normal((1, 512)))

@@ -278,15 +278,22 @@ def run_benchmark(
     threads: tuple[int, ...] = (1, 2),
     folder: Path | None = None,
     baseline: Path | None = None,
+    types: tuple[str, ...] = TYPES,
 ) -> dict:
     """Measure everything in one run; return a JSON-serialisable result (also the notebook's input).
 
     `baseline`: another build's folder (e.g. one without the kernel patch); its llama-bench runs every type in
     the same interleaved rounds, so `vs_baseline` shows what the build difference is worth (Q4_0 is the control).
+    `types`: a subset of TYPES (Q4_0, the reference of every ratio, is always measured). Prompt tokens per
+    CPU-second (a one-thread measure) are taken when 1 is among `threads`.
     """
 
+    unknown = sorted(set(types) - set(TYPES))
+    if unknown or not threads or any(t < 1 for t in threads):
+        raise LowbitError(f"bitnet bench: types must be among {', '.join(TYPES)} (got {', '.join(unknown)}) and "
+                          f"thread counts positive (got {threads})")
     folder = folder or models_dir() / "bench"
-    files = quantized_files(folder, shape)
+    files = {q: p for q, p in quantized_files(folder, shape).items() if q in types or q == "Q4_0"}
     tools = {"": None}
     if baseline is not None:
         tool = Path(baseline) / "bin" / "llama-bench"
@@ -306,7 +313,7 @@ def run_benchmark(
                     for kind, value in got.items():
                         samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
-        for qtype, path in files.items():  # prompt speed per CPU-second: the measure that survives a busy machine
+        for qtype, path in files.items() if 1 in threads else ():  # prompt tokens per CPU-second: survives load
             for prefix, tool in tools.items():
                 samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
                 others.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(0.0)  # not disturbed by design
@@ -321,13 +328,15 @@ def run_benchmark(
     vs_baseline = {k: v / speed["base:" + k] for k, v in main.items() if speed.get("base:" + k)}
     bw = {t: max(v) for t, v in bw_samples.items()}
     memory = measure_memory(files, shape)
-    roofline = {}
+    roofline, baseline_roofline = {}, {}
     for qtype in files:
         per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
         for t in threads:
-            tg = main.get(f"{qtype}/tg/t{t}")
+            tg, base_tg = main.get(f"{qtype}/tg/t{t}"), speed.get(f"base:{qtype}/tg/t{t}")
             if tg:
                 roofline[f"{qtype}/t{t}"] = tg * per_token / bw[t]
+            if base_tg:
+                baseline_roofline[f"{qtype}/t{t}"] = base_tg * per_token / bw[t]
     return {
         "shape": shape.__dict__,
         "rounds": rounds,
@@ -345,6 +354,7 @@ def run_benchmark(
         "kernels": kernel_rates(),
         "memory": memory,
         "roofline": roofline,
+        "baseline_roofline": baseline_roofline,  # the baseline build's decode against the same bandwidth
         "patches": _active_patches(),
         "cpu": _cpu_name(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
@@ -390,8 +400,9 @@ def report(result: dict) -> None:
 
     s = result["speed"]
     vs = result.get("vs_baseline") or {}
+    measured = [q for q in TYPES if any(k.startswith(f"{q}/") for k in s)]
     rows = []
-    for qtype in TYPES:
+    for qtype in measured:
         row = [qtype]
         for kind in ("pp", "tg"):
             for t in result["threads"]:
@@ -448,16 +459,18 @@ def report(result: dict) -> None:
         mem_rows,
     )
     bw = result["bandwidth"]
+    base_roof = result.get("baseline_roofline") or {}
     print_table(
         "decode vs memory-bandwidth roofline (read bandwidth: "
         + ", ".join(f"{b / 1e9:.1f} GB/s at t={t}" for t, b in bw.items()) + ")",
-        ["type/threads", "fraction"],
-        [[k, f"{v:.2f}"] for k, v in result["roofline"].items()],
+        ["type/threads", "fraction"] + (["baseline build"] if base_roof else []),
+        [[k, f"{v:.2f}"] + ([f"{base_roof[k]:.2f}" if k in base_roof else "-"] if base_roof else [])
+         for k, v in result["roofline"].items()],
     )
     if result.get("kernels"):
+        one = f"; read bandwidth 1 thread {bw['1'] / 1e9:.1f} GB/s" if "1" in bw else ""
         print_table(
-            "CPU dot product, 1 thread, cache-resident weights (compute ceiling; read bandwidth 1 thread "
-            f"{bw.get('1', 0) / 1e9:.1f} GB/s)",
+            f"CPU dot product, 1 thread, cache-resident weights (compute ceiling{one})",
             ["type", "weights GB/s"],
             [[q, f"{r / 1e9:.1f}"] for q, r in result["kernels"].items()],
         )
@@ -467,10 +480,18 @@ def results_file() -> Path:
     return runs_dir() / "bench" / "bitnet.json"
 
 
-def bench_command(rounds: int = 4, reduced: bool = False, baseline: str | None = None) -> int:
-    """`invoke bitnet-bench`: measure, print, store results for the lesson."""
+def bench_command(rounds: int = 4, reduced: bool = False, baseline: str | None = None,
+                  threads: str = "1,2", types: str = ",".join(TYPES)) -> int:
+    """`invoke bitnet-bench`: measure, print, store results for the lesson.
+
+    `threads` and `types` are comma lists (e.g. "2" and "TQ2_0,Q4_0" for a short 2-thread comparison)."""
+    try:
+        thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError:
+        raise LowbitError(f"--threads {threads!r}: give a comma list of thread counts, e.g. 1,2") from None
     result = run_benchmark(REDUCED if reduced else FULL, rounds=rounds,
-                           baseline=Path(baseline).expanduser() if baseline else None)
+                           baseline=Path(baseline).expanduser() if baseline else None, threads=thread_counts,
+                           types=tuple(t.strip().upper() for t in types.split(",") if t.strip()))
     report(result)
     out = results_file() if not reduced else results_file().with_name("bitnet-reduced.json")
     out.parent.mkdir(parents=True, exist_ok=True)
