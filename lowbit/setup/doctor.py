@@ -58,10 +58,9 @@ def setup_problems() -> list[tuple[str, str]]:
 
     if not kernel_registered():
         problems.append((f"Jupyter kernel {KERNEL_NAME!r} is not registered", "run `invoke setup`"))
-    if importlib.util.find_spec("lowbit.models.replicas") is not None:
-        absent = [name for name in replicas.REPLICAS if replicas.replica_path(name) is None]
-        if absent:
-            problems.append((f"replica models not built: {', '.join(absent)}", "run `invoke replicas`"))
+    absent = [name for name in replicas.REPLICAS if replicas.replica_path(name) is None]
+    if absent:
+        problems.append((f"replica models not built: {', '.join(absent)}", "run `invoke replicas`"))
     return problems
 
 
