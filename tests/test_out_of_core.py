@@ -130,3 +130,15 @@ def test_out_of_core_experts_come_at_the_random_read_rate():
     e = experts * 2 / 8
     assert 1 / thrash.predicted_tps == pytest.approx(1 / mem.decode_tps + dense / 0.5e9 + e / rate, rel=1e-3)
     assert thrash.disk_gbs == pytest.approx((dense + e) / (dense / 0.5e9 + e / rate) / 1e9, rel=1e-2)
+
+
+@pytest.mark.parametrize("flags, message", [({"limit_mb": "-5"}, "at least 16"), ({"limit_mb": "abc"}, "whole number"),
+                                            ({"ratio": "0.5"}, "at least 1.0"), ({"threads": "0"}, "at least 1")])
+def test_bad_limits_are_refused_before_any_group_or_model(monkeypatch, flags, message):
+    """A negative limit once reached the cgroup file as an OSError traceback; now one clear error, nothing made."""
+    monkeypatch.setattr(O, "moe_model", lambda: pytest.fail("no model may be written for a bad flag"))
+    before = {p.name for p in O.CGROUP_ROOT.iterdir()} if O.CGROUP_ROOT.is_dir() else set()
+    with pytest.raises(LowbitError, match=message):
+        O.bigger_than_ram_command(**flags)
+    after = {p.name for p in O.CGROUP_ROOT.iterdir()} if O.CGROUP_ROOT.is_dir() else set()
+    assert after == before

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lowbit import LowbitError
+from lowbit import LowbitError, flag_number
 from lowbit.files.gguf_layout import write_deepseek2
 from lowbit.machine import physical_cores
 from lowbit.models.catalog import locate
@@ -294,6 +294,9 @@ def moe_model(folder: Path | None = None) -> Path:
     return path
 
 
+MIN_LIMIT_MB = 16  # below this the runtime itself (tokenizer tables, buffers) cannot start under the cgroup
+
+
 def bench_cmd(model: Path, threads: int, n_gen: int) -> list[str]:
     return [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", "0",
             "-n", str(n_gen), "-r", "1", "--repack", "0", "-lm", "mmap", "-o", "json"]
@@ -308,6 +311,11 @@ def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio
     path = locate(model) if model else moe_model()
     w = P.workload(path)
     threads = threads or physical_cores()
+    if limit_mb is not None and limit_mb < MIN_LIMIT_MB:
+        raise LowbitError(f"a memory limit of {limit_mb} MB leaves llama-bench no room to start: give at least "
+                          f"{MIN_LIMIT_MB} MB")
+    if ratio < 1:
+        raise LowbitError(f"ratio {ratio}: the model must be at least as large as the limit (1 or more)")
     limit = int(limit_mb * 2**20) if limit_mb else int(w.meta.file_bytes / ratio)
     pred = predict_out_of_core(w, limit, threads, n_gen=n_gen)
     free = P.predict(w, P.Config(threads=threads, n_gen=n_gen, repack=False))
@@ -330,9 +338,10 @@ def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = Non
                             threads: int | None = None, n_gen: int = 16, ram_gb: float = 64.0,
                             json: bool = False) -> int:  # noqa: A002 (the flag is --json)
     """`invoke bigger-than-ram`: the limited run, then the seed's R1 question as a prediction."""
-    res = bigger_than_ram(model, int(limit_mb) if limit_mb else None, float(ratio),
-                          int(threads) if threads else None, int(n_gen))
-    r1 = r1_at_ram(float(ram_gb))
+    res = bigger_than_ram(model, flag_number("limit_mb", limit_mb, minimum=MIN_LIMIT_MB),
+                          flag_number("ratio", ratio, float, minimum=1.0), flag_number("threads", threads, minimum=1),
+                          flag_number("n_gen", n_gen, minimum=1))
+    r1 = r1_at_ram(flag_number("ram_gb", ram_gb, float, minimum=1.0))
     if json:
         print_json({"run": res, "r1_prediction": r1})
         return 0 if res["measured_tps"] else 1
