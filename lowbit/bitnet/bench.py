@@ -27,6 +27,7 @@ from lowbit.paths import models_dir, runs_dir
 from lowbit.procs import run_checked
 from lowbit.toolchain.build import active_build, load_build, sdist_tree
 from lowbit.toolchain.ggml_kernels import Kernels
+from lowbit.toolchain.llama_tools import llama_bench as run_llama_bench
 from lowbit.ui import human_bytes, print_table, step, warn
 
 PAPER_WEIGHTS_GB = 0.4  # arXiv 2504.12285, non-embedding weights
@@ -142,27 +143,8 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     its speed (its threads wait for each other), so such samples are told apart, not averaged in.
     """
 
-    tool = tool or active_build().tool("llama-bench")
     busy0, own0, wall0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
-    out = run_checked(
-        [
-            str(tool),
-            "-m",
-            str(model),
-            "-t",
-            str(threads),
-            "-p",
-            str(p),
-            "-n",
-            str(n),
-            "-r",
-            "1",
-            "-o",
-            "json",
-        ],
-        "llama-bench",
-    )
-    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    rows, _ = run_llama_bench(model, ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", "1"], tool=tool)
     got = {}
     for row in rows:
         key = "pp" if row["n_prompt"] else "tg"

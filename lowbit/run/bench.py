@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from lowbit.paths import runs_dir
 from lowbit.run import plan as planner
 from lowbit.run.plan import _bytes_per_token
 from lowbit.toolchain.build import active_build
+from lowbit.toolchain.llama_tools import llama_bench
 from lowbit.ui import console, print_table, step, warn
 
 SWEEP_KEYS = {
@@ -235,33 +235,10 @@ def run_llama_bench(
     timeout: float = 1800,
 ) -> tuple[list, list]:
     """Run llama-bench once with comma-list parameters; return (its JSON rows, the command)."""
-
-    binary = active_build().tool("llama-bench")
-    cmd = [
-        str(binary),
-        "-m",
-        str(model_path),
-        "-p",
-        str(n_prompt),
-        "-n",
-        str(n_gen),
-        "-r",
-        str(repetitions),
-        "-o",
-        "json",
-    ]
+    args = ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions)]
     for flag, values in params.items():
-        cmd += [flag, ",".join(values)]
-    cmd += list(extra or [])
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise LowbitError(f"llama-bench did not finish in {timeout:g} s; sweep fewer values") from exc
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
-        raise LowbitError(f"llama-bench exited with {proc.returncode}:\n{tail}\ncommand: {' '.join(cmd)}")
-    return json.loads(proc.stdout), cmd
+        args += [flag, ",".join(values)]
+    return llama_bench(model_path, args + list(extra or []), timeout, hint="; sweep fewer values")
 
 
 def bench_model(

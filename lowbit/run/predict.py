@@ -25,7 +25,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from lowbit.models.catalog import locate
 from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build, sdist_tree
 from lowbit.toolchain.ggml_kernels import Kernels
+from lowbit.toolchain.llama_tools import llama_bench
 from lowbit.ui import print_json, print_table, step, warn
 
 # Worst |predicted/measured - 1| of the validation benchmark on the reference machine (docs/plan.md), stored
@@ -470,17 +470,8 @@ def calibration_model(dest: Path, n_layers: int, vocab_file: str = CAL_VOCABS[0]
 def llama_bench_json(model: Path, threads: int, n_prompt: int, n_gen: int, reps: int, depth: int = 0,
                      extra: list[str] | None = None, timeout: float = 900) -> list[dict]:
     """llama-bench -o json rows (its own repetitions; samples in `samples_ts`)."""
-
-    cmd = [str(active_build().tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(n_prompt),
-           "-n", str(n_gen), "-d", str(depth), "-r", str(reps), "-o", "json", *(extra or [])]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise LowbitError(f"llama-bench did not finish in {timeout:g} s: {' '.join(cmd)}") from None
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-        raise LowbitError(f"llama-bench exited with {proc.returncode}:\n{tail}")
-    return json.loads(proc.stdout[proc.stdout.index("[") : proc.stdout.rindex("]") + 1])
+    args = ["-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen), "-d", str(depth), "-r", str(reps)]
+    return llama_bench(model, args + list(extra or []), timeout)[0]
 
 
 def _median_ts(rows: list[dict], prefill: bool) -> float:

@@ -1,4 +1,4 @@
-"""llama.cpp's own tools, run one way: convert_hf_to_gguf.py, llama-quantize, llama-imatrix.
+"""llama.cpp's own tools, run one way: convert_hf_to_gguf.py, llama-quantize, llama-imatrix, llama-bench.
 
 Every run goes through `procs.run_checked` (no stdin, output captured, a failure names the tool, its exit
 status and the output's tail). `quantize` writes to a temporary name and renames only a good result, and
@@ -8,8 +8,10 @@ are stored in another type, and the tool still exits 0).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,3 +86,21 @@ def imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | No
         raise LowbitError(f"llama-imatrix wrote no {out.name}")
     return out
 
+
+
+def llama_bench(model: Path, args: list[str], timeout: float = 1800, hint: str = "",
+                tool: Path | None = None) -> tuple[list[dict], list[str]]:
+    """Run `llama-bench -m model ARGS -o json` once (`tool`: another build's llama-bench, default the active
+    one's); return (its JSON rows, the command). A timeout or a failure is a LowbitError naming the command
+    (`hint` ends the timeout message)."""
+    cmd = [str(tool or active_build().tool("llama-bench")), "-m", str(model), *args, "-o", "json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LowbitError(f"llama-bench did not finish in {timeout:g} s{hint}: {' '.join(cmd)}") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
+        raise LowbitError(f"llama-bench exited with {proc.returncode}:\n{tail}\ncommand: {' '.join(cmd)}")
+    out = proc.stdout  # the JSON array; skip anything a build prints around it
+    return json.loads(out[out.index("[") : out.rindex("]") + 1]), cmd
