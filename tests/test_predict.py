@@ -311,18 +311,24 @@ def test_disk_probe_is_cold_and_cleans_up(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
 
 
-def test_model_larger_than_the_cache_decodes_at_the_streaming_rate():
+def test_model_larger_than_the_cache_decodes_at_the_streaming_rate(monkeypatch):
     """Weights beyond the last-level cache come from memory every token: ggml's mat-vec measured on
-    memory-resident weights (mvs) sets their time, and the fitted attention scale multiplies attention."""
+    memory-resident weights (mvs) sets their time once the model is as large as that probe, a share in between,
+    and the fitted attention scale multiplies attention."""
+    monkeypatch.setattr(calibrate, "STREAM_MIB", 0)  # the streaming probe: 3 x the last-level cache
     w = _moe_workload()
     cal = _cal()
     cal["kernels"]["1"]["Q8_0"]["mvs"] = 2.5e9
     small = P.predict(w, P.Config(threads=1, n_gen=1), cal)
-    cal["llc_bytes"] = 1024  # this model no longer fits
-    big = P.predict(w, P.Config(threads=1, n_gen=1), cal)
     q8 = 1000 * Q8_ROW + 2 * 256 * Q8_ROW + 2 * 2 / 8 * 8 * 512 * Q8_ROW  # output, attn_q, active experts
     cached = 1000 * Q8_ROW / 5e9 + 2 * 256 * Q8_ROW / 5e9 + 2 * 2 / 8 * 8 * 512 * Q8_ROW / 5e9
+    footprint = 1000 * Q8_ROW + 2 * 256 * Q8_ROW + 2 * 8 * 512 * Q8_ROW  # every expert competes for the cache
+    cal["llc_bytes"] = footprint // 3  # the model is as large as the streaming probe: all of it streams
+    big = P.predict(w, P.Config(threads=1, n_gen=1), cal)
     assert 1 / big.decode_tps - 1 / small.decode_tps == pytest.approx(q8 / 2.5e9 - cached, rel=1e-3)
+    cal["llc_bytes"] = footprint / 2  # halfway from the cache's size to the probe's: half the bytes miss
+    half = P.predict(w, P.Config(threads=1, n_gen=1), cal)
+    assert 1 / half.decode_tps - 1 / small.decode_tps == pytest.approx((q8 / 2.5e9 - cached) / 2, rel=1e-3)
     deep = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)
     cal["attention"]["1"]["decode"]["scale"] = 3.0
     deeper = P.predict(w, P.Config(threads=1, n_gen=1, depth=1000), cal)

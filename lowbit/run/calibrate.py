@@ -46,7 +46,7 @@ CALIBRATION_FILE = "calibration.json"
 HISTORY_FILE = "calibration-history.json"
 HISTORY_KEEP = 8  # calibrations kept per fingerprint
 ROUNDS = 3  # interleaved rounds of every rate; each rate is their median
-FORMAT = 6  # bump when what is measured changes: every machine recalibrates once
+FORMAT = 7  # bump when what is measured changes: every machine recalibrates once
 # weight types the cost model can meet in a GGUF (KV cache types are among them)
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                 "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
@@ -105,6 +105,28 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def store_probes(cal: dict) -> None:
+    """Write `cal`'s shape probes (`lowbit.run.probes`) into the cached calibration and the history entry that
+    are the same measurement (same `measured_at`); any other calibration is left as it is."""
+    if (current := cached(cal.get("fingerprint"))) and current.get("measured_at") == cal.get("measured_at"):
+        save({**current, "probes": cal.get("probes", {})})
+        return
+    try:
+        data = json.loads(history_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    for kept in data.get(cal.get("fingerprint"), []) if isinstance(data, dict) else []:
+        if isinstance(kept, dict) and kept.get("measured_at") == cal.get("measured_at"):
+            kept["probes"] = cal.get("probes", {})
+            _write_json(history_path(), data)
+            return
+
+
+def stream_bytes(llc: int) -> int:
+    """Weight bytes of the streaming mat-vec probe (`mvs`): well beyond the last-level cache."""
+    return max(STREAM_MIB * 2**20, 3 * llc)
 
 
 def history_path() -> Path:
@@ -216,7 +238,7 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
                 few = kernels.matmul_seconds(qtype, MM_ROWS, cols, FEW_BATCH, threads, seconds=seconds, repack=repack)
                 # one token through weights streamed from memory, as decode reads a model larger than the cache:
                 # compute and memory stalls together, on ggml's own kernel
-                big = max(8, (max(STREAM_MIB, 3 * llc_bytes() // 2**20) * 2**20 // row_bytes) // 8 * 8)
+                big = max(8, stream_bytes(llc_bytes()) // row_bytes // 8 * 8)
                 stream = kernels.matmul_seconds(qtype, big, cols, 1, threads, seconds=seconds, repack=repack)
                 rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm,
                           f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few,

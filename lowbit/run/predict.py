@@ -1,16 +1,20 @@
 """Predict prefill and decode tokens/s and peak RSS of a GGUF before running it, from its header alone.
 
-Per tensor a token touches, the time is `max(bytes moved / memory bandwidth, work / kernel rate)` at the
-thread count asked for, with the rates this machine's calibration measured (`lowbit.run.calibrate`):
+Per tensor a token touches, the time is what ggml's own kernel takes for that tensor's shape on this machine
+(`lowbit.run.probes`: measured once per shape and thread count, kept with the calibration; the per-type rates
+of `lowbit.run.calibrate` where no probe exists), against the bytes it moves at the calibrated read bandwidth:
 
-- decode (one token): every weight matrix once (routed experts: `n_expert_used / n_expert` of their bytes),
-  the output matrix (the embedding matrix when tied), one embedding row, and attention over the context
-  (K and V cache bytes read against `queries x heads x positions` at ggml's calibrated flash-attention cost);
-- prefill (a batch of B tokens per micro-batch): each matrix read once and multiplied B times at the
-  mat-mat rate (experts: the share of experts B tokens route to); logits for the last token only;
+- decode (one token): every weight matrix once (routed experts: ggml's `mul_mat_id` through `n_expert_used`
+  of them), the output matrix (the embedding matrix when tied), one embedding row, and attention over the
+  context (ggml's flash attention for the model's heads and head sizes, plus the K and V cache it reads).
+  While the matrices fit in the last-level cache a probe's time is the time; once they are as large as the
+  calibration's streaming probe they run at the rate measured on memory-resident weights, never above the read
+  bandwidth; in between, in proportion;
+- prefill (a batch of B tokens per micro-batch): each matrix multiplied by B columns (experts: `mul_mat_id` of
+  the batch), read once from memory for the share not in the cache; logits for the last token only;
 - plus a fixed overhead per token (graph, thread synchronisation), `a + b x tensors in the blocks` per
-  thread count (the graph's size: a MoE/MLA block has about twice the nodes of a llama block),
-  fitted once per machine on a synthetic calibration model (`fit_overhead`), never on a real model.
+  thread count, fitted once per machine on synthetic calibration models (`fit_overhead`), never on a real
+  model, and llama.cpp's attention against the kernel probe (a scale from the same models at depth 2048).
 
 Peak RSS: every weight byte (llama.cpp's warm-up touches all experts; mmap'd pages count once read), the
 KV cache for the context, the compute buffer and the runtime's own footprint (fitted like the overhead).
@@ -40,6 +44,7 @@ from lowbit.files.synthetic import Hparams, vocab_size, write_gguf
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds, physical_cores
 from lowbit.models.catalog import locate
 from lowbit.run import calibrate
+from lowbit.run.probes import Probes
 from lowbit.toolchain.build import active_build, sdist_tree
 from lowbit.toolchain.ggml_kernels import Kernels
 from lowbit.toolchain.llama_tools import llama_bench
@@ -281,21 +286,25 @@ def flash_attn_tiles(n_tokens: int, n_head: int, threads: int) -> tuple[int, flo
 
 
 def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
-                       attn: dict, batch: bool) -> float:
-    """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers:
-    max(K+V cache bytes read / bandwidth, queries x heads x positions x calibrated flash-attention cost).
+                       attn: dict, batch: bool, probes: Probes | None = None) -> float:
+    """Attention of `tokens` queries over `ctx_per_layer[i]` cached positions each, summed over layers: queries
+    x heads x positions (a batch: up to its last query's) x the probe of this attention shape, plus the K+V
+    cache bytes read / bandwidth.
 
-    A batch of at least one tile (64 tokens) runs ggml's tiled kernel: its cost is the tile rounds of one thread
-    (`flash_attn_tiles`) x 64 padded rows x the positions the batch's last query sees, at the per-row cost the
-    probe measured (normalised by the probe's own tile rounds)."""
+    Without a probe (a calibration from elsewhere): max(read, compute at the calibrated cost over the head
+    dims); a batch of at least one tile (64 tokens) runs ggml's tiled kernel, whose cost is the tile rounds of
+    one thread (`flash_attn_tiles`) x 64 padded rows, normalised by the calibration probe's own tile rounds."""
     meta = w.meta
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
     fit = attn["prefill" if batch else "decode"]
-    per = fit["a"] + fit["b"] * (meta.key_length + meta.value_length)  # seconds per query x head x position
-    per *= fit.get("scale", 1.0)  # llama.cpp's cache layout and mask vs the kernel probe (fit_overhead)
+    probed = probes.attention(meta.key_length, meta.value_length, meta.n_head, meta.n_head_kv, tokens,
+                              cfg.threads, cfg.cache_type_k) if probes else None
+    # seconds per query x head x position: this shape's probe, else the calibrated rate over the head dims
+    per = probed or fit["a"] + fit["b"] * (meta.key_length + meta.value_length)
+    per *= fit.get("scale", 1.0)  # llama.cpp's attention vs the kernel probe (fit_overhead)
     rows = tokens * meta.n_head  # query rows x positions the kernel computes, in units of `per`
-    extra = 0.0  # positions beyond the mean a query sees: a tile runs to its last query's position
-    tiled = flash_attn_tiles(tokens, meta.n_head, cfg.threads) if batch else None
+    extra = tokens / 2 if batch and probed else 0.0  # positions beyond the mean a query sees: to the last one
+    tiled = flash_attn_tiles(tokens, meta.n_head, cfg.threads) if batch and not probed else None
     if tiled:
         probe = flash_attn_tiles(calibrate.MM_BATCH, calibrate.FA_PROBE["n_head"], cfg.threads)
         probe_rows = calibrate.MM_BATCH * calibrate.FA_PROBE["n_head"]
@@ -305,7 +314,10 @@ def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tok
     total = 0.0
     for ctx in ctx_per_layer:
         read = ctx * kv_tok * (1 if batch else tokens)  # a batch reads the cache once; decode every token
-        total += max(read / bw, rows * (ctx + extra) * per)
+        compute = rows * (ctx + extra) * per
+        # a probe's cache is hot; llama.cpp's comes from memory, each layer's evicted by the other layers' weights
+        # and cache, and the kernel waits for it: the read adds to the compute
+        total += compute + read / bw if probed else max(read / bw, compute)
     return total
 
 
@@ -327,9 +339,14 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
     ov = _overhead(cal, cfg.threads)
     pred = Prediction(model=meta.name, config=asdict(cfg), calibration=cal.get("fingerprint", ""))
 
-    # a model larger than the last-level cache streams its weights from memory every token: the decode rate is
-    # ggml's mat-vec measured on memory-resident weights ("mvs"); a smaller one stays in cache ("mv")
-    streamed = sum(t.n_bytes for t in w.tensors if t.rows > 1 and t.group != "embd") > cal.get("llc_bytes", 32 << 20)
+    probes = Probes(cal)
+    # Weights a token reads: from the cache at the kernel's own rate while they fit in the last-level cache, at
+    # the rate measured on memory-resident weights ("mvs", calibrate.stream_bytes of them) once they are that
+    # large; in between the share that misses the cache grows in proportion (all experts count: tokens route
+    # to different ones, so each competes for the cache).
+    llc = cal.get("llc_bytes", 32 << 20)
+    footprint = sum(t.n_bytes for t in w.tensors if t.rows > 1 and t.group != "embd")
+    miss = min(1.0, max(0.0, (footprint - llc) / max(calibrate.stream_bytes(llc) - llc, 1)))
     if cfg.n_gen:
         mem = comp = 0.0
         weights = 0.0
@@ -342,12 +359,10 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
             if t.rows <= 1:  # norms, biases
                 weights += b / bw
                 continue
-            m, c = b / bw, b / _kernel(kernels, t.qtype, "mv", cfg.repack)
-            mem, comp = mem + m, comp + c
-            stream = _kernel(kernels, t.qtype, "mvs", cfg.repack, required=False) if streamed else None
-            weights += b / stream if stream else max(m, c)
+            seconds, c, m = _one_token(t, share, cfg, kernels, bw, miss, probes)
+            mem, comp, weights = mem + m, comp + c, weights + seconds
         ctx = cfg.depth + (cfg.n_gen - 1) / 2  # mean context over the generated tokens
-        attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, attn_fit, batch=False)
+        attn = _attention_seconds(w, cfg, _layer_contexts(w, ctx), 1, bw, attn_fit, batch=False, probes=probes)
         overhead = ov["decode_a"] + ov["decode_b"] * w.block_tensors + ov.get("decode_c", 0.0) * w.activations
         total = weights + attn + overhead
         pred.decode_tps = round(1 / total, 2)
@@ -365,19 +380,26 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
             for t in w.tensors:
                 if t.group in ("embd", "output") or t.rows <= 1:
                     continue
+                repacked = _repacked(t, cfg)
                 if t.group == "routed_experts":
                     touched = 1 - (1 - used) ** b  # share of experts at least one of b tokens routes to
-                    m = t.n_bytes * touched / bw
                     # each touched expert multiplies the few tokens routed to it
                     per_expert = max(1.0, b * used / touched)
-                    c = b * used * t.n_bytes / _batch_rate(kernels, t.qtype, per_expert, cfg.repack)
+                    probed = probes.matmul_id(t.qtype, t.rows, t.cols, t.experts, meta.n_expert_used, b,
+                                              cfg.threads)
+                    c = probed or b * used * t.n_bytes / _batch_rate(kernels, t.qtype, per_expert, cfg.repack)
+                    read = t.n_bytes * touched
                 else:
-                    m, c = t.n_bytes / bw, b * t.n_bytes / _batch_rate(kernels, t.qtype, b, cfg.repack)
-                w_total += max(m, c)
+                    probed = probes.matmul(t.qtype, t.rows, t.cols, b, cfg.threads, repacked)
+                    c = probed or b * t.n_bytes / _batch_rate(kernels, t.qtype, b, cfg.repack)
+                    read = t.n_bytes
+                # with a probe, bytes still in the cache need no memory reads (without one: the old bound)
+                w_total += max(read / bw * (miss if probed else 1.0), c)
             ctx = cfg.depth + done + b / 2
-            attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, attn_fit, batch=b > 1)
+            attn_total += _attention_seconds(w, cfg, _layer_contexts(w, ctx), b, bw, attn_fit, batch=b > 1,
+                                             probes=probes)
             done += b
-        out = sum(max(t.n_bytes / bw, t.n_bytes / _kernel(kernels, t.qtype, "mv", cfg.repack))
+        out = sum(_one_token(t, 1.0, cfg, kernels, bw, miss, probes)[0]
                   for t in w.tensors if t.group == "output" and t.rows > 1)  # logits of the last token
         overhead = (n_ub * (ov["prefill_a"] + ov["prefill_b"] * w.block_tensors)
                     + ov.get("prefill_c", 0.0) * cfg.n_prompt * w.activations)
@@ -387,7 +409,25 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
                            "overhead": round(overhead * 1e3, 3)}
 
     pred.rss_bytes, pred.rss_parts = peak_rss(w, cfg, cal)
+    probes.save()
     return pred
+
+
+def _one_token(t: Tensor, share: float, cfg: Config, kernels: dict, bw: float, miss: float,
+               probes: Probes) -> tuple[float, float, float]:
+    """(seconds, compute-only, memory-only) of one token through `share` of tensor `t`'s bytes (routed experts:
+    the used ones). Cache-resident, a probe of the matrix's own shape is the time; the share `miss` of the bytes
+    that does not stay in the cache runs at the rate of the type's kernel on memory-resident weights ("mvs")."""
+    b = t.n_bytes * share
+    m = b / bw
+    if t.group == "routed_experts":
+        probed = probes.matmul_id(t.qtype, t.rows, t.cols, t.experts, round(share * t.experts), 1, cfg.threads)
+    else:
+        probed = probes.matmul(t.qtype, t.rows, t.cols, 1, cfg.threads, _repacked(t, cfg))
+    c = probed or b / _kernel(kernels, t.qtype, "mv", cfg.repack)
+    stream = _kernel(kernels, t.qtype, "mvs", cfg.repack, required=False)
+    cached = c if probed else max(m, c)  # a probe is the cache-resident time itself; a type rate is not
+    return (1 - miss) * cached + miss * (max(c, m, b / stream) if stream else max(m, c)), c, m
 
 
 def _repacked(t: Tensor, cfg: Config) -> bool:
@@ -493,6 +533,7 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     changed cost model can be refitted on a stored calibration (`refit_overhead`) without measuring again."""
 
     folder, models = _calibration_models(folder)
+    cal.setdefault("probes", {})  # shared by the copies of `cal` below
     raw: dict = {}  # {threads: {model file (@depth): seconds}}
     for t in range(1, int(cal["cores"]) + 1):
         raw[str(t)] = {}
@@ -526,6 +567,7 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
 def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
     """The per-thread overhead fits from llama-bench's medians `raw` under the current cost model; sets the
     attention scale of `cal` from the depth run (cal["attention"][t][kind]["scale"])."""
+    cal.setdefault("probes", {})  # one probe dict for the copies below: each shape measured once
     bare = {**cal, "overhead": {}}
     cfg = Config(threads=1, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
     fits = {}

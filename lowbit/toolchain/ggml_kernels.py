@@ -27,7 +27,7 @@ from lowbit.toolchain.build import active_build
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9, "Q2_K": 10, "Q3_K": 11,
          "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18,
          "IQ1_S": 19, "IQ4_NL": 20, "IQ3_S": 21, "IQ2_S": 22, "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30,
-         "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39}
+         "I32": 26, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39}
 
 # Types the CPU_REPACK buffer interleaves on x86-64 at the pinned commit (ggml-cpu/repack.cpp,
 # ggml_repack_get_optimal_repack_type: AVX2 for Q4_0/Q4_K/IQ4_NL/MXFP4, AVX-512 for Q2_K; rows a multiple of 8).
@@ -64,6 +64,17 @@ class _CPlan(ctypes.Structure):  # struct ggml_cplan (ggml-cpu.h)
                 ("abort_callback_data", ctypes.c_void_p), ("use_ref", ctypes.c_bool)]
 
 
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_LOG_WARN = 3  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+
+
+@_LOG_CALLBACK
+def _quiet_log(level: int, text: bytes, _user: int) -> None:
+    """ggml's log lines: warnings and errors to stderr, the rest dropped."""
+    if level in (_LOG_WARN, _LOG_WARN + 1):
+        sys.stderr.write(text.decode(errors="replace"))
+
+
 class Kernels:
     """The CPU kernels of a build's libggml-base / libggml-cpu (the active build by default)."""
 
@@ -86,12 +97,16 @@ class Kernels:
                                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         self.cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_CpuTraits)
         self.cpu.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+        self.base.ggml_log_set.argtypes = [_LOG_CALLBACK, ctypes.c_void_p]
+        self.base.ggml_log_set(_quiet_log, None)  # ggml's default prints its debug lines (one per repacked tensor)
         self.cpu.ggml_cpu_init()  # fp16 tables, CPU feature detection
         for name, restype, argtypes in (
             ("ggml_init", ctypes.c_void_p, [_InitParams]),
             ("ggml_free", None, [ctypes.c_void_p]),
             ("ggml_new_tensor_2d", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
             ("ggml_mul_mat", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
+            ("ggml_mul_mat_id", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                                  ctypes.c_void_p]),
             ("ggml_new_graph", ctypes.c_void_p, [ctypes.c_void_p]),
             ("ggml_build_forward_expand", None, [ctypes.c_void_p, ctypes.c_void_p]),
             ("ggml_get_data", ctypes.c_void_p, [ctypes.c_void_p]),
@@ -263,6 +278,38 @@ class Kernels:
         with self._matmul_graph(qtype, np.tile(row, rows), rows, cols, act, repack) as (graph, _out):
             return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} matmul")
 
+    def matmul_id_seconds(self, qtype: str, rows: int, cols: int, n_expert: int, n_used: int, n_tokens: int,
+                          threads: int, seconds: float = 0.25, min_calls: int = 3) -> float:
+        """Best wall time of ggml's CPU `mul_mat_id` (what llama.cpp runs for routed experts): `n_tokens` f32
+        columns, each routed to `n_used` of `n_expert` stacked `rows x cols` weights of `qtype`, spread evenly
+        (token j uses experts j x n_used ... j x n_used + n_used - 1, modulo n_expert)."""
+        rng = np.random.default_rng(0)
+        if self.base.ggml_quantize_requires_imatrix(self.type_id(qtype)) or qtype in SLOW_QUANTIZERS:
+            row = rng.integers(0x20, 0x3C, self.row_size(qtype, cols), dtype=np.uint8)  # as in matmul_seconds
+        else:
+            row = self.quantize(qtype, rng.standard_normal(cols).astype(np.float32))
+        weights = np.ascontiguousarray(np.tile(row, rows * n_expert))
+        ids = np.array([[(j * n_used + u) % n_expert for u in range(n_used)] for j in range(n_tokens)], np.int32)
+        act = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+        overhead = self.base.ggml_tensor_overhead()
+        mem = (weights.nbytes + ids.nbytes + 4 * cols * n_tokens + 4 * rows * n_used * n_tokens + 8 * overhead
+               + self.base.ggml_graph_overhead() + 4096)
+        ctx = self.base.ggml_init(_InitParams(mem, None, False))
+        if not ctx:
+            raise LowbitError(f"ggml_init could not allocate {mem} bytes for a {qtype} mul_mat_id")
+        try:
+            w = self.base.ggml_new_tensor_3d(ctx, self.type_id(qtype), cols, rows, n_expert)
+            x = self.base.ggml_new_tensor_3d(ctx, TYPES["F32"], cols, 1, n_tokens)  # one row, broadcast to each
+            i = self.base.ggml_new_tensor_2d(ctx, TYPES["I32"], n_used, n_tokens)
+            for tensor, data in ((w, weights), (x, act), (i, ids)):
+                ctypes.memmove(self.base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
+            y = self.base.ggml_mul_mat_id(ctx, w, x, i)
+            graph = self.base.ggml_new_graph(ctx)
+            self.base.ggml_build_forward_expand(graph, y)
+            return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} mul_mat_id")
+        finally:
+            self.base.ggml_free(ctx)
+
     @contextmanager
     def _matmul_graph(self, qtype: str, weights, rows: int, cols: int, act, repack: bool = False):
         """The one-node ggml graph `ggml_mul_mat(weight, act)` every matmul here runs: a `rows x cols` weight of
@@ -327,13 +374,15 @@ class Kernels:
 
     def flash_attn_seconds(self, head_dim: int, n_head: int, n_head_kv: int, n_kv: int, n_tokens: int,
                            threads: int, kv_type: str = "F16", seconds: float = 0.1, min_calls: int = 3,
-                           value_dim: int | None = None) -> float:
+                           value_dim: int | None = None, masked: bool = False) -> float:
         """Best wall time of ggml's CPU `flash_attn_ext` (what llama.cpp runs with flash attention, the CPU
-        default): `n_tokens` queries of `n_head` heads over `n_kv` cached positions of `n_head_kv` heads."""
+        default): `n_tokens` queries of `n_head` heads over `n_kv` cached positions of `n_head_kv` heads;
+        `masked` passes an (all-visible) f16 mask as llama.cpp always does, whose reads the kernel pays for."""
         value_dim = value_dim or head_dim
         kv = self.type_id(kv_type)
         sizes = [4 * head_dim * n_tokens * n_head, self.row_size(kv_type, head_dim) * n_kv * n_head_kv,
-                 self.row_size(kv_type, value_dim) * n_kv * n_head_kv, 4 * value_dim * n_tokens * n_head]
+                 self.row_size(kv_type, value_dim) * n_kv * n_head_kv, 4 * value_dim * n_tokens * n_head,
+                 2 * n_kv * n_tokens if masked else 0]
         mem = sum(sizes) + 8 * self.base.ggml_tensor_overhead() + self.base.ggml_graph_overhead() + 4096
         ctx = self.base.ggml_init(_InitParams(mem, None, False))
         if not ctx:
@@ -344,7 +393,11 @@ class Kernels:
             v = self.base.ggml_new_tensor_3d(ctx, kv, value_dim, n_kv, n_head_kv)
             for t in (q, k, v):  # bytes 0x20: small normal f16/f32 values and valid quant blocks
                 ctypes.memset(self.base.ggml_get_data(t), 0x20, self.base.ggml_nbytes(t))
-            out = self.base.ggml_flash_attn_ext(ctx, q, k, v, None, 1.0 / head_dim**0.5, 0.0, 0.0)
+            mask = None
+            if masked:  # f16 zeros: every position visible
+                mask = self.base.ggml_new_tensor_2d(ctx, TYPES["F16"], n_kv, n_tokens)
+                ctypes.memset(self.base.ggml_get_data(mask), 0, self.base.ggml_nbytes(mask))
+            out = self.base.ggml_flash_attn_ext(ctx, q, k, v, mask, 1.0 / head_dim**0.5, 0.0, 0.0)
             graph = self.base.ggml_new_graph(ctx)
             self.base.ggml_build_forward_expand(graph, out)
             return self._time_graph(graph, threads, seconds, min_calls, "flash attention")
