@@ -1,6 +1,7 @@
 """Predicted vs measured tokens/s and peak RSS over >= 30 configurations (the cost model's validation).
 
-    python benchmarks/predict_vs_measured.py [--quick] [--reps 3] [--json] [--allow-busy] [--calibrations N]
+    python benchmarks/predict_vs_measured.py [--quick] [--reps 3] [--rounds 3] [--json] [--allow-busy]
+                                             [--calibrations N]
     python benchmarks/predict_vs_measured.py --replay runs/<time>-predict-vs-measured/results.json
 
 For each model on disk (the real SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M, the replicas, the BitNet 2B4T
@@ -80,7 +81,9 @@ def configs(quick: bool, cores: int, only_threads: int | None = None) -> list[tu
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="threads = physical cores, depth 0 only")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="llama-bench repetitions per measurement")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds over the whole sweep; each row is the median of its quiet rounds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--allow-busy", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
@@ -114,12 +117,26 @@ def main() -> int:
     cores = physical_cores()
     found = models()
     rows = []
-    for name, threads, depth in configs(args.quick, cores, args.threads):
+    sweep = list(configs(args.quick, cores, args.threads))
+    by_config: dict = {}  # config -> measurements, one per round
+    for r in range(args.rounds):  # interleaved: a slow minute of the host lands in one round of every row
+        if args.rounds > 1:
+            print(f"round {r + 1} of {args.rounds}", flush=True)
+        for name, threads, depth in sweep:
+            cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
+            got = P.measure(found[name], cfg, args.reps)
+            by_config.setdefault((name, threads, depth), []).append(got)
+            print(f"  {name:22s} t={threads} d={depth:5d}  pp64 {got['prefill']:9.1f}  tg32 {got['decode']:8.1f}"
+                  f"  others {got['others_cpus']:.2f}", flush=True)
+    for name, threads, depth in sweep:
         path = found[name]
         w = P.workload(path)
         cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
         pred = P.predict(w, cfg, cal)
-        got = P.measure(path, cfg, args.reps)
+        rounds = by_config[(name, threads, depth)]
+        quiet = [m for m in rounds if not m["busy"]] or rounds
+        got = {"others_cpus": max(m["others_cpus"] for m in quiet), "busy": all(m["busy"] for m in rounds),
+               **{k: statistics.median(m[k] for m in quiet) for k in ("prefill", "decode")}}
         others = got["others_cpus"]
         for test, predicted, kind in (("pp64", pred.prefill_tps, "prefill"), ("tg32", pred.decode_tps, "decode")):
             measured = got[kind]
@@ -150,7 +167,8 @@ def main() -> int:
     if args.json:
         print(json.dumps({"rows": rows, "rss": rss_rows, "summary": summary}, indent=1))
         return 0
-    print_table("predicted vs measured (llama-bench, median of reps)",
+    print_table(f"predicted vs measured (llama-bench: median of {args.reps} repetitions, median of {args.rounds} "
+                "interleaved rounds)",
                 ["model", "t", "depth", "test", "predicted", "measured", "pred/meas-1", "others", "bound"],
                 [(r["model"], r["threads"], r["depth"], r["test"], r["predicted"], r["measured"],
                   f"{r['error']:+.1%}", f"{r['others_cpus']:.2f}" + (" BUSY" if r["busy"] else ""), r["bound"])
