@@ -171,6 +171,25 @@ def disk_margin(n_bytes: int) -> int:
     return max(int(0.02 * n_bytes), min(MIN_MARGIN, n_bytes))
 
 
+READ_AHEAD_DEFAULT = 128 * 1024  # Linux's default read_ahead_kb
+
+
+def read_ahead_bytes(path: Path) -> int:
+    """The kernel's read-ahead window (bytes) of the block device holding `path`: what a page fault on a mapped
+    file reads around the faulting page. Linux sysfs (`queue/read_ahead_kb`, a partition's from its disk); the
+    Linux default of 128 KiB when unknown."""
+    try:
+        dev = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        for queue in (block / "queue", block / ".." / "queue"):
+            if (queue / "read_ahead_kb").is_file():
+                kb = int((queue / "read_ahead_kb").read_text()[:16].strip())
+                return kb * 1024 if 0 < kb <= 1 << 20 else READ_AHEAD_DEFAULT
+    except (OSError, ValueError):
+        pass
+    return READ_AHEAD_DEFAULT
+
+
 def free_disk(path: Path) -> int:
     """Free bytes on the filesystem that will hold `path` (its nearest existing parent)."""
     p = Path(path).resolve()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lowbit import LowbitError, flag_number
 from lowbit.files.gguf_layout import write_deepseek2
-from lowbit.machine import physical_cores
+from lowbit.machine import READ_AHEAD_DEFAULT, physical_cores, read_ahead_bytes
 from lowbit.models.catalog import locate
 from lowbit.models.entries import load_catalog
 from lowbit.paths import models_dir
@@ -67,14 +67,33 @@ class OutOfCore:
     in_memory_tps: float
     predicted_tps: float
     note: str = ""
+    read_ahead_bytes: int = READ_AHEAD_DEFAULT
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def expert_reads(tensor_bytes: float, experts: int, used: int, window: int) -> float:
+    """Bytes one token's page faults read from a stacked routed-expert tensor: each used expert's slice, but
+    never less than the read-around window the kernel reads around a faulting page (`read_ahead_kb`: 8 MiB on
+    some cloud disks, where a 0.5 MB slice drags in 15 neighbours nobody asked for), at most the whole tensor."""
+    return min(tensor_bytes, used * max(tensor_bytes / experts, window))
+
+
+def _read_rate(cal: dict, block: float | None) -> float:
+    """Cold read rate for contiguous reads of `block` bytes at scattered offsets: the calibrated random-read
+    rate, or the sequential one for blocks at least as large as the largest random probe (one long read)."""
+    probes = [int(k) * 1024 for k in cal.get("disk", {}).get("random_gbs", {})]
+    if block and probes and block >= max(probes):
+        return max(calibrate.disk_rate(cal), calibrate.disk_rate(cal, block))
+    return calibrate.disk_rate(cal, block)
+
+
 def predict_out_of_core(model: str | os.PathLike | P.Workload, limit_bytes: int, threads: int,
-                        cal: dict | None = None, disk_gbs: float | None = None, n_gen: int = 16) -> OutOfCore:
-    """Decode tok/s of `model` when only `limit_bytes` of memory (page cache included) are allowed."""
+                        cal: dict | None = None, disk_gbs: float | None = None, n_gen: int = 16,
+                        window: int | None = None) -> OutOfCore:
+    """Decode tok/s of `model` when only `limit_bytes` of memory (page cache included) are allowed; `window`:
+    the read-ahead page faults read (default: that of the disk holding the model)."""
     w = model if isinstance(model, P.Workload) else P.workload(model)
     cal = cal or P.calibration()
     cfg = P.Config(threads=threads, n_gen=n_gen, repack=False, n_ctx=n_gen + 16)
@@ -95,16 +114,21 @@ def predict_out_of_core(model: str | os.PathLike | P.Workload, limit_bytes: int,
         hit = min(1.0, (cache - dense) / experts) if experts else 1.0
         disk_dense, disk_experts = 0.0, e * (1 - hit)
         note = f"dense weights stay cached; {hit:.0%} of expert reads hit the cache"
-    slices = [t.n_bytes / t.experts for t in w.tensors if t.group == "routed_experts" and t.experts > 1]
+    window = window or (read_ahead_bytes(Path(meta.shards[0])) if meta.shards else READ_AHEAD_DEFAULT)
+    routed = [t for t in w.tensors if t.group == "routed_experts" and t.experts > 1]
+    if routed and e:  # what page faults really read of the experts a token uses (read-around windows)
+        disk_experts *= sum(expert_reads(t.n_bytes, t.experts, meta.n_expert_used, window) for t in routed) / e
     if disk_gbs:
         seconds = (disk_dense + disk_experts) / (disk_gbs * 1e9)
     else:
-        block = sorted(slices)[len(slices) // 2] if slices else None
-        seconds = disk_dense / calibrate.disk_rate(cal) + disk_experts / calibrate.disk_rate(cal, block)
+        blocks = sorted(max(t.n_bytes / t.experts, window) for t in routed)
+        seconds = (disk_dense / calibrate.disk_rate(cal)
+                   + disk_experts / _read_rate(cal, blocks[len(blocks) // 2] if blocks else None))
     disk = disk_dense + disk_experts
     t = 1 / mem.decode_tps + seconds
     return OutOfCore(meta.name, int(limit_bytes), int(cache), int(dense), int(experts), int(e), int(disk),
-                     round(disk / seconds / 1e9, 3) if seconds else 0.0, mem.decode_tps, round(1 / t, 3), note)
+                     round(disk / seconds / 1e9, 3) if seconds else 0.0, mem.decode_tps, round(1 / t, 3), note,
+                     window)
 
 
 R1_DENSE_PARAMS = 17e9  # of R1's 671B, outside the routed experts (attention, 3 dense layers, shared experts,
@@ -114,7 +138,7 @@ R1_DENSE_BITS = 4.5  # dynamic quants keep those at Q4_K-Q6_K while the experts 
 
 
 def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: float | None = None,
-              bandwidth_gbs: float | None = None) -> dict:
+              bandwidth_gbs: float | None = None, window: int | None = None) -> dict:
     """The seed's question, as a prediction: R1-0528 UD-IQ1_S (catalog size, 185 GB) CPU-only with `ram_gb`
     of RAM, from R1's published shape (256 routed experts, 8 used per token) and this machine's measured cold
     disk and memory rates. Labelled a prediction: nothing of that size runs here."""
@@ -132,19 +156,21 @@ def r1_at_ram(ram_gb: float = 64.0, file_gb: float | None = None, disk_gbs: floa
     else:
         hit = min(1.0, (cache - dense) / experts)
         disk_dense, disk_experts = 0.0, e * (1 - hit)
-    # one expert's slice of one tensor (7168 x 2048 weights at the experts' bits) is what a token reads at a
-    # random offset; dense weights are read in order
+    # one expert's slice of one tensor (7168 x 2048 weights at the experts' bits) is what a token asks for at a
+    # random offset, read in windows of this machine's read-ahead; dense weights are read in order
+    slice_bytes = 7168 * 2048 * experts / R1_EXPERT_PARAMS
+    window = window or (read_ahead_bytes(models_dir()) if models_dir().exists() else READ_AHEAD_DEFAULT)
+    disk_experts *= expert_reads(256 * slice_bytes, 256, 8, window) / (8 * slice_bytes)
     if disk_gbs:
         seconds = (disk_dense + disk_experts) / (disk_gbs * 1e9)
     else:
-        block = 7168 * 2048 * experts / R1_EXPERT_PARAMS
-        seconds = disk_dense / calibrate.disk_rate(cal) + disk_experts / calibrate.disk_rate(cal, block)
+        seconds = disk_dense / calibrate.disk_rate(cal) + disk_experts / _read_rate(cal, max(slice_bytes, window))
     disk_b = disk_dense + disk_experts
     t_mem = (dense + e) / bw
     t = t_mem + seconds
     rate = disk_b / seconds if seconds else (disk_gbs or cal["disk"]["gbs"]) * 1e9
     return {"prediction": True, "ram_gb": ram_gb, "file_gb": file_gb, "disk_gbs": round(rate / 1e9, 3),
-            "bandwidth_gbs": round(bw / 1e9, 1), "expert_cache_hit": round(hit, 3),
+            "bandwidth_gbs": round(bw / 1e9, 1), "expert_cache_hit": round(hit, 3), "read_ahead_bytes": window,
             "disk_gb_per_token": round(disk_b / 1e9, 2), "tokens_per_s": round(1 / t, 3),
             "seconds_per_token": round(t, 1), "in_ram_tokens_per_s_bound": round(1 / t_mem, 2),
             "disk_gbs_for_1_tok_s": round(disk_b / max(1e-9, 1 - t_mem) / 1e9, 1) if t_mem < 1 else None}
@@ -318,6 +344,8 @@ def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio
         raise LowbitError(f"ratio {ratio}: the model must be at least as large as the limit (1 or more)")
     limit = int(limit_mb * 2**20) if limit_mb else int(w.meta.file_bytes / ratio)
     pred = predict_out_of_core(w, limit, threads, n_gen=n_gen)
+    # a read-ahead window larger than Linux's default reads neighbours of every expert slice: what the default gives
+    small = predict_out_of_core(w, limit, threads, n_gen=n_gen, window=READ_AHEAD_DEFAULT)
     free = P.predict(w, P.Config(threads=threads, n_gen=n_gen, repack=False))
     evict([Path(s) for s in w.meta.shards])
     run = run_limited(bench_cmd(path, threads, n_gen), limit, timeout=timeout)
@@ -328,6 +356,7 @@ def bigger_than_ram(model: str | None = None, limit_mb: int | None = None, ratio
     return {"model": w.meta.name, "file_bytes": w.meta.file_bytes, "limit_bytes": limit,
             "ratio": round(w.meta.file_bytes / limit, 2), "threads": threads, "measured_tps": measured,
             "predicted": pred.to_dict(), "unlimited_predicted_tps": free.decode_tps,
+            "predicted_default_read_ahead_tps": small.predicted_tps,
             "error": round(pred.predicted_tps / measured - 1, 3) if measured else None,
             "returncode": run.returncode, "oom_killed": run.oom_killed, "major_faults": run.major_faults,
             "max_usage_bytes": run.max_usage_bytes, "seconds": round(run.seconds, 1),
@@ -341,7 +370,9 @@ def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = Non
     res = bigger_than_ram(model, flag_number("limit_mb", limit_mb, minimum=MIN_LIMIT_MB),
                           flag_number("ratio", ratio, float, minimum=1.0), flag_number("threads", threads, minimum=1),
                           flag_number("n_gen", n_gen, minimum=1))
-    r1 = r1_at_ram(flag_number("ram_gb", ram_gb, float, minimum=1.0))
+    ram = flag_number("ram_gb", ram_gb, float, minimum=1.0)
+    r1 = r1_at_ram(ram)
+    r1["tokens_per_s_default_read_ahead"] = r1_at_ram(ram, window=READ_AHEAD_DEFAULT)["tokens_per_s"]
     if json:
         print_json({"run": res, "r1_prediction": r1})
         return 0 if res["measured_tps"] else 1
@@ -356,11 +387,18 @@ def bigger_than_ram_command(model: str | None = None, limit_mb: int | None = Non
               f"({res['error']:+.0%}); {res['major_faults']} major faults, peak {res['max_usage_bytes'] / 1e6:.0f} MB")
     print(f"  model: {p['disk_bytes_per_token'] / 1e6:.1f} MB/token from disk at {p['disk_gbs']:.2f} GB/s "
           f"({p['note']}); unlimited it would run {res['unlimited_predicted_tps']:.1f} tok/s")
+    if p["read_ahead_bytes"] > READ_AHEAD_DEFAULT and res["predicted_default_read_ahead_tps"] > p["predicted_tps"]:
+        print(f"  this disk reads {p['read_ahead_bytes'] // 1024} KiB around every page fault (read_ahead_kb), "
+              "dragging in neighbouring experts nobody asked for; at Linux's default of 128 KiB the prediction is "
+              f"{res['predicted_default_read_ahead_tps']:.2f} tok/s (as root: echo 128 > "
+              "/sys/block/DISK/queue/read_ahead_kb; restore the old value after)")
     print(f"PREDICTION (not a measurement): DeepSeek-R1-0528 IQ1_S ({r1['file_gb']:.0f} GB), CPU only, "
           f"{r1['ram_gb']:.0f} GB RAM, this machine's disk ({r1['disk_gbs']:.2f} GB/s cold) and memory "
           f"({r1['bandwidth_gbs']:.0f} GB/s): {r1['tokens_per_s']} tok/s ({r1['seconds_per_token']} s/token; "
           f"{r1['disk_gb_per_token']} GB/token from disk, expert cache hit {r1['expert_cache_hit']:.0%}); "
           f"with everything in RAM the memory bound would be {r1['in_ram_tokens_per_s_bound']} tok/s; "
+          + (f"with read_ahead_kb 128 instead of {r1['read_ahead_bytes'] // 1024}: "
+             f"{r1['tokens_per_s_default_read_ahead']} tok/s; " if r1["read_ahead_bytes"] > READ_AHEAD_DEFAULT else "")
           + (f"the seed's ~1 tok/s needs a disk reading {r1['disk_gbs_for_1_tok_s']} GB/s"
              if r1["disk_gbs_for_1_tok_s"] else "the seed's ~1 tok/s is out of reach: memory alone is slower"))
     return 0 if res["measured_tps"] else 1
