@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -56,3 +57,12 @@ def gpu_available() -> bool:
 
 
 requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU (nvidia-smi lists none)")
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child a test interrupts with SIGINT: the signal back to its default. A shell that starts
+    a job in the background without job control (`cmd &` in a script) has the job ignore SIGINT, and a Python
+    that starts with SIGINT ignored installs no KeyboardInterrupt handler, so the test's Ctrl-C would reach
+    nothing: the CI runner's way of starting must not decide the test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

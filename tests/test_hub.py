@@ -17,6 +17,7 @@ from gguf_factory import split_gguf, write_gguf
 from lowbit import LowbitError, machine
 from lowbit.models import fetch as hub
 from lowbit.models.mirror import MirrorHandler, MirrorServer
+from tests.conftest import default_sigint
 
 REPO = "acme/R1-GGUF"
 QUANT = "UD-IQ1_S"
@@ -278,6 +279,7 @@ def test_ctrl_c_stops_the_download_promptly(models, mirror, tmp_path):
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 60

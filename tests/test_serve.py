@@ -22,6 +22,7 @@ from lowbit import LowbitError
 from lowbit.paths import kit_root
 from lowbit.serve.loadtest import run_load
 from lowbit.serve.server import check_host, start_server
+from tests.conftest import default_sigint
 
 LLAMA_CHILDREN = ("llama-server", "ggml-rpc-server")
 
@@ -156,7 +157,7 @@ def test_serve_task_stops_cleanly_on_ctrl_c(toy_model, tmp_path):
     env = {**os.environ, "LOWBIT_RUNS": str(tmp_path)}
     cmd = [sys.executable, "-m", "lowbit", "lowbit.serve.server:serve_command", json.dumps(kwargs)]
     proc = subprocess.Popen(cmd, cwd=kit_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120

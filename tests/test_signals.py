@@ -20,6 +20,7 @@ import pytest
 
 from lowbit.paths import kit_root
 from lowbit.procs import can_connect, free_port
+from tests.conftest import default_sigint
 
 
 def _start(args: list[str], tmp_path: Path, ready_port: int, timeout: float = 120) -> tuple[subprocess.Popen,
@@ -29,7 +30,7 @@ def _start(args: list[str], tmp_path: Path, ready_port: int, timeout: float = 12
     env = {**os.environ, "LOWBIT_RUNS": str(tmp_path / "runs")}
     proc = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=kit_root(), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + timeout
     while not can_connect("127.0.0.1", ready_port, 0.2):
         if proc.poll() is not None or time.monotonic() > deadline:
