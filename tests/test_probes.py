@@ -73,10 +73,10 @@ def test_attention_probe_is_per_row_and_position_and_shrinks_large_shapes():
     small = probes.attention(64, 64, 4, 2, 1, 1, "f16")
     assert small and 1e-11 < small < 1e-6
     assert "fa 64/64 h4/2 q1 kv2048 t1 F16" in cal["probes"]
-    # R1's 128 heads of 576/512 over a 512-token batch: fewer heads and positions, still per row and position
+    # R1's 128 query heads of 576/512 on one cached head, a 512-token batch: fewer heads, still per row and position
     big = probes.attention(576, 512, 128, 1, 512, 1, "f16")
     key = next(k for k in cal["probes"] if k.startswith("fa 576/512"))
-    assert " kv256 " in key and big and 1e-11 < big < 1e-6
+    assert key.startswith("fa 576/512 h1/1 q512 ") and big and 1e-11 < big < 1e-6
 
 
 def test_probes_replace_the_type_rates_in_the_prediction():
@@ -108,3 +108,16 @@ def test_new_probes_are_stored_only_with_the_same_calibration(tmp_path, monkeypa
     assert [c.get("probes") for c in kept] == [{"mm a": 1.0}, None]
     calibrate.store_probes({**current, "probes": {"mm b": 2.0}})
     assert calibrate.cached("fp")["probes"] == {"mm b": 2.0}
+
+
+def test_a_hostile_header_gets_no_probe_and_nothing_allocated():
+    """Sizes a header may claim that ggml would abort on, or that would allocate gigabytes: no probe (the
+    calibrated per-type rate answers), nothing measured."""
+    probes = Probes(_live_cal())
+    assert probes.matmul("F32", 8, 1 << 21, 512, 1, repack=False) is None  # one row of 8 MiB
+    assert probes.matmul_id("Q8_0", 256, 4096, 10_000, 5_000, 512, 1) is None  # thousands of experts per token
+    assert probes.attention(65, 64, 4, 4, 1, 1, "f16") is None  # a head size ggml's kernels do not take
+    assert probes.attention(64, 64, 4, 4, 1, 1, "q8_0") is not None  # whole Q8_0 blocks: fine
+    assert probes.attention(1 << 20, 1 << 20, 1, 1, 1, 1, "f16") is None  # a 2 GB cache for one head
+    assert probes.attention(64, 64, 4, 4, 1, 1, "nosuch") is None
+    assert probes.added == 1

@@ -25,6 +25,7 @@ from lowbit.toolchain.ggml_kernels import Kernels
 from lowbit.ui import step
 
 PROBE_BYTES = 4 << 20  # weight bytes a matmul probe holds at most
+PROBE_MEMORY = 64 << 20  # all a probe allocates (weights, activations, outputs, cache); a larger shape has none
 PROBE_BATCH = 512  # columns a matmul probe and query tokens an attention probe use at most
 PROBE_KV = 2048  # cached positions of an attention probe (fewer when the shape is large)
 ATTN_WORK = 5e8  # multiply-adds an attention probe does at most
@@ -51,7 +52,9 @@ class Probes:
         if row_bytes is None or rows < 1 or batch < 1:
             return None
         n = rows if rows * row_bytes <= PROBE_BYTES else max(8, PROBE_BYTES // row_bytes // 8 * 8)
-        cb = min(batch, PROBE_BATCH)
+        cb = min(batch, PROBE_BATCH, (PROBE_MEMORY - n * row_bytes) // (4 * (cols + n)))  # f32 in and out
+        if cb < 1:
+            return None
         repack = repack and n % 8 == 0 and Kernels.repacks(qtype)
         key = f"mm {qtype} {n}x{cols} b{cb} t{threads}" + (" repack" if repack else "")
         s = self._get(key, lambda k: k.matmul_seconds(qtype, n, cols, cb, threads, seconds=PROBE_SECONDS,
@@ -69,6 +72,8 @@ class Probes:
         experts = min(n_expert, max(n_used, PROBE_BYTES // (rows * row_bytes)))
         n = rows if experts * rows * row_bytes <= PROBE_BYTES else max(8, PROBE_BYTES // (experts * row_bytes))
         q = max(1, min(PROBE_BATCH, round(tokens * experts / n_expert)))
+        if experts * n * row_bytes + 4 * q * (cols + n * n_used) > PROBE_MEMORY:  # a header's absurd sizes
+            return None
         key = f"mmid {qtype} {n}x{cols} e{experts} u{n_used} b{q} t{threads}"
         s = self._get(key, lambda k: k.matmul_id_seconds(qtype, n, cols, experts, n_used, q, threads,
                                                          seconds=PROBE_SECONDS))
@@ -90,7 +95,13 @@ class Probes:
                   kv_type: str) -> float | None:
         """Seconds per query row (token x head) per cached position of ggml's CPU flash attention: `tokens`
         queries of `n_head` heads against `n_head_kv` cached heads (`kv_type`) of the given dimensions."""
-        if min(key_dim, value_dim, n_head, n_head_kv, tokens) < 1 or n_head % n_head_kv:
+        try:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]]
+        except KeyError:
+            return None
+        step = max(block, 16)  # head sizes ggml's kernels take: whole blocks, multiples of 16
+        if (min(key_dim, value_dim, n_head, n_head_kv, tokens) < 1 or n_head % n_head_kv
+                or key_dim % step or value_dim % step):
             return None
         group, kv_heads, n_kv, q = n_head // n_head_kv, n_head_kv, PROBE_KV, min(tokens, PROBE_BATCH)
 
@@ -99,9 +110,15 @@ class Probes:
 
         while kv_heads > 1 and work() > ATTN_WORK:
             kv_heads = (kv_heads + 1) // 2
+        while group > 1 and work() > ATTN_WORK:  # MQA/MLA: many query heads on one cached head
+            group = (group + 1) // 2
         while n_kv > 256 and work() > ATTN_WORK:
             n_kv //= 2
         heads = group * kv_heads
+        memory = (4 * q * heads * (key_dim + value_dim) + 2 * q * n_kv
+                  + n_kv * kv_heads * (key_dim + value_dim) * size / block)
+        if memory > PROBE_MEMORY:  # a header's absurd head counts or sizes: no probe, the calibrated rate
+            return None
         key = f"fa {key_dim}/{value_dim} h{heads}/{kv_heads} q{q} kv{n_kv} t{threads} {kv_type.upper()}"
         # the cache sits near L2's size, where where its pages land decides the speed (8.2 or 12.4 ns per row
         # and position for one shape here): the median of ATTN_PLACEMENTS fresh allocations
