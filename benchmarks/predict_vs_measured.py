@@ -118,25 +118,17 @@ def main() -> int:
     found = models()
     rows = []
     sweep = list(configs(args.quick, cores, args.threads))
-    by_config: dict = {}  # config -> measurements, one per round
-    for r in range(args.rounds):  # interleaved: a slow minute of the host lands in one round of every row
-        if args.rounds > 1:
-            print(f"round {r + 1} of {args.rounds}", flush=True)
-        for name, threads, depth in sweep:
-            cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
-            got = P.measure(found[name], cfg, args.reps)
-            by_config.setdefault((name, threads, depth), []).append(got)
-            print(f"  {name:22s} t={threads} d={depth:5d}  pp64 {got['prefill']:9.1f}  tg32 {got['decode']:8.1f}"
-                  f"  others {got['others_cpus']:.2f}", flush=True)
-    for name, threads, depth in sweep:
-        path = found[name]
+
+    def progress(run: tuple, got: dict) -> None:
+        print(f"  {run[0].name:40s} t={run[1].threads} d={run[1].depth:5d}  pp64 {got['prefill']:9.1f}  "
+              f"tg32 {got['decode']:8.1f}  others {got['others_cpus']:.2f}", flush=True)
+
+    runs = [(found[name], P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth))
+            for name, threads, depth in sweep]
+    results = P.measure_interleaved(runs, args.reps, args.rounds, progress)
+    for (name, threads, depth), (path, cfg), got in zip(sweep, runs, results, strict=True):
         w = P.workload(path)
-        cfg = P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth)
         pred = P.predict(w, cfg, cal)
-        rounds = by_config[(name, threads, depth)]
-        quiet = [m for m in rounds if not m["busy"]] or rounds
-        got = {"others_cpus": max(m["others_cpus"] for m in quiet), "busy": all(m["busy"] for m in rounds),
-               **{k: statistics.median(m[k] for m in quiet) for k in ("prefill", "decode")}}
         others = got["others_cpus"]
         for test, predicted, kind in (("pp64", pred.prefill_tps, "prefill"), ("tg32", pred.decode_tps, "decode")):
             measured = got[kind]

@@ -391,3 +391,22 @@ def test_measure_interleaves_rounds_and_keeps_medians(monkeypatch, tmp_path):
     assert cal["bandwidth_gbs"] == {"1": 30.0, "2": 60.0} and cal["bandwidth_rounds"]["1"] == [30.0, 15.0, 30.0]
     assert cal["kernels"]["2"]["Q8_0"]["mv"] == 10e9 and cal["attention"]["1"]["decode"]["a"] == 1e-8
     assert cal["spread"]["bandwidth"] == {"1": 0.5, "2": 0.5}
+
+
+def test_interleaved_measurement_is_the_median_of_quiet_rounds(monkeypatch):
+    """Rounds alternate between the runs; a run's value is the median of its quiet rounds, and it is busy only
+    when every round was."""
+    calls = []
+    values = {1: iter([(100.0, False), (300.0, True), (120.0, False), (110.0, False)]),
+              2: iter([(50.0, True), (60.0, True), (70.0, True), (80.0, True)])}
+
+    def fake(path, cfg, reps):
+        calls.append(cfg.threads)
+        v, busy = next(values[cfg.threads])
+        return {"decode": v, "prefill": 2 * v, "busy": busy, "others_cpus": 0.5 if busy else 0.0}
+
+    monkeypatch.setattr(P, "measure", fake)
+    one, two = P.measure_interleaved([("m", P.Config(threads=1)), ("m", P.Config(threads=2))], rounds=4)
+    assert calls == [1, 2, 1, 2, 1, 2, 1, 2]  # interleaved, not one run's rounds back to back
+    assert one == {"decode": 110.0, "prefill": 220.0, "busy": False, "others_cpus": 0.0, "rounds": 3}
+    assert two["busy"] and two["decode"] == 65.0 and two["rounds"] == 4  # none quiet: all of them, marked busy

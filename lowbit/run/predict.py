@@ -31,6 +31,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -664,28 +665,62 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
     return out
 
 
-def predict_then_measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None,
-                         show: bool = True) -> list[dict]:
-    """Print the prediction (with its band), run llama-bench, print the measurement and the error: one row per
+def measure_interleaved(runs: list[tuple[str | os.PathLike, Config]], reps: int = 3, rounds: int = 3,
+                        progress: Callable[[tuple, dict], None] | None = None) -> list[dict]:
+    """`measure` of every (model, config) in `rounds` interleaved rounds — a slow minute of a shared host lands
+    in one round of every run, not in all rounds of one (on the reference VM two sweeps 10 minutes apart read
+    the same 2-thread rows 20-35 % apart) — and per run the median of its quiet rounds (of all, when none was
+    quiet), the most other CPUs a counted round saw, and `busy` when every round was."""
+    got: list[list[dict]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, (path, cfg) in enumerate(runs):
+            got[i].append(measure(path, cfg, reps))
+            if progress:
+                progress(runs[i], got[i][-1])
+    out = []
+    for measured in got:
+        quiet = [m for m in measured if not m["busy"]] or measured
+        combined = {"others_cpus": max(m["others_cpus"] for m in quiet), "busy": all(m["busy"] for m in measured),
+                    "rounds": len(quiet)}
+        for kind in ("prefill", "decode"):
+            if kind in quiet[0]:
+                combined[kind] = statistics.median(m[kind] for m in quiet)
+        out.append(combined)
+    return out
+
+
+def predict_then_measure(path: str | os.PathLike, cfgs: Config | list[Config], reps: int = 3,
+                         cal: dict | None = None, show: bool = True, rounds: int = 1) -> list[dict]:
+    """Print each configuration's prediction (with its band), run llama-bench on all of them in `rounds`
+    interleaved rounds (`measure_interleaved`), print the measurements and errors: one row per configuration and
     test (prefill, decode) with `within` (inside the stated band) and `busy`."""
+    cfgs = [cfgs] if isinstance(cfgs, Config) else cfgs
     w = workload(path)
-    p = predict(w, cfg, cal)
-    tests = [("prefill", f"pp{cfg.n_prompt}", p.prefill_tps), ("decode", f"tg{cfg.n_gen}", p.decode_tps)]
-    tests = [t for t in tests if t[2]]
-    if show:
-        print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
-            f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
-    got = measure(path, cfg, reps)
+    planned = []
+    for cfg in cfgs:
+        p = predict(w, cfg, cal)
+        tests = [t for t in (("prefill", f"pp{cfg.n_prompt}", p.prefill_tps), ("decode", f"tg{cfg.n_gen}",
+                                                                               p.decode_tps)) if t[2]]
+        planned.append((cfg, p, tests))
+        if show:
+            print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
+                f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
     rows = []
-    for kind, name, v in tests:
-        m = got[kind]
-        rows.append({"test": name, "kind": kind, "threads": cfg.threads, "depth": cfg.depth, "predicted": v,
-                     "measured": round(m, 2), "error": round(v / m - 1, 4), "band": p.band[kind],
-                     "within": p.within(kind, m), "busy": got["busy"], "others_cpus": got["others_cpus"]})
-    if show:
-        print("    measured: " + ", ".join(
-            f"{r['test']} {r['measured']:.1f} tok/s ({r['error']:+.0%}{'' if r['within'] else ', OUTSIDE the band'})"
-            for r in rows) + (f"  [busy: others used {got['others_cpus']} CPUs]" if got["busy"] else ""))
+    for (cfg, p, tests), got in zip(planned, measure_interleaved([(path, c) for c in cfgs], reps, rounds),
+                                    strict=True):
+        mine = []
+        for kind, name, v in tests:
+            m = got[kind]
+            mine.append({"test": name, "kind": kind, "threads": cfg.threads, "depth": cfg.depth, "predicted": v,
+                         "measured": round(m, 2), "error": round(v / m - 1, 4), "band": p.band[kind],
+                         "within": p.within(kind, m), "busy": got["busy"], "others_cpus": got["others_cpus"]})
+        if show:
+            print(f"t={cfg.threads} depth={cfg.depth} measured"
+                  + (f" (median of {got['rounds']} rounds)" if rounds > 1 else "") + ": " + ", ".join(
+                      f"{r['test']} {r['measured']:.1f} tok/s ({r['error']:+.0%}"
+                      f"{'' if r['within'] else ', OUTSIDE the band'})" for r in mine)
+                  + (f"  [busy: others used {got['others_cpus']} CPUs]" if got["busy"] else ""))
+        rows += mine
     return rows
 
 
