@@ -34,7 +34,7 @@ def _run(args: list[str], timeout: float) -> str:
         raise LowbitError("this llama.cpp build has no llama-fit-params: run `invoke build-llama` (it builds "
                           "only the missing tool)")
     try:
-        proc = subprocess.run([str(tool), *args], capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run([str(tool), *args], capture_output=True, text=True, errors="replace", timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise LowbitError(f"llama-fit-params did not finish in {timeout:g} s") from None
