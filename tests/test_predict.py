@@ -400,7 +400,7 @@ def test_interleaved_measurement_is_the_median_of_quiet_rounds(monkeypatch):
     values = {1: iter([(100.0, False), (300.0, True), (120.0, False), (110.0, False)]),
               2: iter([(50.0, True), (60.0, True), (70.0, True), (80.0, True)])}
 
-    def fake(path, cfg, reps):
+    def fake(path, cfg, reps, cal=None):
         calls.append(cfg.threads)
         v, busy = next(values[cfg.threads])
         return {"decode": v, "prefill": 2 * v, "busy": busy, "others_cpus": 0.5 if busy else 0.0}
@@ -408,5 +408,19 @@ def test_interleaved_measurement_is_the_median_of_quiet_rounds(monkeypatch):
     monkeypatch.setattr(P, "measure", fake)
     one, two = P.measure_interleaved([("m", P.Config(threads=1)), ("m", P.Config(threads=2))], rounds=4)
     assert calls == [1, 2, 1, 2, 1, 2, 1, 2]  # interleaved, not one run's rounds back to back
-    assert one == {"decode": 110.0, "prefill": 220.0, "busy": False, "others_cpus": 0.0, "rounds": 3}
+    assert one == {"decode": 110.0, "prefill": 220.0, "busy": False, "others_cpus": 0.0, "host_slowdown": 1.0,
+                   "rounds": 3}
     assert two["busy"] and two["decode"] == 65.0 and two["rounds"] == 4  # none quiet: all of them, marked busy
+
+
+def test_a_slow_host_makes_a_measurement_busy(monkeypatch):
+    """Neighbours on the VM's host do not show in /proc/stat: the calibration's mat-mat probe, run again after the
+    measurement, does; over SLOW_HOST times slower the row is busy, not held to the band."""
+    monkeypatch.setattr(P, "llama_bench_json", lambda *a, **k: [
+        {"n_prompt": 0, "n_gen": 32, "samples_ts": [100.0], "avg_ts": 100.0}])
+    cal = {"kernels": {"1": {"Q8_0": {"mm": 1e12}}}}  # a calibration far faster than anything real
+    assert P.host_slowdown(cal, 1) > 10 and P.host_slowdown({}, 1) == 1.0
+    got = P.measure("m.gguf", P.Config(threads=1, n_gen=32), cal=cal)
+    assert got["busy"] and got["host_slowdown"] > P.SLOW_HOST and got["decode"] == 100.0
+    assert not P.measure("m.gguf", P.Config(threads=1, n_gen=32))["busy"]  # no calibration: not judged
+

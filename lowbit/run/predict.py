@@ -646,9 +646,33 @@ def _measure_rss(model: Path, threads: int = 1, n_ctx: int = RSS_CTX) -> int:
 BUSY_CPUS = 0.3  # other processes' CPUs during a measurement that make it a busy one
 
 
-def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
+SLOW_HOST = 1.25  # the calibration's mat-mat probe this much slower now: the host, not this machine, is loaded
+_REFERENCE: dict = {}
+
+
+def host_slowdown(cal: dict | None, threads: int) -> float:
+    """How many times slower than at calibration ggml's Q8_0 mat-mat probe (calibrate.kernel_rates' "mm": 256 x
+    4096 weights, 64 columns) runs now at `threads` (1.0: as fast; best of 0.1 s). A VM's neighbours on the same
+    host take cores, cache and memory bandwidth without showing in /proc/stat: on the reference VM 2-thread
+    runs inside one test suite ran 30-40 % slow with no other process busy. 1.0 without a calibration."""
+    rate = ((cal or {}).get("kernels", {}).get(str(threads), {}).get("Q8_0", {}).get("mm"))
+    if not rate:
+        return 1.0
+    try:
+        kernels = _REFERENCE.setdefault("kernels", Kernels())
+        cols = calibrate.MV_SHAPE[1]
+        now = kernels.row_size("Q8_0", cols) * calibrate.MM_ROWS * calibrate.MM_BATCH / kernels.matmul_seconds(
+            "Q8_0", calibrate.MM_ROWS, cols, calibrate.MM_BATCH, threads, seconds=0.1)
+    except (LowbitError, OSError, ValueError):
+        return 1.0
+    return round(max(rate / now, 0.0), 2)
+
+
+def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None) -> dict:
     """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
-    and how many CPUs other processes used meanwhile (`busy` above BUSY_CPUS: the numbers measure the load)."""
+    how many CPUs other processes used meanwhile and, with the calibration `cal`, how much slower than at
+    calibration the host runs right after (`host_slowdown`). `busy` when others used over BUSY_CPUS or the host
+    is over SLOW_HOST times slower: then the numbers measure the load, not the model."""
     extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
              "--repack", "1" if cfg.repack else "0"]
     b0, own0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
@@ -657,7 +681,8 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
     if b0 is not None:
         others = max(0.0, ((busy_cpu_seconds() or b0) - b0 - (children_cpu_seconds() - own0))
                      / max(time.monotonic() - t0, 1e-9))
-    out = {"others_cpus": round(others, 2), "busy": others > BUSY_CPUS}
+    slow = host_slowdown(cal, cfg.threads) if cal else 1.0
+    out = {"others_cpus": round(others, 2), "host_slowdown": slow, "busy": others > BUSY_CPUS or slow > SLOW_HOST}
     if cfg.n_prompt:
         out["prefill"] = _median_ts(rows, True)
     if cfg.n_gen:
@@ -666,7 +691,7 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3) -> dict:
 
 
 def measure_interleaved(runs: list[tuple[str | os.PathLike, Config]], reps: int = 3, rounds: int = 3,
-                        progress: Callable[[tuple, dict], None] | None = None) -> list[dict]:
+                        progress: Callable[[tuple, dict], None] | None = None, cal: dict | None = None) -> list[dict]:
     """`measure` of every (model, config) in `rounds` interleaved rounds — a slow minute of a shared host lands
     in one round of every run, not in all rounds of one (on the reference VM two sweeps 10 minutes apart read
     the same 2-thread rows 20-35 % apart) — and per run the median of its quiet rounds (of all, when none was
@@ -674,14 +699,14 @@ def measure_interleaved(runs: list[tuple[str | os.PathLike, Config]], reps: int 
     got: list[list[dict]] = [[] for _ in runs]
     for _ in range(rounds):
         for i, (path, cfg) in enumerate(runs):
-            got[i].append(measure(path, cfg, reps))
+            got[i].append(measure(path, cfg, reps, cal))
             if progress:
                 progress(runs[i], got[i][-1])
     out = []
     for measured in got:
         quiet = [m for m in measured if not m["busy"]] or measured
         combined = {"others_cpus": max(m["others_cpus"] for m in quiet), "busy": all(m["busy"] for m in measured),
-                    "rounds": len(quiet)}
+                    "host_slowdown": max(m.get("host_slowdown", 1.0) for m in quiet), "rounds": len(quiet)}
         for kind in ("prefill", "decode"):
             if kind in quiet[0]:
                 combined[kind] = statistics.median(m[kind] for m in quiet)
@@ -706,7 +731,8 @@ def predict_then_measure(path: str | os.PathLike, cfgs: Config | list[Config], r
             print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
                 f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
     rows = []
-    for (cfg, p, tests), got in zip(planned, measure_interleaved([(path, c) for c in cfgs], reps, rounds),
+    cal = cal or calibration()
+    for (cfg, p, tests), got in zip(planned, measure_interleaved([(path, c) for c in cfgs], reps, rounds, cal=cal),
                                     strict=True):
         mine = []
         for kind, name, v in tests:
@@ -719,7 +745,8 @@ def predict_then_measure(path: str | os.PathLike, cfgs: Config | list[Config], r
                   + (f" (median of {got['rounds']} rounds)" if rounds > 1 else "") + ": " + ", ".join(
                       f"{r['test']} {r['measured']:.1f} tok/s ({r['error']:+.0%}"
                       f"{'' if r['within'] else ', OUTSIDE the band'})" for r in mine)
-                  + (f"  [busy: others used {got['others_cpus']} CPUs]" if got["busy"] else ""))
+                  + (f"  [busy: others used {got['others_cpus']} CPUs, the host ran {got['host_slowdown']}x slower "
+                     "than at calibration]" if got["busy"] else ""))
         rows += mine
     return rows
 
