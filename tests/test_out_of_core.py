@@ -113,16 +113,22 @@ def test_disk_rate_interpolates_random_reads_by_block_size():
     assert O.calibrate.disk_rate({"disk": {"gbs": 0.5}}, 64 * 1024) == 0.5e9  # an old calibration: sequential
 
 
-def test_out_of_core_experts_come_at_the_random_read_rate():
-    """Expert misses are scattered: they are read at the random rate for one expert's slice (512 rows x 272
-    bytes = 136 KiB, between the 16 and 256 KiB probes), dense weights at the sequential rate."""
+def _disk_case():
+    """The hand-computed MoE workload with a random-read disk probe (16 KiB: 0.1 GB/s, 256 KiB: 0.2, in order
+    0.5): (workload, calibration, expert bytes, dense bytes, its in-memory prediction, buffer bytes)."""
     w = _moe_workload()
     cal = _cal() | {"disk": {"gbs": 0.5, "random_gbs": {"16": 0.1, "256": 0.2}}}
     cal["overhead"] |= {"runtime_a": 0, "runtime_b": 0}
     experts = 2 * 8 * 512 * 272
     dense = 1000 * 272 + 2 * (256 * 272 + 1024) + 272
     mem = O.P.predict(w, O.P.Config(threads=1, n_gen=16, repack=False, n_ctx=32), cal)
-    buffers = mem.rss_parts["kv"] + mem.rss_parts["compute"]
+    return w, cal, experts, dense, mem, mem.rss_parts["kv"] + mem.rss_parts["compute"]
+
+
+def test_out_of_core_experts_come_at_the_random_read_rate():
+    """Expert misses are scattered: they are read at the random rate for one expert's slice (512 rows x 272
+    bytes = 136 KiB, between the 16 and 256 KiB probes), dense weights at the sequential rate."""
+    w, cal, experts, dense, mem, buffers = _disk_case()
     rate = 0.1e9 + math.log(136 / 16) / math.log(16) * 0.1e9
     half = O.predict_out_of_core(w, buffers + dense + experts // 2, 1, cal)
     miss = experts * 2 / 8 * 0.5
@@ -140,13 +146,7 @@ def test_read_ahead_window_reads_neighbouring_experts():
     6.2 tok/s, predicted 2.7 and 6.1."""
     assert O.expert_reads(32 * 2**19, 32, 4, 8 * 2**20) == 32 * 2**19  # the whole tensor, no more
     assert O.expert_reads(32 * 2**19, 32, 4, 128 * 1024) == 4 * 2**19  # a window below the slice: the slices
-    w = _moe_workload()
-    cal = _cal() | {"disk": {"gbs": 0.5, "random_gbs": {"16": 0.1, "256": 0.2}}}
-    cal["overhead"] |= {"runtime_a": 0, "runtime_b": 0}
-    experts = 2 * 8 * 512 * 272
-    dense = 1000 * 272 + 2 * (256 * 272 + 1024) + 272
-    mem = O.P.predict(w, O.P.Config(threads=1, n_gen=16, repack=False, n_ctx=32), cal)
-    buffers = mem.rss_parts["kv"] + mem.rss_parts["compute"]
+    w, cal, experts, dense, mem, buffers = _disk_case()
     wide = O.predict_out_of_core(w, buffers + dense + experts // 8, 1, cal, window=2**20)
     assert wide.disk_bytes_per_token == pytest.approx(dense + experts, abs=2) and wide.read_ahead_bytes == 2**20
     assert 1 / wide.predicted_tps == pytest.approx(1 / mem.decode_tps + (dense + experts) / 0.5e9, rel=1e-3)
