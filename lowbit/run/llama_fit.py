@@ -10,11 +10,11 @@ are counted in full by llama.cpp but are resident only once read; the compute bu
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.toolchain.build import active_build
+from lowbit.toolchain.llama_tools import run_tool
 
 MIB = 2**20
 
@@ -33,15 +33,7 @@ def _run(args: list[str], timeout: float) -> str:
     if tool is None:
         raise LowbitError("this llama.cpp build has no llama-fit-params: run `invoke build-llama` (it builds "
                           "only the missing tool)")
-    try:
-        proc = subprocess.run([str(tool), *args], capture_output=True, text=True, errors="replace", timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise LowbitError(f"llama-fit-params did not finish in {timeout:g} s") from None
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise LowbitError(f"llama-fit-params failed (exit {proc.returncode}): {tail}")
-    return proc.stdout
+    return run_tool([str(tool), *args], timeout).stdout
 
 
 def parse_print(stdout: str) -> dict[str, dict[str, int]]:

@@ -88,19 +88,27 @@ def imatrix(model: Path, text: Path, out: Path, ctx: int = 128, chunks: int | No
 
 
 
+def run_tool(cmd: list[str], timeout: float, hint: str = "") -> subprocess.CompletedProcess:
+    """Run a llama.cpp tool to completion (no stdin; output captured as text, undecodable bytes replaced: the
+    tools print token pieces). A timeout or a non-zero exit is a LowbitError naming the tool and the command, with
+    the last lines of its log (`hint` ends the timeout message)."""
+    name = Path(cmd[0]).name
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LowbitError(f"{name} did not finish in {timeout:g} s{hint}: {' '.join(cmd)}") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
+        raise LowbitError(f"{name} exited with {proc.returncode}:\n{tail}\ncommand: {' '.join(cmd)}")
+    return proc
+
+
 def llama_bench(model: Path, args: list[str], timeout: float = 1800, hint: str = "",
                 tool: Path | None = None) -> tuple[list[dict], list[str]]:
     """Run `llama-bench -m model ARGS -o json` once (`tool`: another build's llama-bench, default the active
     one's); return (its JSON rows, the command). A timeout or a failure is a LowbitError naming the command
     (`hint` ends the timeout message)."""
     cmd = [str(tool or active_build().tool("llama-bench")), "-m", str(model), *args, "-o", "json"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise LowbitError(f"llama-bench did not finish in {timeout:g} s{hint}: {' '.join(cmd)}") from None
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
-        raise LowbitError(f"llama-bench exited with {proc.returncode}:\n{tail}\ncommand: {' '.join(cmd)}")
-    out = proc.stdout  # the JSON array; skip anything a build prints around it
+    out = run_tool(cmd, timeout, hint).stdout  # the JSON array; skip anything a build prints around it
     return json.loads(out[out.index("[") : out.rindex("]") + 1]), cmd
