@@ -534,7 +534,6 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     changed cost model can be refitted on a stored calibration (`refit_overhead`) without measuring again."""
 
     folder, models = _calibration_models(folder)
-    cal.setdefault("probes", {})  # shared by the copies of `cal` below
     raw: dict = {}  # {threads: {model file (@depth): seconds}}
     for t in range(1, int(cal["cores"]) + 1):
         raw[str(t)] = {}
@@ -720,6 +719,7 @@ def predict_then_measure(path: str | os.PathLike, cfgs: Config | list[Config], r
     interleaved rounds (`measure_interleaved`), print the measurements and errors: one row per configuration and
     test (prefill, decode) with `within` (inside the stated band) and `busy`."""
     cfgs = [cfgs] if isinstance(cfgs, Config) else cfgs
+    cal = cal or calibration()  # one read for the predictions and the host check after each measurement
     w = workload(path)
     planned = []
     for cfg in cfgs:
@@ -731,7 +731,6 @@ def predict_then_measure(path: str | os.PathLike, cfgs: Config | list[Config], r
             print(f"t={cfg.threads} depth={cfg.depth} predicted: " + ", ".join(
                 f"{name} {v:.1f} tok/s (±{p.band[kind]:.0%})" for kind, name, v in tests), flush=True)
     rows = []
-    cal = cal or calibration()
     for (cfg, p, tests), got in zip(planned, measure_interleaved([(path, c) for c in cfgs], reps, rounds, cal=cal),
                                     strict=True):
         mine = []
