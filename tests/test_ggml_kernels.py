@@ -189,3 +189,41 @@ def test_control_matvec_matches_numpy(kernels):
     _check_matmul(kernels, "Q6_K", rng.standard_normal((1100, 2560)), rng.standard_normal((1, 2560)), 2)
     _check_matmul(kernels, "TQ1_0", _ternary(rng, 37, 512), rng.standard_normal((1, 512)), 2)
     _check_matmul(kernels, "Q4_0", rng.standard_normal((33, 512)), rng.standard_normal((1, 512)))
+
+
+def _attention_reference(q, k, v, mask):
+    """softmax(q k^T / sqrt(d) + mask) v in float64 over the f16-rounded cache, heads grouped over the KV heads."""
+    n_head, n_head_kv = q.shape[0], k.shape[0]
+    k64, v64 = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
+    out = np.empty((q.shape[1], n_head, v.shape[2]))
+    for h in range(n_head):
+        kv = h // (n_head // n_head_kv)
+        s = q[h].astype(np.float64) @ k64[kv].T / np.sqrt(q.shape[2]) + mask
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        out[:, h] = (p / p.sum(axis=1, keepdims=True)) @ v64[kv]
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("head_dim", "value_dim", "n_head", "n_head_kv", "n_kv", "n_tokens"), [
+    (64, 64, 4, 4, 200, 100),  # 100 queries: a full 64-row Q tile and a partial one per head
+    (320, 256, 2, 1, 130, 64),  # DeepSeek MLA's shape: K != V, 2 heads over one cache head, a partial KV tile
+    (64, 64, 8, 2, 96, 160),  # grouped heads, more Q tiles than threads
+    (64, 64, 4, 4, 80, 12),  # fewer queries than a tile: the untiled path
+])
+def test_flash_attention_matches_numpy(kernels, threads, head_dim, value_dim, n_head, n_head_kv, n_kv, n_tokens):
+    """ggml's CPU flash attention (patch 0007: only a tile's valid query rows multiplied, chunks of whole Q
+    tiles) against float64 numpy, with a causal mask whose first rows hide whole KV tiles."""
+    rng = np.random.default_rng(n_kv + n_tokens)
+    q = rng.standard_normal((n_head, n_tokens, head_dim))
+    k = rng.standard_normal((n_head_kv, n_kv, head_dim))
+    v = rng.standard_normal((n_head_kv, n_kv, value_dim))
+    past = n_kv - n_tokens if n_kv > n_tokens else 0
+    visible = np.arange(n_kv)[None, :] <= past + np.arange(n_tokens)[:, None]
+    mask = np.where(visible, 0.0, -np.inf)
+    got = kernels.flash_attn(q, k, v, mask, threads)
+    want = _attention_reference(q, k, v, mask)
+    # ggml rounds q and the softmax weights to f16 on some paths: tolerance relative to the values' scale
+    assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max(), np.abs(got - want).max()
+    # a query that sees one position more gets a different answer: the check is position-sensitive
+    assert np.abs(got[1:] - got[:-1]).max() > 1e-2

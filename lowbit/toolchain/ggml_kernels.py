@@ -36,6 +36,7 @@ REPACK_X86 = {"Q4_0": "avx2", "Q4_K": "avx2", "IQ4_NL": "avx2", "MXFP4": "avx2",
 
 # quantizers that build search tables for seconds before the first row (IQ1_M: ~30 s on a busy 2-core VM)
 SLOW_QUANTIZERS = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S"})
+WORK_ALIGN = 64  # bytes: ggml_aligned_malloc's alignment, which the CPU backend's work buffer gets (patch 0007)
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -358,8 +359,10 @@ class Kernels:
         self.base.ggml_threadpool_params_init(params, threads)
         pool = self.cpu.ggml_threadpool_new(params)
         plan = self.cpu.ggml_graph_plan(graph, threads, pool)
-        work = np.zeros(max(plan.work_size, 1), dtype=np.uint8)  # e.g. activations quantized for the kernel
-        plan.work_data = work.ctypes.data
+        # e.g. activations quantized for the kernel; 64-byte aligned as the patched CPU backend allocates it
+        # (patch 0007): at numpy's 16 bytes, flash attention's 512-bit tile accesses split cache lines (1.5x)
+        work = np.zeros(max(plan.work_size, 1) + WORK_ALIGN, dtype=np.uint8)
+        plan.work_data = work.ctypes.data + (-work.ctypes.data) % WORK_ALIGN
         best, calls, start = float("inf"), 0, time.perf_counter()
         try:
             while time.perf_counter() - start < seconds or calls < min_calls:
@@ -378,7 +381,41 @@ class Kernels:
         """Best wall time of ggml's CPU `flash_attn_ext` (what llama.cpp runs with flash attention, the CPU
         default): `n_tokens` queries of `n_head` heads over `n_kv` cached positions of `n_head_kv` heads;
         `masked` passes an (all-visible) f16 mask as llama.cpp always does, whose reads the kernel pays for."""
-        value_dim = value_dim or head_dim
+        with self._flash_attn_graph(head_dim, value_dim or head_dim, n_head, n_head_kv, n_kv, n_tokens, kv_type,
+                                    masked) as (graph, tensors):
+            for t in tensors[:3]:  # bytes 0x20: small normal f16/f32 values and valid quant blocks
+                ctypes.memset(self.base.ggml_get_data(t), 0x20, self.base.ggml_nbytes(t))
+            if masked:  # f16 zeros: every position visible
+                ctypes.memset(self.base.ggml_get_data(tensors[3]), 0, self.base.ggml_nbytes(tensors[3]))
+            return self._time_graph(graph, threads, seconds, min_calls, "flash attention")
+
+    def flash_attn(self, q, k, v, mask=None, threads: int = 1):
+        """ggml's CPU `flash_attn_ext` of f32 queries `q` (n_head x n_tokens x head_dim) over an f16 cache `k`
+        (n_head_kv x n_kv x head_dim) and `v` (n_head_kv x n_kv x value_dim), with an optional additive mask
+        (n_tokens x n_kv, -inf hides a position), scaled by 1/sqrt(head_dim). Returns n_tokens x n_head x
+        value_dim, as llama.cpp reads it."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k, v = (np.ascontiguousarray(a, dtype=np.float16) for a in (k, v))
+        (n_head, n_tokens, head_dim), (n_head_kv, n_kv, value_dim) = q.shape, v.shape
+        if k.shape != (n_head_kv, n_kv, head_dim) or n_head % n_head_kv:
+            raise LowbitError(f"flash_attn: queries {q.shape}, keys {k.shape} and values {v.shape} do not fit")
+        arrays = [q, k, v]
+        if mask is not None:
+            arrays.append(np.ascontiguousarray(np.broadcast_to(mask, (n_tokens, n_kv)), dtype=np.float16))
+        with self._flash_attn_graph(head_dim, value_dim, n_head, n_head_kv, n_kv, n_tokens, "F16",
+                                    mask is not None) as (graph, tensors):
+            for t, a in zip(tensors[:-1], arrays, strict=True):  # the inputs; the last is the output
+                ctypes.memmove(self.base.ggml_get_data(t), a.ctypes.data, a.nbytes)
+            self._time_graph(graph, threads, 0.0, 1, "flash attention")  # computed once
+            res = np.empty((n_tokens, n_head, value_dim), dtype=np.float32)
+            ctypes.memmove(res.ctypes.data, self.base.ggml_get_data(tensors[-1]), res.nbytes)
+        return res
+
+    @contextmanager
+    def _flash_attn_graph(self, head_dim: int, value_dim: int, n_head: int, n_head_kv: int, n_kv: int,
+                          n_tokens: int, kv_type: str, masked: bool):
+        """The one-node graph `ggml_flash_attn_ext(q, k, v, mask)` both callers run. Yields (graph, [q, k, v,
+        (mask,) out]) for the caller to fill; freed after."""
         kv = self.type_id(kv_type)
         sizes = [4 * head_dim * n_tokens * n_head, self.row_size(kv_type, head_dim) * n_kv * n_head_kv,
                  self.row_size(kv_type, value_dim) * n_kv * n_head_kv, 4 * value_dim * n_tokens * n_head,
@@ -388,19 +425,16 @@ class Kernels:
         if not ctx:
             raise LowbitError(f"ggml_init could not allocate {mem} bytes for flash attention")
         try:
-            q = self.base.ggml_new_tensor_3d(ctx, TYPES["F32"], head_dim, n_tokens, n_head)
-            k = self.base.ggml_new_tensor_3d(ctx, kv, head_dim, n_kv, n_head_kv)
-            v = self.base.ggml_new_tensor_3d(ctx, kv, value_dim, n_kv, n_head_kv)
-            for t in (q, k, v):  # bytes 0x20: small normal f16/f32 values and valid quant blocks
-                ctypes.memset(self.base.ggml_get_data(t), 0x20, self.base.ggml_nbytes(t))
-            mask = None
-            if masked:  # f16 zeros: every position visible
-                mask = self.base.ggml_new_tensor_2d(ctx, TYPES["F16"], n_kv, n_tokens)
-                ctypes.memset(self.base.ggml_get_data(mask), 0, self.base.ggml_nbytes(mask))
-            out = self.base.ggml_flash_attn_ext(ctx, q, k, v, mask, 1.0 / head_dim**0.5, 0.0, 0.0)
+            tensors = [self.base.ggml_new_tensor_3d(ctx, TYPES["F32"], head_dim, n_tokens, n_head),
+                       self.base.ggml_new_tensor_3d(ctx, kv, head_dim, n_kv, n_head_kv),
+                       self.base.ggml_new_tensor_3d(ctx, kv, value_dim, n_kv, n_head_kv)]
+            if masked:
+                tensors.append(self.base.ggml_new_tensor_2d(ctx, TYPES["F16"], n_kv, n_tokens))
+            out = self.base.ggml_flash_attn_ext(ctx, *tensors[:3], tensors[3] if masked else None,
+                                                1.0 / head_dim**0.5, 0.0, 0.0)
             graph = self.base.ggml_new_graph(ctx)
             self.base.ggml_build_forward_expand(graph, out)
-            return self._time_graph(graph, threads, seconds, min_calls, "flash attention")
+            yield graph, [*tensors, out]
         finally:
             self.base.ggml_free(ctx)
 
