@@ -67,7 +67,7 @@ CAL_VOCABS = ("ggml-vocab-phi-3.gguf", "ggml-vocab-llama-bpe.gguf")  # 32k and 1
 # (width, layers) of the calibration models: two depths give the overhead's per-tensor slope and constant,
 # a wide one its per-activation term (norms, rope, activation quantization grow with the width)
 CAL_MODELS = ((256, 2), (256, 12), (1024, 2))
-CAL_TEST = {"n_prompt": 64, "n_gen": 32, "reps": 5}
+CAL_TEST = {"n_prompt": 64, "n_gen": 32, "reps": 3, "rounds": 3}
 CAL_DEPTH = 2048
 
 
@@ -534,23 +534,23 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
     changed cost model can be refitted on a stored calibration (`refit_overhead`) without measuring again."""
 
     folder, models = _calibration_models(folder)
+    deep_model = models[1]  # attention in llama.cpp (cache views, mask) against the kernel probe: it at depth
+    runs = [(path, Config(threads=t, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"], depth=depth))
+            for t in range(1, int(cal["cores"]) + 1)
+            for path, depth in [*((m, 0) for m in models), (deep_model, CAL_DEPTH)]]
+    # interleaved rounds, each point the median of its rounds on an unloaded host (measure_interleaved): one
+    # llama-bench run per point swung a fitted attention scale 0.8-1.9 between calibrations minutes apart
+    got = measure_interleaved(runs, CAL_TEST["reps"], CAL_TEST["rounds"], cal=cal,
+                              progress=lambda run, _: step(f"overhead fit: measured {run[0].name}, "
+                                                           f"{run[1].threads} thread(s), depth {run[1].depth}"))
     raw: dict = {}  # {threads: {model file (@depth): seconds}}
-    for t in range(1, int(cal["cores"]) + 1):
-        raw[str(t)] = {}
-        for path in models:
-            step(f"fitting the per-token overhead: {path.name}, {t} thread(s)")
-            rows = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-            raw[str(t)][path.name] = {"decode_s": 1 / _median_ts(rows, False),
-                                      "prefill_s": CAL_TEST["n_prompt"] / _median_ts(rows, True)}
-        # attention in llama.cpp (cache views, mask) against the kernel probe: the same model at depth
-        path = models[1]
-        step(f"fitting attention at depth {CAL_DEPTH}: {path.name}, {t} thread(s)")
-        deep = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"], depth=CAL_DEPTH)
-        flat = llama_bench_json(path, t, CAL_TEST["n_prompt"], CAL_TEST["n_gen"], CAL_TEST["reps"])
-        raw[str(t)][f"{path.name}@{CAL_DEPTH}"] = {
-            "decode_s": 1 / _median_ts(deep, False), "prefill_s": CAL_TEST["n_prompt"] / _median_ts(deep, True),
-            "flat_decode_s": 1 / _median_ts(flat, False),
-            "flat_prefill_s": CAL_TEST["n_prompt"] / _median_ts(flat, True)}
+    for (path, cfg), m in zip(runs, got, strict=True):
+        point = {"decode_s": 1 / m["decode"], "prefill_s": CAL_TEST["n_prompt"] / m["prefill"]}
+        raw.setdefault(str(cfg.threads), {})[path.name + (f"@{cfg.depth}" if cfg.depth else "")] = point
+    for points in raw.values():
+        flat = points[deep_model.name]
+        points[f"{deep_model.name}@{CAL_DEPTH}"] |= {"flat_decode_s": flat["decode_s"],
+                                                     "flat_prefill_s": flat["prefill_s"]}
     bare = {**cal, "overhead": {}}
     rss_points = []
     for vocab_file in CAL_VOCABS:

@@ -14,7 +14,6 @@ grows in proportion.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -31,7 +30,6 @@ PROBE_KV = 2048  # cached positions of an attention probe (fewer when the shape 
 ATTN_WORK = 5e8  # multiply-adds an attention probe does at most
 PROBE_SECONDS = 0.05  # each probe repeats its call this long (best of the calls)
 WARM_UP_SECONDS = 0.3
-ATTN_PLACEMENTS = 3
 
 
 class Probes:
@@ -120,12 +118,9 @@ class Probes:
         if memory > PROBE_MEMORY:  # a header's absurd head counts or sizes: no probe, the calibrated rate
             return None
         key = f"fa {key_dim}/{value_dim} h{heads}/{kv_heads} q{q} kv{n_kv} t{threads} {kv_type.upper()}"
-        # the cache sits near L2's size, where where its pages land decides the speed (8.2 or 12.4 ns per row
-        # and position for one shape here): the median of ATTN_PLACEMENTS fresh allocations
-        s = self._get(key, lambda k: statistics.median(
-            k.flash_attn_seconds(key_dim, heads, kv_heads, n_kv, q, threads, kv_type=kv_type.upper(),
-                                 seconds=PROBE_SECONDS, value_dim=value_dim, masked=True)
-            for _ in range(ATTN_PLACEMENTS)))
+        s = self._get(key, lambda k: k.flash_attn_seconds(key_dim, heads, kv_heads, n_kv, q, threads,
+                                                          kv_type=kv_type.upper(), seconds=PROBE_SECONDS,
+                                                          value_dim=value_dim, masked=True))
         return None if s is None else s / (q * heads * n_kv)
 
     def _get(self, key: str, measure: Callable[[Kernels], float]) -> float | None:
