@@ -114,6 +114,7 @@ def _ternary(rng, m: int, k: int) -> np.ndarray:
     (64, 6912, 23, 1),    # BitNet's FFN width, a remainder of 7
     (16, 512, 9, 2),      # a remainder of 1; one tile, so the second thread has none
     (32, 256, 11, 1),     # a remainder of 3
+    (80, 512, 10, 1),     # 5 row tiles on one thread, an odd count
     (24, 512, 9, 2),      # rows not a multiple of the tile: the generic path
     (32, 512, 7, 1),      # below the GEMM's column minimum: the dot products
     (32, 512, 1, 2),      # one column: matrix-vector (decode)
