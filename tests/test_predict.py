@@ -94,10 +94,11 @@ def test_prefill_hand_computed_batch_reads_weights_once():
 
 
 @pytest.mark.parametrize(("n_tokens", "n_head", "threads", "expected"), [
-    (64, 2, 1, (2, 2.0)),  # one chunk on one thread: a full 64-row tile per head
-    (64, 2, 2, (8, 4.0)),  # 8 chunks of 16 rows, a padded tile each: 4 per thread, twice the 1-thread work
-    (64, 9, 2, (16, 8.0)),  # 8 chunks of 72 rows, each cut at a head boundary into 2 tiles
-    (64, 8, 2, (8, 4.0)),  # the probe's shape: 8 chunks of 64 rows, no waste
+    (64, 2, 1, (2, 2.0)),  # one chunk on one thread: a 64-row tile per head
+    (64, 2, 2, (2, 1.0)),  # chunks rounded up to whole tiles: one 64-row tile per thread (before patch 0007: 8)
+    (64, 9, 2, (9, 4.5)),  # chunks of 128 rows (72 rounded up): 4 full ones and a 64-row rest, 288 rows each
+    (64, 8, 2, (8, 4.0)),  # the probe's shape: 8 chunks of 64 rows
+    (64, 1, 2, (8, 0.5)),  # whole tiles would leave a thread idle: 8 chunks of 8 rows instead
     (128, 1, 1, (2, 2.0)),  # 128 queries of one head: two tiles
     (32, 8, 2, None),  # below one tile: the untiled kernel
 ])
@@ -105,9 +106,10 @@ def test_flash_attention_tiles_mirror_ggml_chunking(n_tokens, n_head, threads, e
     assert P.flash_attn_tiles(n_tokens, n_head, threads) == expected
 
 
-def test_prefill_attention_of_two_heads_is_slower_on_two_threads():
-    """64 tokens x 2 heads: 1 thread runs 2 full tiles, 2 threads 8 part-filled ones (4 each) at twice the
-    per-thread rate (the calibration's wall cost per row halves at 2 threads): attention takes twice as long."""
+def test_prefill_attention_of_two_heads_halves_on_two_threads():
+    """64 tokens x 2 heads: 1 thread runs both 64-row tiles, 2 threads one each at the same per-thread rate (the
+    calibration's wall cost per row halves at 2 threads). Before patch 0007 ggml cut them into 8 tiles of 16 rows,
+    each multiplied as 64: twice as long as 1 thread."""
     w = _moe_workload()
     w.meta.n_head, w.meta.n_head_kv = 2, 2
     cal = _cal()
@@ -115,7 +117,7 @@ def test_prefill_attention_of_two_heads_is_slower_on_two_threads():
     two = P._attention_seconds(w, P.Config(threads=2), [2048.0], 64, 1e15, cal["attention"]["2"], batch=True)
     per = 1e-8 + 1e-10 * 128
     assert one == pytest.approx(2 * 64 * (2048 + 32) * per)  # 2 tiles x 64 rows x positions of the last query
-    assert two == pytest.approx(2 * one)
+    assert two == pytest.approx(one / 2)
 
 
 def test_threads_pick_their_own_rates_and_beyond_calibrated_use_the_last():

@@ -258,32 +258,35 @@ FA_TILE = 64  # ggml-cpu's flash-attention query and KV tile (GGML_FA_TILE_Q / G
 
 
 def flash_attn_tiles(n_tokens: int, n_head: int, threads: int) -> tuple[int, float] | None:
-    """(query tiles, tile rounds per thread) of ggml's CPU flash attention for a batch of `n_tokens` queries of
-    `n_head` heads on `threads` threads; None when the batch is below one tile (the untiled row-by-row path).
+    """(query tiles, rounds of 64 query rows per thread) of ggml's CPU flash attention for a batch of `n_tokens`
+    queries of `n_head` heads on `threads` threads; None when the batch is below one tile (the untiled path).
 
-    Mirrors `ggml_compute_forward_flash_attn_ext_f16` at the pinned commit: the `n_tokens x n_head` query rows
-    are cut into `4 x threads` chunks (one chunk on one thread), each chunk into tiles of at most 64 rows that
-    never cross a head, and every tile multiplies a full, zero-padded 64-row tile against the whole KV cache.
-    A tile's cost is fixed, so rows cut into part-filled tiles waste work: 64 tokens x 2 heads at 2 threads
-    make 8 tiles of 16 rows where 1 thread does 2 tiles of 64 — the second thread makes attention slower.
-    Rounds: the tiles one thread processes (chunks are handed out dynamically), at least the largest chunk.
+    Mirrors `ggml_compute_forward_flash_attn_ext_f16` with patch 0007: the `n_tokens x n_head` query rows are cut
+    into chunks of `ceil(rows / (4 x threads))` rounded up to whole 64-row tiles (unless that leaves a thread
+    without a chunk: then `threads` equal chunks), each chunk into tiles of at most 64 rows that never cross a
+    head, and a tile multiplies its own rows against the KV cache. A thread's work: its share of the rows, at
+    least the largest chunk (chunks are handed out dynamically). Before the patch every tile cost a full
+    64-row tile, and 64 tokens x 2 heads on 2 threads made 8 tiles of 16 rows: slower than 1 thread.
     """
     if n_tokens < FA_TILE:
         return None
     nr = n_tokens * n_head
     chunk = -(-nr // (threads * 4))
+    tiled = -(-chunk // FA_TILE) * FA_TILE
+    whole = -(-nr // tiled) >= threads
+    chunk = tiled if whole else chunk
     nchunk = -(-nr // chunk)
     if threads == 1 or nchunk < threads:
-        nchunk = threads
-    dr = -(-nr // nchunk)
+        nchunk, whole = threads, False
+    dr = chunk if whole else -(-nr // nchunk)
     tiles, largest = 0, 0
     for c in range(nchunk):
-        ir, end, n = dr * c, min(dr * (c + 1), nr), 0
+        ir, end = dr * c, min(dr * (c + 1), nr)
+        largest = max(largest, end - ir)
         while ir < end:
             ir += min(FA_TILE, end - ir, n_tokens - ir % n_tokens)
-            n += 1
-        tiles, largest = tiles + n, max(largest, n)
-    return tiles, max(tiles / threads, float(largest))
+            tiles += 1
+    return tiles, max(nr / threads, float(largest)) / FA_TILE
 
 
 def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tokens: int, bw: float,
@@ -293,8 +296,8 @@ def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tok
     cache bytes read / bandwidth.
 
     Without a probe (a calibration from elsewhere): max(read, compute at the calibrated cost over the head
-    dims); a batch of at least one tile (64 tokens) runs ggml's tiled kernel, whose cost is the tile rounds of
-    one thread (`flash_attn_tiles`) x 64 padded rows, normalised by the calibration probe's own tile rounds."""
+    dims); a batch of at least one tile (64 tokens) runs ggml's tiled kernel, whose cost is one thread's rows
+    (`flash_attn_tiles`), normalised by the calibration probe's own."""
     meta = w.meta
     kv_tok = kv_bytes_per_token(meta, cfg.cache_type_k, cfg.cache_type_v)
     fit = attn["prefill" if batch else "decode"]
@@ -309,7 +312,7 @@ def _attention_seconds(w: Workload, cfg: Config, ctx_per_layer: list[float], tok
     if tiled:
         probe = flash_attn_tiles(calibrate.MM_BATCH, calibrate.FA_PROBE["n_head"], cfg.threads)
         probe_rows = calibrate.MM_BATCH * calibrate.FA_PROBE["n_head"]
-        # one thread's padded rows, against the probe's (the probe's `per` is wall time per row)
+        # one thread's rows, against the probe's (the probe's `per` is wall time per row)
         rows = tiled[1] * FA_TILE * probe_rows / (probe[1] * FA_TILE) if probe else rows
         extra = tokens / 2
     total = 0.0
