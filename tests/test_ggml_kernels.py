@@ -228,3 +228,35 @@ def test_flash_attention_matches_numpy(kernels, threads, head_dim, value_dim, n_
     assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max(), np.abs(got - want).max()
     # a query that sees one position more gets a different answer: the check is position-sensitive
     assert np.abs(got[1:] - got[:-1]).max() > 1e-2
+
+
+def _q8_k_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q8_K_ref in float32 numpy, as bytes: per 256 values the scale from the first value of
+    the largest magnitude (iscale = -127 / it), round half to even, at most 127, and the 16 sums of 16."""
+    block = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+    out = np.zeros(x.size // 256, dtype=block)
+    for i, xs in enumerate(x.astype(np.float32).reshape(-1, 256)):
+        ax = np.abs(xs)
+        if ax.max() == 0:
+            continue  # d, qs and bsums all zero
+        iscale = np.float32(-127.0) / xs[int(np.argmax(ax))]  # argmax: the first of equal magnitudes
+        q = np.minimum(np.rint(iscale * xs), 127).astype(np.int32)
+        out[i]["qs"], out[i]["bsums"] = q, q.reshape(16, 16).sum(axis=1)
+        out[i]["d"] = np.float32(1) / iscale
+    return out.view(np.uint8)
+
+
+def test_q8_k_activations_match_the_reference_bit_for_bit(kernels):
+    """The activation quantizer K-quant and TQ2_0 matmuls run (patch 0008 vectorises it on AVX-512): equal to the
+    reference algorithm to the byte, including a tie of opposite signs for the largest magnitude, an all-zero
+    block, halves that round to even, and a negative largest value."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(256 * 6).astype(np.float32) * rng.uniform(0.01, 100, 6).repeat(256).astype(np.float32)
+    x[256:512] = 0.0  # an all-zero block
+    x[512 + 7], x[512 + 200] = -50.0, 50.0  # the first of equal magnitudes (negative) sets the sign of the scale
+    x[768:1024] = np.arange(256, dtype=np.float32) % 50 - 24.5  # iscale 1 below: every value a .5 to round
+    x[768] = -127.0
+    x[1024 + 3] = -1e3  # a negative largest value
+    got = kernels.quantize_activations("TQ2_0", x)
+    want = _q8_k_reference(x)
+    assert got.tobytes() == want.tobytes(), np.flatnonzero(got != want)[:10]

@@ -1,12 +1,12 @@
 """ggml's CPU quantization kernels of one llama.cpp build, called through ctypes.
 
-The BitNet speed work patches llama.cpp's CPU kernels (`patches/0003-...`, `0005-...`, `0006-...`). This module
-reaches the very functions the matrix multiplications call — `ggml_get_type_traits_cpu(type)->vec_dot` and the
-activation quantizer `from_float` of its `vec_dot_type` — plus ggml's reference quantizer and dequantizer, so a test can
-compare a kernel with numpy over the dequantized values and a benchmark can time it in isolation. `mul_mat`
-runs a whole `ggml_mul_mat` on ggml's CPU backend, which is how the mat-mat paths (prompt processing: several
-activation columns per call, e.g. patch 0005's TQ2_0 GEMM) and the mat-vec paths (one column: decode, patch 0006)
-are reached.
+The BitNet speed work patches llama.cpp's CPU kernels (`patches/0003-...`, `0005-...`, `0006-...`, `0008-...`).
+This module reaches the very functions the matrix multiplications call — `ggml_get_type_traits_cpu(type)->vec_dot`
+and the activation quantizer `from_float` of its `vec_dot_type` — plus ggml's reference quantizer and dequantizer,
+so a test can compare a kernel with numpy over the dequantized values and a benchmark can time it in isolation.
+`mul_mat` runs a whole `ggml_mul_mat` on ggml's CPU backend, which is how the mat-mat paths (prompt processing:
+several activation columns per call, e.g. patch 0005's TQ2_0 GEMM) and the mat-vec paths (one column: decode,
+patch 0006) are reached.
 """
 
 from __future__ import annotations
