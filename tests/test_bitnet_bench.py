@@ -47,7 +47,9 @@ def test_two_thread_comparison_with_baseline(monkeypatch, tmp_path, capsys):
     # TQ2_0 and the Q4_0 reference, both builds, 2 threads only, every round; no one-thread CPU-time runs
     assert sorted(set(calls)) == sorted({("bench", q, 2, b) for q in ("TQ2_0", "Q4_0") for b in ("main", "base")})
     assert len(calls) == 3 * 4
-    assert [c[3] for c in calls[:2]] == ["main", "base"]  # interleaved build by build
+    # interleaved build by build, the order alternating from round to round (the second run is favoured)
+    assert [c[3] for c in calls[:2]] == ["main", "base"] and [c[3] for c in calls[4:6]] == ["base", "main"]
+    assert [c[3] for c in calls[8:10]] == ["main", "base"]
     assert result["speed"]["TQ2_0/tg/t2"] == 30.0 and result["vs_baseline"]["TQ2_0/tg/t2"] == 2.0
     assert result["roofline"]["TQ2_0/t2"] == pytest.approx(30.0 * 900e6 / 30e9)
     assert result["baseline_roofline"]["TQ2_0/t2"] == pytest.approx(15.0 * 900e6 / 30e9)
