@@ -29,7 +29,7 @@ def _fake_measurements(monkeypatch, tmp_path: Path, calls: list) -> None:
 
     monkeypatch.setattr(bench, "llama_bench", llama_bench)
     monkeypatch.setattr(bench, "prompt_cpu_rate", prompt_cpu_rate)
-    monkeypatch.setattr(bench, "read_bandwidth", lambda threads: 30e9)
+    monkeypatch.setattr(bench.calibrate, "read_bandwidth_gbs", lambda threads, mib, reps, best: 30.0)
     monkeypatch.setattr(bench, "measure_memory", lambda files, shape: {
         q: {"weights": 600_000_000, "embeddings": 300_000_000, "kv": 0, "buffers": 0, "peak_rss": 0} for q in files})
     monkeypatch.setattr(bench, "kernel_rates", lambda: {})

@@ -12,7 +12,6 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from lowbit.files.synthetic import Hparams, write_gguf
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
 from lowbit.paths import models_dir, runs_dir
 from lowbit.procs import run_checked
+from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build, load_build, sdist_tree
 from lowbit.toolchain.ggml_kernels import Kernels
 from lowbit.toolchain.llama_tools import llama_bench as run_llama_bench
@@ -203,25 +203,6 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
     return procs.peak_rss(cmd, timeout=None)[0]
 
 
-def read_bandwidth(threads: int, mib: int = 256, reps: int = 12) -> float:
-    """Memory read bandwidth (bytes/s): `threads` readers, each OR-reducing its own uint64 array (best of reps).
-
-    An integer OR-reduction is a plain streaming read (numpy vectorizes it and releases the GIL), faster per
-    byte than `np.sum` over float64. On a shared VM the 2-thread figure swings widely from second to second
-    (≈25 to ≈60 GB/s here, with an AVX-512 load loop agreeing), so `run_benchmark` samples it every round and
-    uses the best sample as the ceiling.
-    """
-
-    arrays = [np.ones(mib * 2**20 // 8, dtype=np.uint64) for _ in range(threads)]
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(reps):
-            t = time.perf_counter()
-            list(pool.map(np.bitwise_or.reduce, arrays))
-            best = max(best, threads * mib * 2**20 / (time.perf_counter() - t))
-    return best
-
-
 def tensor_bytes(model: Path) -> tuple[int, int]:
     """(non-embedding weight bytes, embedding bytes) of a GGUF."""
 
@@ -303,7 +284,7 @@ def run_benchmark(
                 samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
                 others.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(0.0)  # not disturbed by design
         for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
-            bw_samples.setdefault(t, []).append(read_bandwidth(t))
+            bw_samples.setdefault(t, []).append(calibrate.read_bandwidth_gbs(t, mib=256, reps=12, best=True) * 1e9)
     speed, quiet = {}, {}
     for key, values in samples.items():
         calm = [v for v, o in zip(values, others[key], strict=True) if o < QUIET]
