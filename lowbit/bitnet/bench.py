@@ -268,10 +268,10 @@ def run_benchmark(
     bw_samples: dict[int, list[float]] = {}
     for r in range(rounds):
         step(f"round {r + 1}/{rounds}")
+        # interleaved: every type (and build) once per round and thread count, the builds in alternating order
+        # (the build run second got the better decode in three runs of a fixed order: 0.87-0.98x of its pair)
+        order = list(tools.items())[::-1 if r % 2 else 1]
         for t in threads:
-            # interleaved: every type (and build) once per round and thread count, the builds in alternating order
-            # (the build run second got the better decode in three runs of a fixed order: 0.87-0.98x of its pair)
-            order = list(tools.items())[::-1 if r % 2 else 1]
             for qtype, path in files.items():
                 for prefix, tool in order:
                     got = llama_bench(path, t, tool=tool)
@@ -280,7 +280,7 @@ def run_benchmark(
                         samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
         for qtype, path in files.items() if 1 in threads else ():  # prompt tokens per CPU-second: survives load
-            for prefix, tool in list(tools.items())[::-1 if r % 2 else 1]:
+            for prefix, tool in order:
                 samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
                 others.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(0.0)  # not disturbed by design
         for t in threads:  # once per round: the ceiling is the best the machine gave during the whole run
