@@ -217,6 +217,15 @@ def read_bandwidth_gbs(threads: int, mib: int = 128, reps: int = 9, best: bool =
     return round(max(samples) if best else statistics.median(samples), 2)
 
 
+def matmul_rate(kernels: Kernels, qtype: str, rows: int, batch: int, threads: int, seconds: float,
+                repack: bool = False) -> float:
+    """Weight bytes x columns per second of ggml's `mul_mat` of a `rows x MV_SHAPE[1]` weight of `qtype` times
+    `batch` columns (best of `seconds`): every rate `kernel_rates` keeps, and the host check's reference."""
+    row_bytes = kernels.row_size(qtype, MV_SHAPE[1])
+    return row_bytes * rows * batch / kernels.matmul_seconds(qtype, rows, MV_SHAPE[1], batch, threads,
+                                                             seconds=seconds, repack=repack)
+
+
 def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: float = 0.06) -> dict:
     """{type: {"mv": weight bytes/s one token consumes, "mm": weight bytes x batch / s for 64 columns, "mm8":
     the same for 8 columns}} on `threads`.
@@ -234,16 +243,12 @@ def kernel_rates(threads: int, types: tuple[str, ...] = WEIGHT_TYPES, seconds: f
             row_bytes = kernels.row_size(qtype, cols)
             rates = {}
             for suffix, repack in (("", True), ("_norepack", False)) if kernels.repacks(qtype) else (("", False),):
-                mv = kernels.matmul_seconds(qtype, rows, cols, 1, threads, seconds=seconds, repack=repack)
-                mm = kernels.matmul_seconds(qtype, MM_ROWS, cols, MM_BATCH, threads, seconds=seconds, repack=repack)
-                few = kernels.matmul_seconds(qtype, MM_ROWS, cols, FEW_BATCH, threads, seconds=seconds, repack=repack)
-                # one token through weights streamed from memory, as decode reads a model larger than the cache:
-                # compute and memory stalls together, on ggml's own kernel
+                # the last: one token through weights streamed from memory, as decode reads a model larger than
+                # the cache: compute and memory stalls together, on ggml's own kernel
                 big = max(8, stream_bytes(llc_bytes()) // row_bytes // 8 * 8)
-                stream = kernels.matmul_seconds(qtype, big, cols, 1, threads, seconds=seconds, repack=repack)
-                rates |= {f"mv{suffix}": row_bytes * rows / mv, f"mm{suffix}": row_bytes * MM_ROWS * MM_BATCH / mm,
-                          f"mm{FEW_BATCH}{suffix}": row_bytes * MM_ROWS * FEW_BATCH / few,
-                          f"mvs{suffix}": row_bytes * big / stream}
+                for key, n, batch in (("mv", rows, 1), ("mm", MM_ROWS, MM_BATCH),
+                                      (f"mm{FEW_BATCH}", MM_ROWS, FEW_BATCH), ("mvs", big, 1)):
+                    rates[key + suffix] = matmul_rate(kernels, qtype, n, batch, threads, seconds, repack)
         except (LowbitError, OSError, ValueError) as exc:  # a type missing from this build's traits
             out[qtype] = {"error": str(exc)}
             continue

@@ -662,9 +662,7 @@ def host_slowdown(cal: dict | None, threads: int) -> float:
         return 1.0
     try:
         kernels = _REFERENCE.setdefault("kernels", Kernels())
-        cols = calibrate.MV_SHAPE[1]
-        now = kernels.row_size("Q8_0", cols) * calibrate.MM_ROWS * calibrate.MM_BATCH / kernels.matmul_seconds(
-            "Q8_0", calibrate.MM_ROWS, cols, calibrate.MM_BATCH, threads, seconds=0.1)
+        now = calibrate.matmul_rate(kernels, "Q8_0", calibrate.MM_ROWS, calibrate.MM_BATCH, threads, 0.1)
     except (LowbitError, OSError, ValueError):
         return 1.0
     return round(max(rate / now, 0.0), 2)
