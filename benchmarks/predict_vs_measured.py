@@ -121,7 +121,8 @@ def main() -> int:
 
     def progress(run: tuple, got: dict) -> None:
         print(f"  {run[0].name:40s} t={run[1].threads} d={run[1].depth:5d}  pp64 {got['prefill']:9.1f}  "
-              f"tg32 {got['decode']:8.1f}  others {got['others_cpus']:.2f}  host x{got.get('host_slowdown', 1.0)}",
+              f"tg32 {got['decode']:8.1f}  others {got['others_cpus']:.2f}  host x{got.get('host_slowdown', 1.0)}"
+              f" memory x{got.get('memory_slowdown', 1.0)}",
               flush=True)
 
     runs = [(found[name], P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth))
@@ -137,6 +138,7 @@ def main() -> int:
                          "predicted": predicted, "measured": round(measured, 2),
                          "error": round(predicted / measured - 1, 4), "others_cpus": others,
                          "busy": got["busy"], "host_slowdown": got.get("host_slowdown", 1.0),
+                         "host_rounds": got.get("host_rounds", []),
                          "bound": pred.bound if kind == "decode" else ""})
         print(f"{name:22s} t={threads} d={depth:5d}  pp64 {pred.prefill_tps:9.1f} vs {rows[-2]['measured']:9.1f}"
               f"  tg32 {pred.decode_tps:8.1f} vs {rows[-1]['measured']:8.1f}  others {others:.2f}", flush=True)

@@ -411,7 +411,7 @@ def test_interleaved_measurement_is_the_median_of_quiet_rounds(monkeypatch):
     one, two = P.measure_interleaved([("m", P.Config(threads=1)), ("m", P.Config(threads=2))], rounds=4)
     assert calls == [1, 2, 1, 2, 1, 2, 1, 2]  # interleaved, not one run's rounds back to back
     assert one == {"decode": 110.0, "prefill": 220.0, "busy": False, "others_cpus": 0.0, "host_slowdown": 1.0,
-                   "rounds": 3}
+                   "rounds": 3, "host_rounds": [[1.0, 1.0]] * 3}
     assert two["busy"] and two["decode"] == 65.0 and two["rounds"] == 4  # none quiet: all of them, marked busy
 
 
@@ -425,4 +425,18 @@ def test_a_slow_host_makes_a_measurement_busy(monkeypatch):
     got = P.measure("m.gguf", P.Config(threads=1, n_gen=32), cal=cal)
     assert got["busy"] and got["host_slowdown"] > P.SLOW_HOST and got["decode"] == 100.0
     assert not P.measure("m.gguf", P.Config(threads=1, n_gen=32))["busy"]  # no calibration: not judged
+
+
+def test_memory_slowdown_is_recorded_not_judged(monkeypatch):
+    """The read bandwidth is probed again after each measurement and recorded as a slowdown against the
+    calibration's; it moves between two levels on the reference VM without explaining the errors, so it does
+    not make a row busy."""
+    monkeypatch.setattr(P, "llama_bench_json", lambda *a, **k: [
+        {"n_prompt": 0, "n_gen": 32, "samples_ts": [100.0], "avg_ts": 100.0}])
+    monkeypatch.setattr(P, "host_slowdown", lambda cal, threads: 1.0)
+    monkeypatch.setattr(P.calibrate, "read_bandwidth_gbs", lambda threads, reps=9: 10.0)
+    cal = {"bandwidth_gbs": {"1": 25.0}}
+    assert P.memory_slowdown(cal, 1) == 2.5 and P.memory_slowdown(cal, 2) == 1.0 and P.memory_slowdown(None, 1) == 1.0
+    got = P.measure("m.gguf", P.Config(threads=1, n_gen=32), cal=cal)
+    assert got["memory_slowdown"] == 2.5 and not got["busy"]
 

@@ -668,6 +668,16 @@ def host_slowdown(cal: dict | None, threads: int) -> float:
     return round(max(rate / now, 0.0), 2)
 
 
+def memory_slowdown(cal: dict | None, threads: int) -> float:
+    """How many times lower than at calibration the memory read bandwidth at `threads` is now (1.0: the same;
+    the calibration's own probe, `calibrate.read_bandwidth_gbs`). The reference VM's bandwidth moves between
+    two levels (~45 and ~65 GB/s at 2 threads) from one minute to the next. 1.0 without a calibration."""
+    calibrated = (cal or {}).get("bandwidth_gbs", {}).get(str(threads))
+    if not calibrated:
+        return 1.0
+    return round(calibrated / max(calibrate.read_bandwidth_gbs(threads, reps=3), 1e-9), 2)
+
+
 def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None) -> dict:
     """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
     how many CPUs other processes used meanwhile and, with the calibration `cal`, how much slower than at
@@ -682,7 +692,8 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | Non
         others = max(0.0, ((busy_cpu_seconds() or b0) - b0 - (children_cpu_seconds() - own0))
                      / max(time.monotonic() - t0, 1e-9))
     slow = host_slowdown(cal, cfg.threads) if cal else 1.0
-    out = {"others_cpus": round(others, 2), "host_slowdown": slow, "busy": others > BUSY_CPUS or slow > SLOW_HOST}
+    out = {"others_cpus": round(others, 2), "host_slowdown": slow, "memory_slowdown": memory_slowdown(cal, cfg.threads),
+           "busy": others > BUSY_CPUS or slow > SLOW_HOST}
     if cfg.n_prompt:
         out["prefill"] = _median_ts(rows, True)
     if cfg.n_gen:
@@ -706,7 +717,8 @@ def measure_interleaved(runs: list[tuple[str | os.PathLike, Config]], reps: int 
     for measured in got:
         quiet = [m for m in measured if not m["busy"]] or measured
         combined = {"others_cpus": max(m["others_cpus"] for m in quiet), "busy": all(m["busy"] for m in measured),
-                    "host_slowdown": max(m.get("host_slowdown", 1.0) for m in quiet), "rounds": len(quiet)}
+                    "host_slowdown": max(m.get("host_slowdown", 1.0) for m in quiet), "rounds": len(quiet),
+                    "host_rounds": [[m.get("host_slowdown", 1.0), m.get("memory_slowdown", 1.0)] for m in quiet]}
         for kind in ("prefill", "decode"):
             if kind in quiet[0]:
                 combined[kind] = statistics.median(m[kind] for m in quiet)
