@@ -14,14 +14,22 @@ from lowbit import LowbitError
 from lowbit.bitnet import bench
 
 
-def _fake_measurements(monkeypatch, tmp_path: Path, calls: list) -> None:
+def _fake_measurements(monkeypatch, tmp_path: Path, calls: list, host: tuple[float, ...] = (1.0,)) -> None:
+    """`host`: the machine's speed in successive rounds of one run (decode and the bandwidth after it move
+    together)."""
     files = {q: tmp_path / f"{q}.gguf" for q in bench.TYPES}
     monkeypatch.setattr(bench, "quantized_files", lambda folder, shape: files)
 
+    def speed() -> float:
+        return host[(sum(c[0] == "bench" and c[1:] == calls[-1][1:] for c in calls) - 1) % len(host)]
+
     def llama_bench(model, threads, tool=None):
         calls.append(("bench", model.stem, threads, "base" if tool else "main"))
-        tg = {"TQ2_0": 30.0, "TQ1_0": 20.0, "Q4_0": 15.0}[model.stem] * (0.5 if tool else 1.0)
+        tg = {"TQ2_0": 30.0, "TQ1_0": 20.0, "Q4_0": 15.0}[model.stem] * (0.5 if tool else 1.0) * speed()
         return {"pp": 100.0, "tg": tg, "others": 0.0}
+
+    def read_bandwidth_gbs(threads, mib, reps, best=False):
+        return 30.0 if best else 20.0 * speed()  # best: the round's ceiling; else right after the last run
 
     def prompt_cpu_rate(model, tool=None):
         calls.append(("cpu", model.stem, 1, "base" if tool else "main"))
@@ -29,7 +37,7 @@ def _fake_measurements(monkeypatch, tmp_path: Path, calls: list) -> None:
 
     monkeypatch.setattr(bench, "llama_bench", llama_bench)
     monkeypatch.setattr(bench, "prompt_cpu_rate", prompt_cpu_rate)
-    monkeypatch.setattr(bench.calibrate, "read_bandwidth_gbs", lambda threads, mib, reps, best: 30.0)
+    monkeypatch.setattr(bench.calibrate, "read_bandwidth_gbs", read_bandwidth_gbs)
     monkeypatch.setattr(bench, "measure_memory", lambda files, shape: {
         q: {"weights": 600_000_000, "embeddings": 300_000_000, "kv": 0, "buffers": 0, "peak_rss": 0} for q in files})
     monkeypatch.setattr(bench, "kernel_rates", lambda: {})
@@ -57,6 +65,23 @@ def test_two_thread_comparison_with_baseline(monkeypatch, tmp_path, capsys):
     bench.report(result)
     table = capsys.readouterr().out
     assert "TQ2_0" in table and "2.00x base" in table and "TQ1_0" not in table
+
+
+def test_decode_is_paired_with_the_bandwidth_measured_after_it(monkeypatch, tmp_path, capsys):
+    calls: list = []
+    _fake_measurements(monkeypatch, tmp_path, calls, host=(1.0, 3.0, 2.0, 5.0))
+    base = tmp_path / "base"
+    (base / "bin").mkdir(parents=True)
+    (base / "bin" / "llama-bench").touch()
+    result = bench.run_benchmark(rounds=4, threads=(2,), folder=tmp_path, baseline=base, types=("TQ2_0",))
+    # every round the host's speed moves decode and bandwidth alike: paired, the fraction is the same each round
+    # (paired with other rounds' bandwidth, shifted or reversed, its median would be 1.5x or 1.08x this)
+    assert result["paired_roofline"]["TQ2_0/t2"] == pytest.approx(30.0 * 900e6 / 20e9)
+    assert result["paired_roofline"]["base:TQ2_0/t2"] == pytest.approx(15.0 * 900e6 / 20e9)
+    assert result["paired_roofline"]["Q4_0/t2"] == pytest.approx(15.0 * 900e6 / 20e9)
+    assert result["roofline"]["TQ2_0/t2"] == pytest.approx(75.0 * 900e6 / 30e9)  # the median over the best
+    bench.report(result)
+    assert "measured right after each run" in capsys.readouterr().out
 
 
 def test_one_thread_adds_cpu_time_rates(monkeypatch, tmp_path):

@@ -266,6 +266,7 @@ def run_benchmark(
     samples: dict[str, list[float]] = {}
     others: dict[str, list[float]] = {}
     bw_samples: dict[int, list[float]] = {}
+    near_bw: dict[str, list[float]] = {}
     for r in range(rounds):
         step(f"round {r + 1}/{rounds}")
         # interleaved: every type (and build) once per round and thread count, the builds in alternating order
@@ -279,6 +280,10 @@ def run_benchmark(
                     for kind, value in got.items():
                         samples.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(value)
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
+                    # the bandwidth right after this decode run (llama-bench runs tg last): a shared host's
+                    # bandwidth moves between levels from minute to minute, and decode moves with it
+                    near_bw.setdefault(f"{prefix}{qtype}/t{t}", []).append(
+                        calibrate.read_bandwidth_gbs(t, mib=256, reps=5) * 1e9)
         for qtype, path in files.items() if 1 in threads else ():  # prompt tokens per CPU-second: survives load
             for prefix, tool in order:
                 samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
@@ -294,7 +299,7 @@ def run_benchmark(
     vs_baseline = {k: v / speed["base:" + k] for k, v in main.items() if speed.get("base:" + k)}
     bw = {t: max(v) for t, v in bw_samples.items()}
     memory = measure_memory(files, shape)
-    roofline, baseline_roofline = {}, {}
+    roofline, baseline_roofline, paired = {}, {}, {}
     for qtype in files:
         per_token = memory[qtype]["weights"] + memory[qtype]["embeddings"]  # tied: the output reads them all
         for t in threads:
@@ -303,6 +308,10 @@ def run_benchmark(
                 roofline[f"{qtype}/t{t}"] = tg * per_token / bw[t]
             if base_tg:
                 baseline_roofline[f"{qtype}/t{t}"] = base_tg * per_token / bw[t]
+            for prefix in tools:
+                decode, near = samples[f"{prefix}{qtype}/tg/t{t}"], near_bw[f"{prefix}{qtype}/t{t}"]
+                paired[f"{prefix}{qtype}/t{t}"] = statistics.median(
+                    d * per_token / b for d, b in zip(decode, near, strict=True))
     return {
         "shape": shape.__dict__,
         "rounds": rounds,
@@ -321,6 +330,9 @@ def run_benchmark(
         "memory": memory,
         "roofline": roofline,
         "baseline_roofline": baseline_roofline,  # the baseline build's decode against the same bandwidth
+        # per round: decode bytes/s over the median bandwidth measured right after that run; median of rounds
+        "paired_roofline": paired,
+        "near_bandwidth": near_bw,
         "patches": _active_patches(),
         "cpu": _cpu_name(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
@@ -433,6 +445,14 @@ def report(result: dict) -> None:
         [[k, f"{v:.2f}"] + ([f"{base_roof[k]:.2f}" if k in base_roof else "-"] if base_roof else [])
          for k, v in result["roofline"].items()],
     )
+    paired = result.get("paired_roofline") or {}
+    if paired:
+        print_table(
+            "decode vs the read bandwidth measured right after each run (median over rounds)",
+            ["type/threads", "fraction"] + (["baseline build"] if base_roof else []),
+            [[k, f"{v:.2f}"] + ([f"{paired['base:' + k]:.2f}" if "base:" + k in paired else "-"] if base_roof else [])
+             for k, v in paired.items() if not k.startswith("base:")],
+        )
     if result.get("kernels"):
         one = f"; read bandwidth 1 thread {bw['1'] / 1e9:.1f} GB/s" if "1" in bw else ""
         print_table(
