@@ -5,10 +5,10 @@
     python benchmarks/predict_vs_measured.py --replay runs/<time>-predict-vs-measured/results.json
 
 For each model on disk (the real SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M, the replicas, the BitNet 2B4T
-shape in TQ2_0/Q4_0 when `invoke bench-bitnet --reduced` made it), at 1..physical-cores threads and context
-depth 0 and a few thousand, llama-bench measures prefill (pp64) and decode (tg32); `lowbit.run.predict`
-predicts both from the header and this machine's calibration — which never sees these runs (its overhead
-comes from a synthetic model). Prints every row and the median and worst |predicted/measured - 1| for
+shape in TQ2_0/Q4_0 when `invoke bitnet-bench` made it, else its `--reduced` one), at 1..physical-cores
+threads and context depth 0 and a few thousand, llama-bench measures prefill (pp64) and decode (tg32);
+`lowbit.run.predict` predicts both from the header and this machine's calibration — which never sees these
+runs (its overhead comes from a synthetic model). Prints every row and the median and worst |predicted/measured - 1| for
 decode and prefill, then peak RSS (llama-completion's VmHWM) against the prediction, beside llama.cpp's own
 allocation lines and `llama-fit-params`' projection.
 
@@ -42,6 +42,7 @@ BUSY_START = 1.5
 
 def models() -> dict[str, Path]:
     """name -> GGUF for every validation model present on this machine."""
+    from lowbit.bitnet import bench as bitnet_bench
     from lowbit.models.catalog import locate as model_path
     from lowbit.paths import models_dir
 
@@ -58,8 +59,9 @@ def models() -> dict[str, Path]:
         hits = sorted(rep.glob(pattern))
         if hits:
             found[name] = hits[0]
-    for qtype in ("TQ2_0", "Q4_0"):
-        hits = sorted((models_dir() / "bitnet-shape").glob(f"bitnet-shape-*-{qtype}.gguf"))
+    for qtype in ("TQ2_0", "Q4_0"):  # the 2B4T shape `invoke bitnet-bench` writes; else its reduced one
+        hits = [path for shape in (bitnet_bench.FULL, bitnet_bench.REDUCED)
+                if (path := bitnet_bench.shape_file(shape, qtype)).exists()]
         if hits:
             found[f"bitnet-shape {qtype}"] = hits[0]
     return found

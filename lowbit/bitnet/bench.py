@@ -105,18 +105,24 @@ def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
     return write_gguf(dest, "bitnet", tensors(), hparams, vocab_from=vocab, metadata=relu2)
 
 
+def shape_file(shape: Shape, qtype: str, folder: Path | None = None) -> Path:
+    """Where the benchmark keeps `shape`'s GGUF of `qtype` ("master": the unquantized one)."""
+
+    tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
+    return (folder or models_dir() / "bench") / f"bitnet-shape-{tag}-{qtype}.gguf"
+
+
 def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
     """The master file plus one llama-quantize output per benchmarked type (cached in `folder`)."""
 
     folder.mkdir(parents=True, exist_ok=True)
-    tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
-    master = folder / f"bitnet-shape-{tag}-master.gguf"
+    master = shape_file(shape, "master", folder)
     if not master.exists():
-        step(f"writing the 2B4T-shape master GGUF ({tag}, random ternary weights)")
+        step(f"writing the 2B4T-shape master GGUF ({master.name}, random ternary weights)")
         make_shape_gguf(master, shape)
     files = {}
     for qtype in TYPES:
-        out = folder / f"bitnet-shape-{tag}-{qtype}.gguf"
+        out = shape_file(shape, qtype, folder)
         if not out.exists():
             step(f"llama-quantize {qtype}")
             run_checked(
@@ -255,8 +261,8 @@ def run_benchmark(
     if unknown or not threads or any(t < 1 for t in threads):
         raise LowbitError(f"bitnet bench: types must be among {', '.join(TYPES)} (got {', '.join(unknown)}) and "
                           f"thread counts positive (got {threads})")
-    folder = folder or models_dir() / "bench"
-    files = {q: p for q, p in quantized_files(folder, shape).items() if q in types or q == "Q4_0"}
+    files = {q: p for q, p in quantized_files(shape_file(shape, "master", folder).parent, shape).items()
+             if q in types or q == "Q4_0"}
     tools = {"": None}
     if baseline is not None:
         tool = Path(baseline) / "bin" / "llama-bench"
