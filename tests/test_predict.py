@@ -292,6 +292,30 @@ def test_fit_overhead_recovers_a_known_line(tmp_path, monkeypatch, llama_build):
     assert P.refit_overhead(old, tmp_path) is old
 
 
+def test_attention_scale_comes_from_the_fewest_threads(tmp_path, monkeypatch, llama_build):
+    """llama.cpp's attention at depth against its kernel probe is fitted per thread count, then the one-thread
+    ratio serves every count: on a shared host the 2-thread depth run is the noisiest point of a calibration."""
+    cal = {**_cal(), "cores": 2}
+    ratio = {1: 1.3, 2: 1.8}  # what the depth runs show: 2 threads disturbed
+
+    def fake_bench(model, threads, n_prompt, n_gen, reps, depth=0, extra=None, timeout=900):
+        bare = {**cal, "overhead": {}}
+        cfg = P.Config(threads=threads, n_prompt=n_prompt, n_gen=n_gen)
+        flat, deep = P.predict(model, cfg, bare), P.predict(model, P.Config(**{**cfg.__dict__, "depth": depth}), bare)
+        k = ratio[threads] - 1
+        pp_s = n_prompt / deep.prefill_tps + k * (deep.prefill_ms["attention"] - flat.prefill_ms["attention"]) / 1e3
+        tg_s = 1 / deep.decode_tps + k * (deep.decode_ms["attention"] - flat.decode_ms["attention"]) / 1e3
+        return [{"n_prompt": n_prompt, "n_gen": 0, "avg_ts": n_prompt / pp_s, "samples_ts": [n_prompt / pp_s]},
+                {"n_prompt": 0, "n_gen": n_gen, "avg_ts": 1 / tg_s, "samples_ts": [1 / tg_s]}]
+
+    monkeypatch.setattr(P, "llama_bench_json", fake_bench)
+    monkeypatch.setattr(P, "_measure_rss", lambda path: 50_000_000)
+    P.fit_overhead(cal, tmp_path)
+    for t in ("1", "2"):
+        for kind in ("decode", "prefill"):
+            assert cal["attention"][t][kind]["scale"] == pytest.approx(1.3, rel=1e-3), (t, kind)
+
+
 def test_real_kernel_probe_sees_repacking(llama_build):
     """ggml's own matmul through ctypes: Q4_0 is repacked on AVX2 CPUs (llama.cpp's default) and runs
     faster there than plain; Q8_0 has no x86 repack and carries one rate."""

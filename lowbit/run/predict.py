@@ -569,7 +569,11 @@ def fit_overhead(cal: dict, folder: Path | None = None) -> dict:
 
 def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
     """The per-thread overhead fits from llama-bench's medians `raw` under the current cost model; sets the
-    attention scale of `cal` from the depth run (cal["attention"][t][kind]["scale"])."""
+    attention scale of `cal` from the depth run (cal["attention"][t][kind]["scale"]): the one measured with the
+    fewest threads, for every thread count. The scale is llama.cpp's attention against its own kernel probe at
+    the same thread count, and where the host was quiet 1 and 2 threads agreed (prefill 1.37 and 1.41-1.43);
+    the 2-thread depth run is the calibration's noisiest point (prefill scales of 1.71-1.79 from a host in a
+    slower state, which put the next sweep's 2-thread depth rows 27-31 % slow)."""
     cal.setdefault("probes", {})  # one probe dict for the copies below: each shape measured once
     bare = {**cal, "overhead": {}}
     cfg = Config(threads=1, n_prompt=CAL_TEST["n_prompt"], n_gen=CAL_TEST["n_gen"])
@@ -598,6 +602,14 @@ def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
             modelled = (getattr(p1, f"{kind}_ms")["attention"] - getattr(p0, f"{kind}_ms")["attention"]) / 1e3
             if measured > 0 and modelled > 0:
                 cal["attention"][t][kind]["scale"] = measured / modelled
+    fewest = min(raw, key=int)
+    for kind in ("decode", "prefill"):
+        scale = cal["attention"][fewest][kind].get("scale")
+        for t in raw:
+            if scale:
+                cal["attention"][t][kind]["scale"] = scale
+            else:
+                cal["attention"][t][kind].pop("scale", None)
     return fits
 
 
