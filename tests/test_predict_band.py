@@ -88,3 +88,23 @@ def test_replay_refits_the_stored_calibration_and_reports_then_and_now(tmp_path,
     assert math.isclose(now, 0.0, abs_tol=0.2) and "then median 50.0%" in out
     results.write_text(json.dumps({"rows": rows, "calibration": cal}))  # no medians kept: refused
     assert bench.replay(results) == 2
+
+
+def test_sweep_measures_the_bitnet_shape_the_bitnet_benchmark_wrote(tmp_path, monkeypatch):
+    """The 2B4T shape's TQ2_0 and Q4_0 files are found where `invoke bitnet-bench` writes them (the full shape
+    before the reduced one) and each gets one 2-thread row at depth 0."""
+    from lowbit.bitnet import bench as bitnet_bench
+
+    monkeypatch.setenv("LOWBIT_MODELS", str(tmp_path))
+    mod = _bench()
+    assert not any(name.startswith("bitnet") for name in mod.models())
+    for shape in (bitnet_bench.REDUCED, bitnet_bench.FULL):
+        for qtype in ("TQ2_0", "Q4_0"):
+            path = bitnet_bench.shape_file(shape, qtype)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    found = mod.models()
+    assert found["bitnet-shape TQ2_0"] == bitnet_bench.shape_file(bitnet_bench.FULL, "TQ2_0")
+    assert found["bitnet-shape Q4_0"].parent == tmp_path / "bench"
+    rows = [c for c in mod.configs(False, 2) if c[0].startswith("bitnet")]
+    assert rows == [("bitnet-shape TQ2_0", 2, 0), ("bitnet-shape Q4_0", 2, 0)]
