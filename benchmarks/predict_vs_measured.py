@@ -129,7 +129,7 @@ def main() -> int:
 
     runs = [(found[name], P.Config(threads=threads, n_prompt=64, n_gen=32, depth=depth))
             for name, threads, depth in sweep]
-    results = P.measure_interleaved(runs, args.reps, args.rounds, progress, cal=cal)
+    results = P.measure_interleaved(runs, args.reps, args.rounds, progress, cal=cal, memory=True)
     for (name, threads, depth), (path, cfg), got in zip(sweep, runs, results, strict=True):
         w = P.workload(path)
         pred = P.predict(w, cfg, cal)

@@ -591,25 +591,19 @@ def _fit_measured(cal: dict, raw: dict, models: list[Path]) -> dict:
         da, db, dc = _fit_nonnegative(xs, dec, 1)
         pa, pb, pc = _fit_nonnegative(xs, pre, CAL_TEST["n_prompt"])
         fits[t] = {"decode_a": da, "decode_b": db, "decode_c": dc, "prefill_a": pa, "prefill_b": pb, "prefill_c": pc}
-        path = models[1]
-        deep = got[f"{path.name}@{CAL_DEPTH}"]
-        w = workload(path)
-        cal_t = {**cal, "overhead": {"threads": {t: fits[t]}}}
-        flat_cfg = Config(**{**asdict(cfg), "threads": int(t)})
-        p0, p1 = predict(w, flat_cfg, cal_t), predict(w, Config(**{**asdict(flat_cfg), "depth": CAL_DEPTH}), cal_t)
-        for kind in ("decode", "prefill"):
-            measured = deep[f"{kind}_s"] - deep[f"flat_{kind}_s"]
-            modelled = (getattr(p1, f"{kind}_ms")["attention"] - getattr(p0, f"{kind}_ms")["attention"]) / 1e3
-            if measured > 0 and modelled > 0:
-                cal["attention"][t][kind]["scale"] = measured / modelled
-    fewest = min(raw, key=int)
+    t = min(raw, key=int)  # the depth run with the fewest threads sets the scale for every count
+    path = models[1]
+    deep = raw[t][f"{path.name}@{CAL_DEPTH}"]
+    w = workload(path)
+    cal_t = {**cal, "overhead": {"threads": {t: fits[t]}}}
+    flat_cfg = Config(**{**asdict(cfg), "threads": int(t)})
+    p0, p1 = predict(w, flat_cfg, cal_t), predict(w, Config(**{**asdict(flat_cfg), "depth": CAL_DEPTH}), cal_t)
     for kind in ("decode", "prefill"):
-        scale = cal["attention"][fewest][kind].get("scale")
-        for t in raw:
-            if scale:
-                cal["attention"][t][kind]["scale"] = scale
-            else:
-                cal["attention"][t][kind].pop("scale", None)
+        measured = deep[f"{kind}_s"] - deep[f"flat_{kind}_s"]
+        modelled = (getattr(p1, f"{kind}_ms")["attention"] - getattr(p0, f"{kind}_ms")["attention"]) / 1e3
+        if measured > 0 and modelled > 0:
+            for attention in (cal["attention"][n] for n in raw):
+                attention[kind]["scale"] = measured / modelled
     return fits
 
 
@@ -690,10 +684,12 @@ def memory_slowdown(cal: dict | None, threads: int) -> float:
     return round(calibrated / max(calibrate.read_bandwidth_gbs(threads, reps=3), 1e-9), 2)
 
 
-def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None) -> dict:
+def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | None = None,
+            memory: bool = False) -> dict:
     """llama-bench on `path` under `cfg` (pp = n_prompt, tg = n_gen at depth): median tok/s of its repetitions,
     how many CPUs other processes used meanwhile and, with the calibration `cal`, how much slower than at
-    calibration the host runs right after (`host_slowdown`). `busy` when others used over BUSY_CPUS or the host
+    calibration the host runs right after (`host_slowdown`; with `memory` also its read bandwidth,
+    `memory_slowdown`, a record for the validation sweep). `busy` when others used over BUSY_CPUS or the host
     is over SLOW_HOST times slower: then the numbers measure the load, not the model."""
     extra = ["-ctk", cfg.cache_type_k, "-ctv", cfg.cache_type_v, "-ub", str(cfg.ubatch),
              "--repack", "1" if cfg.repack else "0"]
@@ -704,8 +700,9 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | Non
         others = max(0.0, ((busy_cpu_seconds() or b0) - b0 - (children_cpu_seconds() - own0))
                      / max(time.monotonic() - t0, 1e-9))
     slow = host_slowdown(cal, cfg.threads) if cal else 1.0
-    out = {"others_cpus": round(others, 2), "host_slowdown": slow, "memory_slowdown": memory_slowdown(cal, cfg.threads),
-           "busy": others > BUSY_CPUS or slow > SLOW_HOST}
+    out = {"others_cpus": round(others, 2), "host_slowdown": slow, "busy": others > BUSY_CPUS or slow > SLOW_HOST}
+    if memory:
+        out["memory_slowdown"] = memory_slowdown(cal, cfg.threads)
     if cfg.n_prompt:
         out["prefill"] = _median_ts(rows, True)
     if cfg.n_gen:
@@ -714,15 +711,17 @@ def measure(path: str | os.PathLike, cfg: Config, reps: int = 3, cal: dict | Non
 
 
 def measure_interleaved(runs: list[tuple[str | os.PathLike, Config]], reps: int = 3, rounds: int = 3,
-                        progress: Callable[[tuple, dict], None] | None = None, cal: dict | None = None) -> list[dict]:
+                        progress: Callable[[tuple, dict], None] | None = None, cal: dict | None = None,
+                        memory: bool = False) -> list[dict]:
     """`measure` of every (model, config) in `rounds` interleaved rounds — a slow minute of a shared host lands
     in one round of every run, not in all rounds of one (on the reference VM two sweeps 10 minutes apart read
     the same 2-thread rows 20-35 % apart) — and per run the median of its quiet rounds (of all, when none was
-    quiet), the most other CPUs a counted round saw, and `busy` when every round was."""
+    quiet), the most other CPUs a counted round saw, `busy` when every round was, and each counted round's
+    host factors (`host_rounds`: compute, memory)."""
     got: list[list[dict]] = [[] for _ in runs]
     for _ in range(rounds):
         for i, (path, cfg) in enumerate(runs):
-            got[i].append(measure(path, cfg, reps, cal))
+            got[i].append(measure(path, cfg, reps, cal, memory))
             if progress:
                 progress(runs[i], got[i][-1])
     out = []
