@@ -105,11 +105,16 @@ def make_shape_gguf(dest: Path, shape: Shape, seed: int = 0) -> Path:
     return write_gguf(dest, "bitnet", tensors(), hparams, vocab_from=vocab, metadata=relu2)
 
 
+def bench_folder() -> Path:
+    """Where the benchmark keeps its generated GGUFs unless told otherwise."""
+    return models_dir() / "bench"
+
+
 def shape_file(shape: Shape, qtype: str, folder: Path | None = None) -> Path:
     """Where the benchmark keeps `shape`'s GGUF of `qtype` ("master": the unquantized one)."""
 
     tag = f"h{shape.hidden}-l{shape.layers}-f{shape.ffn}"
-    return (folder or models_dir() / "bench") / f"bitnet-shape-{tag}-{qtype}.gguf"
+    return (folder or bench_folder()) / f"bitnet-shape-{tag}-{qtype}.gguf"
 
 
 def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
@@ -261,8 +266,7 @@ def run_benchmark(
     if unknown or not threads or any(t < 1 for t in threads):
         raise LowbitError(f"bitnet bench: types must be among {', '.join(TYPES)} (got {', '.join(unknown)}) and "
                           f"thread counts positive (got {threads})")
-    files = {q: p for q, p in quantized_files(shape_file(shape, "master", folder).parent, shape).items()
-             if q in types or q == "Q4_0"}
+    files = {q: p for q, p in quantized_files(folder or bench_folder(), shape).items() if q in types or q == "Q4_0"}
     tools = {"": None}
     if baseline is not None:
         tool = Path(baseline) / "bin" / "llama-bench"
