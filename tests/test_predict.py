@@ -131,6 +131,15 @@ def test_threads_pick_their_own_rates_and_beyond_calibrated_use_the_last():
         P.predict(w, P.Config(threads=0, n_gen=1), _cal())
 
 
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"depth": -5}, {"n_gen": -1}, {"n_prompt": -64}, {"ubatch": 0},
+                                 {"n_ctx": -512}])
+def test_a_config_out_of_range_is_a_clear_error(bad):
+    """What `invoke predict` turns its flags into: a negative depth or token count names itself, not a number."""
+    name = {"n_ctx": "ctx"}.get(next(iter(bad)), next(iter(bad)))
+    with pytest.raises(LowbitError, match=f"{name} must be at least"):
+        P.Config(**{"threads": 1, **bad})
+
+
 def test_unknown_type_names_the_fix():
     w = _moe_workload()
     w.tensors[2].qtype = "IQ1_S"

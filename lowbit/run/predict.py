@@ -168,6 +168,15 @@ class Config:
     n_ctx: int | None = None  # for memory; default n_prompt + n_gen + depth (llama-bench's context)
     repack: bool = True  # llama.cpp's default; --no-repack / llama-bench --repack 0 for out-of-core runs
 
+    def __post_init__(self) -> None:
+        bad = [f"{name} must be at least {low}, got {value}"
+               for name, value, low in (("threads", self.threads, 1), ("ubatch", self.ubatch, 1),
+                                        ("n_prompt", self.n_prompt, 0), ("n_gen", self.n_gen, 0),
+                                        ("depth", self.depth, 0), ("ctx", self.n_ctx or 1, 1))
+               if value < low]
+        if bad:
+            raise LowbitError("; ".join(bad))
+
 
 @dataclass
 class Prediction:
@@ -336,8 +345,6 @@ def predict(model: str | os.PathLike | Workload, cfg: Config, cal: dict | None =
     w = model if isinstance(model, Workload) else workload(model)
     cal = cal or calibration()
     meta = w.meta
-    if cfg.threads < 1:
-        raise LowbitError(f"threads must be at least 1, got {cfg.threads}")
     bw, kernels, attn_fit = _rates(cal, cfg.threads)
     used = meta.n_expert_used / meta.n_expert if meta.n_expert else 1.0
     ov = _overhead(cal, cfg.threads)
