@@ -625,6 +625,9 @@ def bitnet_perplexity():
     "lowbit.bitnet.bench:bench_command",
     rounds=Flag(4, "interleaved rounds (medians are reported)"),
     reduced=Flag(False, "a reduced shape instead of the full 2B4T shape (quick look)"),
+    baseline=Flag(None, "another build folder whose llama-bench runs in the same rounds (how a patch is measured)"),
+    threads=Flag("1,2", "comma list of thread counts"),
+    types=Flag("TQ2_0,TQ1_0,Q4_0", "comma list of weight types (Q4_0, the reference, is always measured)"),
 )
 def bitnet_bench():
     """Speed and memory of the 2B4T shape: TQ2_0/TQ1_0 vs Q4_0, 1 and 2 threads, roofline."""

@@ -101,6 +101,15 @@ def test_bad_selection_is_a_clear_error(monkeypatch, tmp_path, kwargs):
     assert not calls
 
 
+def test_a_baseline_without_llama_bench_is_refused_before_any_work(monkeypatch, tmp_path):
+    calls: list = []
+    _fake_measurements(monkeypatch, tmp_path, calls)
+    monkeypatch.setattr(bench, "quantized_files", lambda folder, shape: calls.append("quantize") or {})
+    with pytest.raises(LowbitError, match="no bin/llama-bench"):
+        bench.run_benchmark(rounds=1, folder=tmp_path, baseline=tmp_path / "not-a-build")
+    assert not calls  # no GGUF written, nothing measured
+
+
 def test_bad_thread_list_is_a_clear_error():
     with pytest.raises(LowbitError, match="--threads"):
         bench.bench_command(threads="two")

@@ -266,13 +266,13 @@ def run_benchmark(
     if unknown or not threads or any(t < 1 for t in threads):
         raise LowbitError(f"bitnet bench: types must be among {', '.join(TYPES)} (got {', '.join(unknown)}) and "
                           f"thread counts positive (got {threads})")
-    files = {q: p for q, p in quantized_files(folder or bench_folder(), shape).items() if q in types or q == "Q4_0"}
     tools = {"": None}
     if baseline is not None:
         tool = Path(baseline) / "bin" / "llama-bench"
         if not tool.exists():
             raise LowbitError(f"--baseline {baseline}: no bin/llama-bench there; give a build folder")
         tools["base:"] = tool
+    files = {q: p for q, p in quantized_files(folder or bench_folder(), shape).items() if q in types or q == "Q4_0"}
     samples: dict[str, list[float]] = {}
     others: dict[str, list[float]] = {}
     bw_samples: dict[int, list[float]] = {}
