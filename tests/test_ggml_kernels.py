@@ -12,6 +12,10 @@ offset is off by far more than that tolerance.
 
 from __future__ import annotations
 
+import ctypes
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -156,7 +160,10 @@ def test_control_matmul_matches_numpy(kernels):
     (4, 256, 1, 1),       # exactly one pass
     (7, 2560, 1, 2),      # a pass and a remainder of 3, rows split over 2 threads
     (37, 6912, 1, 2),     # BitNet's FFN width, a remainder of 1
-    (3200, 2560, 1, 2),   # 2 MiB of rows: several >= 256 KiB chunks handed out at run time, none a multiple of 4
+    (3200, 2560, 1, 2),   # 2 MiB of rows: a span of ~32 KiB chunks per thread (52 rows each: 4-row passes)
+    (3201, 2560, 1, 3),   # three spans of unequal length, the last chunk a single row
+    (1001, 6912, 1, 4),   # four threads on fewer cores: spans finished early take chunks from the others' ends
+    (60, 2560, 1, 4),     # two chunks for four threads: two spans are empty from the start
     (1, 512, 2, 2),       # fewer rows than columns: one column per thread, the second at a column offset
     (2, 256, 3, 3),       # one column per thread, three threads
 ])
@@ -190,6 +197,43 @@ def test_control_matvec_matches_numpy(kernels):
     _check_matmul(kernels, "Q6_K", rng.standard_normal((1100, 2560)), rng.standard_normal((1, 2560)), 2)
     _check_matmul(kernels, "TQ1_0", _ternary(rng, 37, 512), rng.standard_normal((1, 512)), 2)
     _check_matmul(kernels, "Q4_0", rng.standard_normal((33, 512)), rng.standard_normal((1, 512)))
+
+
+def _mapping_of(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds `address`."""
+    fields: dict[str, str] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # "start-end perms offset dev inode path": a new mapping
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_large_cpu_buffers_ask_for_huge_pages(kernels):
+    """Patch 0010: a CPU backend buffer of 2 MiB or more (a model loaded into memory, the KV cache) starts on a
+    2 MiB boundary and is marked for transparent huge pages, so a mat-vec streams its weights without a TLB miss
+    every 4 KiB; a small one keeps the usual alignment."""
+    base = kernels.base
+    base.ggml_backend_buft_alloc_buffer.restype = ctypes.c_void_p
+    base.ggml_backend_buft_alloc_buffer.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    base.ggml_backend_buffer_get_base.restype = ctypes.c_void_p
+    base.ggml_backend_buffer_get_base.argtypes = [ctypes.c_void_p]
+    kernels.cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    buffer = base.ggml_backend_buft_alloc_buffer(kernels.cpu.ggml_backend_cpu_buffer_type(), 6 << 20)
+    try:
+        address = base.ggml_backend_buffer_get_base(buffer)
+        assert address % (2 << 20) == 0, f"a 6 MiB CPU buffer at {address:#x}: not on a 2 MiB boundary"
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+        if mode.exists() and "[never]" not in mode.read_text():
+            assert _mapping_of(address).get("THPeligible") == "1", "the buffer's mapping is not THP-eligible"
+    finally:
+        base.ggml_backend_buffer_free(buffer)
 
 
 def _attention_reference(q, k, v, mask):
