@@ -19,6 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from lowbit import LowbitError, procs
+from lowbit.bitnet import LOAD_FLAGS
 from lowbit.files.gguf_header import read_header
 from lowbit.files.synthetic import Hparams, write_gguf
 from lowbit.machine import busy_cpu_seconds, children_cpu_seconds
@@ -155,7 +156,8 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     """
 
     busy0, own0, wall0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
-    rows, _ = run_llama_bench(model, ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", "1"], tool=tool)
+    rows, _ = run_llama_bench(model, ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", "1", *LOAD_FLAGS],
+                              tool=tool)
     got = {}
     for row in rows:
         key = "pp" if row["n_prompt"] else "tg"
@@ -180,7 +182,8 @@ def prompt_cpu_rate(model: Path, p: int = 64, reps: int = 5, tool: Path | None =
     used = []
     for r in (reps + 1, 1):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-        run_checked([str(tool), "-m", str(model), "-t", "1", "-p", str(p), "-n", "0", "-r", str(r)], "llama-bench")
+        run_checked([str(tool), "-m", str(model), "-t", "1", "-p", str(p), "-n", "0", "-r", str(r), *LOAD_FLAGS],
+                    "llama-bench")
         used.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before)
     return reps * p / max(used[0] - used[1], 1e-9)
 
@@ -210,6 +213,7 @@ def peak_rss(model: Path, threads: int = 2, ctx: int = 512) -> int:
         "64",
         "-ub",
         "64",
+        *LOAD_FLAGS,
     ]
     return procs.peak_rss(cmd, timeout=None)[0]
 

@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from lowbit import LowbitError, flag_number
+from lowbit.bitnet import LOAD_FLAGS
 from lowbit.bitnet import engine as bitnet_cpp
 from lowbit.bitnet.checkpoint import check_checkpoint
 from lowbit.bitnet.engine import generate, perplexity_tool
@@ -359,10 +360,8 @@ def perplexity(
     if not Path(gguf_path).is_file() or not Path(text_file).is_file():
         missing = gguf_path if not Path(gguf_path).is_file() else text_file
         raise LowbitError(f"{missing} does not exist")
-    if check_engine(engine) == "bitnet.cpp":
-        tool = perplexity_tool()
-    else:
-        tool = active_build().tool("llama-perplexity")
+    own = check_engine(engine) != "bitnet.cpp"
+    tool = active_build().tool("llama-perplexity") if own else perplexity_tool()
     cmd = [
         str(tool),
         "-m",
@@ -378,6 +377,8 @@ def perplexity(
     ]
     if chunks:
         cmd += ["--chunks", str(chunks)]
+    if own:
+        cmd += LOAD_FLAGS
     log = run_checked(cmd, "llama-perplexity")
     m = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)", log)
     if not m:
@@ -413,7 +414,7 @@ def generate_command(
 
     tool = active_build().tool("llama-completion")
     cmd = [str(tool), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-no-cnv",
-           "-t", str(os.cpu_count() or 2)]
+           "-t", str(os.cpu_count() or 2), *LOAD_FLAGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise LowbitError(f"llama-completion failed (exit {proc.returncode}):\n{proc.stderr[-2500:]}")
