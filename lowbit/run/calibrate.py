@@ -46,7 +46,7 @@ CALIBRATION_FILE = "calibration.json"
 HISTORY_FILE = "calibration-history.json"
 HISTORY_KEEP = 8  # calibrations kept per fingerprint
 ROUNDS = 3  # interleaved rounds of every rate; each rate is their median
-FORMAT = 9  # bump when what is measured or fitted changes: every machine recalibrates once
+FORMAT = 10  # bump when what is measured or fitted changes: every machine recalibrates once
 # weight types the cost model can meet in a GGUF (KV cache types are among them)
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                 "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",

@@ -12,6 +12,7 @@ patch 0006) are reached.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import platform
 import sys
 import time
@@ -53,6 +54,23 @@ class _TypeTraits(ctypes.Structure):  # struct ggml_type_traits (ggml.h)
 class _CpuTraits(ctypes.Structure):  # struct ggml_type_traits_cpu (ggml-cpu.h)
     _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
                 ("nrows", ctypes.c_int64)]
+
+
+class _SmallPages:
+    """Anonymous memory on 4 KiB pages, as llama.cpp's memory-mapped weights get them (a file mapping gets no
+    huge pages), where ggml's own buffers of 2 MiB or more ask for huge pages (patch 0010). A weight the real run
+    reads from the model file is probed from here, so its streaming rate is the one decode will see."""
+
+    def __init__(self, nbytes: int) -> None:
+        self._map = mmap.mmap(-1, max(nbytes, 1))
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            self._map.madvise(mmap.MADV_NOHUGEPAGE)
+        self._view = (ctypes.c_char * len(self._map)).from_buffer(self._map)
+        self.address, self.size = ctypes.addressof(self._view), len(self._map)
+
+    def close(self) -> None:
+        del self._view  # the exported pointer first, or mmap refuses to close
+        self._map.close()
 
 
 class _InitParams(ctypes.Structure):  # struct ggml_init_params (ggml.h)
@@ -133,6 +151,8 @@ class Kernels:
             ("ggml_backend_tensor_set", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]),
             ("ggml_backend_buffer_free", None, [ctypes.c_void_p]),
             ("ggml_backend_buft_name", ctypes.c_char_p, [ctypes.c_void_p]),
+            ("ggml_backend_cpu_buffer_from_ptr", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]),
+            ("ggml_backend_tensor_alloc", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
         ):
             fn = getattr(self.base, name)
             fn.restype, fn.argtypes = restype, argtypes
@@ -295,8 +315,10 @@ class Kernels:
         overhead = self.base.ggml_tensor_overhead()
         mem = (weights.nbytes + ids.nbytes + 4 * cols * n_tokens + 4 * rows * n_used * n_tokens + 8 * overhead
                + self.base.ggml_graph_overhead() + 4096)
-        ctx = self.base.ggml_init(_InitParams(mem, None, False))
+        pages = _SmallPages(mem)  # the experts are read from the model file, as in a real run
+        ctx = self.base.ggml_init(_InitParams(pages.size, pages.address, False))
         if not ctx:
+            pages.close()
             raise LowbitError(f"ggml_init could not allocate {mem} bytes for a {qtype} mul_mat_id")
         try:
             w = self.base.ggml_new_tensor_3d(ctx, self.type_id(qtype), cols, rows, n_expert)
@@ -310,12 +332,14 @@ class Kernels:
             return self._time_graph(graph, threads, seconds, min_calls, f"a {qtype} mul_mat_id")
         finally:
             self.base.ggml_free(ctx)
+            pages.close()
 
     @contextmanager
     def _matmul_graph(self, qtype: str, weights, rows: int, cols: int, act, repack: bool = False):
         """The one-node ggml graph `ggml_mul_mat(weight, act)` every matmul here runs: a `rows x cols` weight of
-        `qtype` (its bytes, `weights`) in a CPU backend buffer (CPU_REPACK with `repack`, where llama.cpp would
-        repack it), times the f32 activations `act` (batch x cols). Yields (graph, output tensor); freed after."""
+        `qtype` (its bytes, `weights`) in CPU_REPACK with `repack` where llama.cpp would repack it, else on 4 KiB
+        pages like a memory-mapped model file, times the f32 activations `act` (batch x cols). Yields (graph,
+        output tensor); freed after."""
         import numpy as np
 
         tid = self.type_id(qtype)
@@ -329,13 +353,16 @@ class Kernels:
         ctx = self.base.ggml_init(_InitParams(mem, None, False))
         if not ctx or not wctx:
             raise LowbitError(f"ggml_init could not allocate {mem} bytes for a {qtype} matmul")
-        buffer = None
+        buffer = pages = None
         try:
             w = self.base.ggml_new_tensor_2d(wctx, tid, cols, rows)
-            buft = self.repack_buffer_type() if repack and self.repacks(qtype) and rows % 8 == 0 else None
-            if buft is None:
-                buft = self._cpu_buft()
-            buffer = self.base.ggml_backend_alloc_ctx_tensors_from_buft(wctx, buft)
+            if repack and self.repacks(qtype) and rows % 8 == 0:  # llama.cpp's repacked copy: a ggml buffer
+                buffer = self.base.ggml_backend_alloc_ctx_tensors_from_buft(wctx, self.repack_buffer_type())
+            else:  # read from the model file's mapping in a real run
+                pages = _SmallPages(w_bytes)
+                buffer = self.base.ggml_backend_cpu_buffer_from_ptr(pages.address, pages.size)
+                if buffer and self.base.ggml_backend_tensor_alloc(buffer, w, pages.address) != 0:
+                    raise LowbitError(f"could not place a {qtype} weight of {w_bytes} bytes")
             if not buffer:
                 raise LowbitError(f"could not allocate a {qtype} weight of {w_bytes} bytes")
             self.base.ggml_backend_tensor_set(w, weights.ctypes.data, 0, w_bytes)  # repacks in CPU_REPACK
@@ -349,6 +376,8 @@ class Kernels:
             self.base.ggml_free(ctx)
             if buffer:
                 self.base.ggml_backend_buffer_free(buffer)
+            if pages:
+                pages.close()
             self.base.ggml_free(wctx)
 
     def _time_graph(self, graph, threads: int, seconds: float, min_calls: int, what: str) -> float:
@@ -438,9 +467,6 @@ class Kernels:
         finally:
             self.base.ggml_free(ctx)
 
-    def _cpu_buft(self):
-        self.cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-        return self.cpu.ggml_backend_cpu_buffer_type()
 
 
 def dequantize_q8_k(data, n: int):
