@@ -41,7 +41,7 @@ def _fake_measurements(monkeypatch, tmp_path: Path, calls: list, host: tuple[flo
     monkeypatch.setattr(bench, "measure_memory", lambda files, shape: {
         q: {"weights": 600_000_000, "embeddings": 300_000_000, "kv": 0, "buffers": 0, "peak_rss": 0} for q in files})
     monkeypatch.setattr(bench, "kernel_rates", lambda: {})
-    monkeypatch.setattr(bench, "_active_patches", lambda: ["0006"])
+    monkeypatch.setattr(bench, "active_patches", lambda: ["0006"])
     monkeypatch.setattr(bench, "_build_patches", lambda directory: ["0005"])
 
 

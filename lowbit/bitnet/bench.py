@@ -147,8 +147,10 @@ def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
     return files
 
 
-def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path | None = None) -> dict[str, float]:
-    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds).
+def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path | None = None,
+                load: tuple[str, ...] = LOAD_FLAGS) -> dict[str, float]:
+    """pp and tg tok/s of one llama-bench run (-r 1: repetition comes from the interleaved rounds). `load`: how
+    the model is loaded (the kit's tools: into memory; another engine's llama-bench may spell it differently).
 
     Also returns `others`: the CPUs' worth of time other processes used meanwhile (from /proc/stat minus this
     run's own CPU time). On a small shared machine a 2-thread run that competes with other work loses most of
@@ -156,8 +158,7 @@ def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path 
     """
 
     busy0, own0, wall0 = busy_cpu_seconds(), children_cpu_seconds(), time.monotonic()
-    rows, _ = run_llama_bench(model, ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", "1", *LOAD_FLAGS],
-                              tool=tool)
+    rows, _ = run_llama_bench(model, ["-t", str(threads), "-p", str(p), "-n", str(n), "-r", "1", *load], tool=tool)
     got = {}
     for row in rows:
         key = "pp" if row["n_prompt"] else "tg"
@@ -347,7 +348,7 @@ def run_benchmark(
         # per round: decode bytes/s over the median bandwidth measured right after that run; median of rounds
         "paired_roofline": paired,
         "near_bandwidth": near_bw,
-        "patches": _active_patches(),
+        "patches": active_patches(),
         "cpu": _cpu_name(),
         "time": time.strftime("%Y-%m-%d %H:%M"),
         "loadavg_1min": os.getloadavg()[0],  # other work on the machine skews everything
@@ -368,7 +369,7 @@ def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) ->
     return {qtype: kernels.dot_rate(qtype) for qtype in types}
 
 
-def _active_patches() -> list[str]:
+def active_patches() -> list[str]:
     return list(active_build().patches)
 
 
