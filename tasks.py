@@ -633,6 +633,16 @@ def bitnet_bench():
     """Speed and memory of the 2B4T shape: TQ2_0/TQ1_0 vs Q4_0, 1 and 2 threads, roofline."""
 
 
+@kit_task(
+    "lowbit.bitnet.peer:side_by_side_command",
+    peer=Flag(REQUIRED, "an ik_llama.cpp build folder (its llama-bench and llama-quantize)"),
+    rounds=Flag(6, "interleaved rounds (medians of per-round ratios are reported)"),
+    threads=Flag("2", "thread count"),
+)
+def bitnet_side_by_side():
+    """The kit's TQ2_0 and Q4_0 against ik_llama.cpp's IQ2_BN and Q4_0 on the same 2B4T-shape weights."""
+
+
 # --- bitnet.cpp, the optional BitNet engine (lowbit.bitnet.engine) --------------------------------
 
 
