@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lowbit import LowbitError
-from lowbit.bitnet import bench
+from lowbit.bitnet import LOAD_FLAGS, bench
 from lowbit.procs import run_checked
 from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build
@@ -73,7 +73,7 @@ def side_by_side(peer: Path, rounds: int = 6, threads: int = 2, folder: Path | N
     tool = peer_tool(peer, "llama-bench")
     folder = folder or bench.bench_folder()
     kit = bench.quantized_files(folder, bench.FULL)
-    runs = [(f"kit {q}", kit[q], None, bench.LOAD_FLAGS) for q in KIT_TYPES]
+    runs = [(f"kit {q}", kit[q], None, LOAD_FLAGS) for q in KIT_TYPES]
     runs += [(f"peer {q}", p, tool, PEER_LOAD) for q, p in peer_files(peer, bench.FULL, folder).items()]
     samples: dict[str, dict[str, list[float]]] = {name: {"pp": [], "tg": [], "bandwidth": []} for name, *_ in runs}
     for r in range(rounds):
