@@ -36,14 +36,14 @@ def _fake_quantize(monkeypatch, tmp_path: Path, calls: list, fail: str | None = 
 
     def run_checked(cmd, what):
         calls.append(cmd)
-        out = Path(cmd[-3] if "q6_K" in cmd else cmd[-2])  # the peer's takes a thread count last
+        out = Path(cmd[-3])  # SRC OUT TYPE THREADS
         if fail and fail in cmd:
             out.write_text("partial")
             raise LowbitError(f"{what} failed")
         out.write_text("gguf")
         return ""
 
-    monkeypatch.setattr(peer, "run_checked", run_checked)
+    monkeypatch.setattr(bench, "run_checked", run_checked)
 
 
 def test_peer_files_start_from_f16_and_leave_only_the_peer_files(monkeypatch, tmp_path):
@@ -51,7 +51,7 @@ def test_peer_files_start_from_f16_and_leave_only_the_peer_files(monkeypatch, tm
     _fake_quantize(monkeypatch, tmp_path, calls)
     files = peer.peer_files(_peer_build(tmp_path), folder=tmp_path)
     assert set(files) == set(peer.PEER_TYPES) and all(p.read_text() == "gguf" for p in files.values())
-    assert calls[0][0] == "/kit/llama-quantize" and calls[0][-1] == "F16"  # the kit dequantizes TQ2_0
+    assert calls[0][0] == "/kit/llama-quantize" and calls[0][-2] == "F16"  # the kit dequantizes TQ2_0
     for cmd in calls[1:]:  # the peer quantizes, with the kit's Q6_K embeddings
         assert cmd[0].endswith("build/bin/llama-quantize") and cmd.count("q6_K") == 2
     assert sorted(p.name for p in tmp_path.glob("*.gguf")) == sorted(p.name for p in files.values())

@@ -131,20 +131,22 @@ def quantized_files(folder: Path, shape: Shape) -> dict[str, Path]:
         out = shape_file(shape, qtype, folder)
         if not out.exists():
             step(f"llama-quantize {qtype}")
-            run_checked(
-                [
-                    str(active_build().tool("llama-quantize")),
-                    "--allow-requantize",
-                    str(master),
-                    str(out.with_suffix(".tmp")),
-                    qtype,
-                    str(os.cpu_count() or 2),
-                ],
-                "llama-quantize",
-            )
-            os.replace(out.with_suffix(".tmp"), out)
+            quantize(active_build().tool("llama-quantize"), master, out, qtype)
         files[qtype] = out
     return files
+
+
+def quantize(tool: Path, src: Path, out: Path, qtype: str, options: tuple[str, ...] = ("--allow-requantize",),
+             what: str = "llama-quantize") -> Path:
+    """`tool` (a llama-quantize) writes `src` as `qtype` to `out` on all CPUs: through `out`.tmp, renamed when
+    complete and removed when not, so a failed run leaves no file where a good one is expected."""
+    tmp = out.with_suffix(".tmp")
+    try:
+        run_checked([str(tool), *options, str(src), str(tmp), qtype, str(os.cpu_count() or 2)], what)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def llama_bench(model: Path, threads: int, p: int = 64, n: int = 32, tool: Path | None = None,

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.bitnet import LOAD_FLAGS, bench
-from lowbit.procs import run_checked
 from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build
 from lowbit.ui import print_table, step
@@ -49,19 +48,14 @@ def peer_files(peer: Path, shape: bench.Shape = bench.FULL, folder: Path | None 
     try:
         if not f16.exists():
             step(f"llama-quantize F16 (the peer reads no TQ2_0; {master.name} -> {f16.name})")
-            run_checked([str(active_build().tool("llama-quantize")), "--allow-requantize", str(master),
-                         str(f16.with_suffix(".tmp")), "F16"], "llama-quantize")
-            f16.with_suffix(".tmp").replace(f16)
+            bench.quantize(active_build().tool("llama-quantize"), master, f16, "F16")
         for qtype, out in outs.items():
             if not out.exists():
                 step(f"the peer's llama-quantize {qtype}")
-                run_checked([str(peer_tool(peer, "llama-quantize")), "--token-embedding-type", "q6_K",
-                             "--output-tensor-type", "q6_K", str(f16), str(out.with_suffix(".tmp")), qtype, "2"],
-                            "the peer's llama-quantize")
-                out.with_suffix(".tmp").replace(out)
+                bench.quantize(peer_tool(peer, "llama-quantize"), f16, out, qtype, what="the peer's llama-quantize",
+                               options=("--token-embedding-type", "q6_K", "--output-tensor-type", "q6_K"))
     finally:
-        for leftover in (f16, f16.with_suffix(".tmp"), *(o.with_suffix(".tmp") for o in outs.values())):
-            leftover.unlink(missing_ok=True)
+        f16.unlink(missing_ok=True)
     return outs
 
 
