@@ -85,7 +85,7 @@ def test_side_by_side_interleaves_and_takes_per_round_ratios(monkeypatch, tmp_pa
         return {"pp": speeds[path.stem][0] * f, "tg": speeds[path.stem][1] * f, "others": 0.0}
 
     monkeypatch.setattr(peer.bench, "llama_bench", llama_bench)
-    monkeypatch.setattr(peer.calibrate, "read_bandwidth_gbs", lambda threads, mib, reps: 40.0)
+    monkeypatch.setattr(peer.bench, "bandwidth_after", lambda threads: 40.0)
     result = peer.side_by_side(root, rounds=2, threads=2, folder=tmp_path)
     assert order[:4] == ["kit-TQ2_0", "kit-Q4_0", "peer-IQ2_BN", "peer-Q4_0"] and order[4:] == order[:4][::-1]
     # round 2 runs in reverse order on a machine at half speed: each ratio pairs runs of the same round

@@ -299,8 +299,7 @@ def run_benchmark(
                         others.setdefault(f"{prefix}{qtype}/{kind}/t{t}", []).append(round(other, 2))
                     # the bandwidth right after this decode run (llama-bench runs tg last): a shared host's
                     # bandwidth moves between levels from minute to minute, and decode moves with it
-                    near_bw.setdefault(f"{prefix}{qtype}/t{t}", []).append(
-                        calibrate.read_bandwidth_gbs(t, mib=256, reps=5) * 1e9)
+                    near_bw.setdefault(f"{prefix}{qtype}/t{t}", []).append(bandwidth_after(t) * 1e9)
         for qtype, path in files.items() if 1 in threads else ():  # prompt tokens per CPU-second: survives load
             for prefix, tool in order:
                 samples.setdefault(f"{prefix}{qtype}/pp_cpu/t1", []).append(prompt_cpu_rate(path, tool=tool))
@@ -369,6 +368,13 @@ def kernel_rates(types: tuple[str, ...] = ("TQ2_0", "TQ1_0", "Q4_0", "Q6_K")) ->
     except (LowbitError, OSError):
         return {}
     return {qtype: kernels.dot_rate(qtype) for qtype in types}
+
+
+def bandwidth_after(threads: int) -> float:
+    """The read bandwidth (GB/s, `threads` readers, median of 5 passes over 256 MiB each) taken right after a
+    decode run: what that run's decode is set against, since a shared host's bandwidth moves between levels from
+    minute to minute and decode moves with it."""
+    return calibrate.read_bandwidth_gbs(threads, mib=256, reps=5)
 
 
 def active_patches() -> list[str]:

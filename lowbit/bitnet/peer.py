@@ -17,7 +17,6 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.bitnet import LOAD_FLAGS, bench
-from lowbit.run import calibrate
 from lowbit.toolchain.build import active_build
 from lowbit.ui import print_table, step
 
@@ -76,7 +75,7 @@ def side_by_side(peer: Path, rounds: int = 6, threads: int = 2, folder: Path | N
             got = bench.llama_bench(path, threads, tool=exe, load=load)
             samples[name]["pp"].append(got["pp"])
             samples[name]["tg"].append(got["tg"])
-            samples[name]["bandwidth"].append(calibrate.read_bandwidth_gbs(threads, mib=256, reps=5))
+            samples[name]["bandwidth"].append(bench.bandwidth_after(threads))
     speed = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
     ratios = {}
     for engine, ternary in (("kit", "TQ2_0"), ("peer", "IQ2_BN")):
