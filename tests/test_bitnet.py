@@ -145,3 +145,13 @@ def test_perplexity_runs(tq2, tmp_path):
     text.write_text(bitnet.SAMPLE_TEXT * 12)
     ppl = bitnet.perplexity(tq2, text, ctx=128, chunks=2)
     assert math.isfinite(ppl) and ppl > 1
+
+
+@pytest.mark.parametrize("engine", ["llama.cpp", "bitnet.cpp"])
+def test_generate_names_a_missing_model_before_running_anything(monkeypatch, tmp_path, engine):
+    """`invoke bitnet-generate` on a path that is not there says so in one line, instead of llama-completion's
+    log (or bitnet.cpp's build on first use)."""
+    monkeypatch.setattr(bitnet, "active_build", lambda: pytest.fail("a tool was looked up"))
+    monkeypatch.setattr(bitnet, "generate", lambda *a, **k: pytest.fail("the engine was started"))
+    with pytest.raises(LowbitError, match=r"nothing\.gguf does not exist"):
+        bitnet.generate_command(str(tmp_path / "nothing.gguf"), engine=engine)

@@ -345,6 +345,13 @@ def check_command(
 # perplexity: the gate for a real download
 
 
+def _require_files(*paths: Path) -> None:
+    """A one-line error for the first of `paths` that is not a file, before any tool starts."""
+    missing = next((p for p in paths if not Path(p).is_file()), None)
+    if missing is not None:
+        raise LowbitError(f"{missing} does not exist")
+
+
 def perplexity(
     gguf_path: Path,
     text_file: Path,
@@ -357,9 +364,7 @@ def perplexity(
 
     `engine="bitnet.cpp"` runs bitnet.cpp's own llama-perplexity (built on first use) on an I2_S GGUF.
     """
-    if not Path(gguf_path).is_file() or not Path(text_file).is_file():
-        missing = gguf_path if not Path(gguf_path).is_file() else text_file
-        raise LowbitError(f"{missing} does not exist")
+    _require_files(gguf_path, text_file)
     own = check_engine(engine) != "bitnet.cpp"
     tool = active_build().tool("llama-perplexity") if own else perplexity_tool()
     cmd = [
@@ -408,6 +413,7 @@ def generate_command(
     gguf: str, prompt: str = "The capital of France is", n: int = 32, engine: str = "llama.cpp"
 ) -> int:
     """`invoke bitnet-generate`: greedy completion of `prompt` with the chosen engine's CLI."""
+    _require_files(Path(gguf))
     if check_engine(engine) == "bitnet.cpp":
         print(generate(Path(gguf), prompt, n=n))
         return 0
